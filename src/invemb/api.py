@@ -1,0 +1,64 @@
+"""The functions the README shows first: load, encode, invert."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invemb.encoder import Encoder
+
+# Run folders carry ``"kind"`` in config.json; each kind's package exposes ``load_run(path)``.
+RUN_KINDS = {"em": "invemb.em", "scratch": "invemb.scratch", "tiered": "invemb.tiered", "controller": "invemb.inversion"}
+
+
+def run_kind(path: str | Path) -> str | None:
+    cfg = Path(path) / "config.json"
+    if cfg.exists():
+        try:
+            return json.loads(cfg.read_text()).get("kind")
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def load(path: str | Path = "backbone", **kwargs: Any) -> Encoder:
+    """Load any saved run folder (EM, scratch, tiered), a raw HF backbone folder, or
+    ``"backbone"`` for the bundled all-MiniLM-L6-v2, as an :class:`Encoder`."""
+    from invemb.backbone.hf import BackboneConfig, HFBackbone
+
+    if str(path) in ("backbone", "default"):
+        return HFBackbone(BackboneConfig(**kwargs))
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such run or model folder")
+    kind = run_kind(p)
+    if kind in RUN_KINDS:
+        return importlib.import_module(RUN_KINDS[kind]).load_run(p, **kwargs)
+    if (p / "config.json").exists() and kind is None:
+        return HFBackbone(BackboneConfig(path=str(p), **kwargs))
+    raise ValueError(f"{p}: not an invemb run folder (config.json with a known 'kind') nor a Hugging Face model folder")
+
+
+_LOADED: dict[str, Encoder] = {}
+
+
+def encode(texts: list[str] | str, model: str | Path | Encoder = "backbone", batch_size: int = 64) -> torch.Tensor:
+    """Vectors (N, dim), L2-normalised, for words, phrases or sentences."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if isinstance(model, (str, Path)):
+        key = str(model)
+        if key not in _LOADED:
+            _LOADED[key] = load(model)
+        model = _LOADED[key]
+    return model.encode(list(texts), batch_size=batch_size)
+
+
+def invert(vector_or_text: Any, em: str | Path, controller: str | Path, **kwargs: Any):
+    """Rebuild text from a sentence vector (or from a text, encoded first) with a trained controller."""
+    from invemb.inversion import invert as _invert
+
+    return _invert(vector_or_text, em=em, controller=controller, **kwargs)

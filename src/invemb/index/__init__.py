@@ -1,0 +1,1 @@
+"""invemb.index"""

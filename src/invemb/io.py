@@ -1,0 +1,71 @@
+"""Atomic, pickle-free file writes: temp file in the same folder, fsync, rename."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def atomic_save_file(path: Path, save: Callable[[str], None]) -> None:
+    """Atomic wrapper for writers that take a filename (safetensors.save_file, np.save, savefig)."""
+    _atomic(path, lambda p: save(str(p)))
+
+
+def read_text_file(path: str | Path) -> str:
+    """Read UTF-8 text; a bad byte raises one line naming the file and the byte offset."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 at byte offset {err.start} ({err.reason})") from None
+
+
+def read_jsonl_texts(path: str | Path, key: str = "text") -> list[str]:
+    """Lines of ``{"text": ...}``; errors name the file and line."""
+    texts: list[str] = []
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
+            raise ValueError(f"{path}:{n}: expected an object with a string {key!r} field")
+        texts.append(obj[key])
+    return texts
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -1,0 +1,1 @@
+"""Text sources, corpus, unit vocabulary, WordNet lexicon and noise."""

@@ -1,0 +1,1 @@
+"""The shared training loop, checkpoints, metric logs and schedules."""

@@ -1,0 +1,284 @@
+"""One training loop for every model: accumulation, clipping, schedule, AMP, DDP, resume.
+
+A model family plugs in through a :class:`TrainTask`: it owns the model, the data plan and the
+loss; the loop owns everything else. The loop is written so a run is reproducible and resumable
+to the bit: the data order of an epoch comes from a generator seeded by ``(seed, epoch)``, and
+the global RNG is reseeded from ``(seed, micro-batch index)`` before every micro-batch, so a run
+resumed from a mid-epoch checkpoint replays exactly the steps an uninterrupted run would take.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the loop wraps the model in DistributedDataParallel and rank
+``r`` takes micro-batches ``r, r + W, r + 2W, ...`` of the plan, so W processes with
+accumulation A follow the same trajectory as one process with accumulation W * A.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from invemb.config import Config
+from invemb.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from invemb.training.metrics_log import MetricsLog
+from invemb.training.schedules import warmup_cosine
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    epochs: int = 3
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    lr_floor: float = 0.05
+    clip_norm: float = 1.0
+    seed: int = 0
+    deterministic: bool = False
+    amp: str = "auto"  # "auto" (bf16 on CUDA), "bf16", "off"
+    device: str = "auto"  # "auto", "cpu", "cuda", "mps"
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints (0: epoch ends only)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What a task's loss sees about the schedule."""
+
+    step: int  # optimizer step (0-based) this micro-batch contributes to
+    total_steps: int
+    epoch: int
+    micro_index: int  # global micro-batch index in the whole run
+    device: torch.device
+
+
+class TrainTask(Protocol):
+    model: nn.Module
+
+    def batch_plan(self, epoch: int, generator: torch.Generator) -> Sequence[Any]:
+        """The micro-batches of one epoch as cheap specs (e.g. index lists), in order."""
+
+    def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss and its named terms for one micro-batch (``model`` may be DDP-wrapped)."""
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """Held-out metrics at the end of an epoch (rank 0 only)."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups; a group may carry ``lr_scale`` (e.g. 0.1 for backbone layers)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra task state to checkpoint (e.g. a negative queue)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
+        """Plots and reports (rank 0 only)."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment, (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_distributed(device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _set_seed(seed: int) -> None:
+    torch.manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _micro_seed(seed: int, micro: int) -> int:
+    return (seed * 1_000_003 + micro * 7_919 + 17) & 0x7FFF_FFFF
+
+
+class Trainer:
+    """Runs a :class:`TrainTask` into a run folder (metrics.jsonl, checkpoints, plots)."""
+
+    def __init__(self, task: TrainTask, cfg: TrainConfig, run_dir: str | Path):
+        self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
+        self.rank, self.world = dist_info()
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _autocast(self):
+        use = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
+        if not use:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        groups = self.task.param_groups() if hasattr(self.task, "param_groups") else [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        for g in groups:
+            g.setdefault("lr_scale", 1.0)
+            g["lr"] = self.cfg.lr * g["lr_scale"]
+            g.setdefault("weight_decay", self.cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=self.cfg.lr)
+
+    def _steps_per_epoch(self, n_micro: int) -> int:
+        per_step = self.cfg.grad_accum * self.world
+        return math.ceil(n_micro / per_step)
+
+    # -- main --------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        cfg, task = self.cfg, self.task
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if self.world > 1:
+            _init_distributed(self.device)
+        _set_seed(cfg.seed)
+        model = task.model.to(self.device)
+        wrapped: nn.Module = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            wrapped = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        opt = self._optimizer(model)
+
+        plan0 = task.batch_plan(0, torch.Generator().manual_seed(cfg.seed))
+        steps_per_epoch = self._steps_per_epoch(len(plan0))
+        total_steps = steps_per_epoch * cfg.epochs
+        step, start_epoch, skip_micro = 0, 0, 0
+        last_eval: dict[str, float] = {}
+
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is None:
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+            model_state, state = load_checkpoint(ckpt)
+            model.load_state_dict(model_state)
+            opt.load_state_dict(state["optimizer"])
+            task.load_state_dict(state.get("task", {}))
+            step, start_epoch, skip_micro = state["step"], state["epoch"], state["micro_in_epoch"]
+            if state.get("world", 1) != self.world:
+                raise ValueError(f"checkpoint was written with world size {state.get('world')}, now {self.world}")
+            self.log.truncate_after(step)
+            last_eval = state.get("last_eval", {})
+
+        bar = None
+        if cfg.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_steps, initial=step, desc=type(task).__name__.replace("Task", "").lower() or "train",
+                       dynamic_ncols=True, mininterval=0.5)
+
+        def checkpoint(epoch: int, micro_in_epoch: int) -> None:
+            if not self.is_main:
+                return
+            state = {
+                "optimizer": opt.state_dict(), "task": task.state_dict(), "step": step, "epoch": epoch,
+                "micro_in_epoch": micro_in_epoch, "world": self.world, "last_eval": last_eval,
+            }
+            save_checkpoint(self.run_dir, step, model.state_dict(), state, keep=cfg.keep_checkpoints)
+
+        per_step = cfg.grad_accum * self.world
+        for epoch in range(start_epoch, cfg.epochs):
+            plan = task.batch_plan(epoch, torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            epoch_terms: dict[str, float] = {}
+            epoch_steps = 0
+            model.train()
+            t_epoch = time.perf_counter()
+            first = skip_micro if epoch == start_epoch else 0
+            for group_start in range(first, len(plan), per_step):
+                group = list(range(group_start, min(group_start + per_step, len(plan))))
+                mine = group[self.rank::self.world]
+                terms_sum: dict[str, float] = {}
+                n_items = 0
+                t0 = time.perf_counter()
+                for j, micro in enumerate(mine):
+                    global_micro = epoch * len(plan) + micro
+                    _set_seed(_micro_seed(cfg.seed, global_micro))
+                    ctx = StepContext(step, total_steps, epoch, global_micro, self.device)
+                    sync = j == len(mine) - 1 or self.world == 1
+                    no_sync = wrapped.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
+                    with no_sync:
+                        with self._autocast():
+                            loss, terms = task.loss(wrapped, plan[micro], ctx)
+                        # Scale by the global number of micro-batches so W ranks x A accumulation
+                        # equals one rank with W*A accumulation (DDP averages over ranks).
+                        (loss * (self.world / len(group))).backward()
+                    for k, v in terms.items():
+                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v)
+                    n_items += len(plan[micro]) if hasattr(plan[micro], "__len__") else 1
+                if not mine:  # a rank with no micro-batch in a short last group still syncs
+                    with self._autocast():
+                        loss, _ = task.loss(wrapped, plan[group[0]], StepContext(step, total_steps, epoch, -1, self.device))
+                    (loss * 0.0).backward()
+                lr_mult = warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.lr_floor)
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * lr_mult
+                grad_norm = float("nan")
+                if cfg.clip_norm > 0:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                epoch_steps += 1
+                dt = time.perf_counter() - t0
+                terms_mean = {k: v / max(1, len(mine)) for k, v in terms_sum.items()}
+                for k, v in terms_mean.items():
+                    epoch_terms[k] = epoch_terms.get(k, 0.0) + v
+                if step % cfg.log_every == 0:
+                    self.log.write("step", step=step, epoch=epoch, lr=cfg.lr * lr_mult, grad_norm=grad_norm,
+                                   items_per_s=n_items * self.world / max(dt, 1e-9), **terms_mean)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in list(terms_mean.items())[:6]}, refresh=False)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    checkpoint(epoch, group[-1] + 1)
+            # -- epoch end ---------------------------------------------------------------------
+            if self.is_main:
+                model.eval()
+                with torch.no_grad():
+                    last_eval = {k: float(v) for k, v in task.evaluate(epoch).items()}
+                means = {f"train_{k}": v / max(1, epoch_steps) for k, v in epoch_terms.items()}
+                self.log.write("epoch", step=step, epoch=epoch, seconds=time.perf_counter() - t_epoch, **means, **last_eval)
+                if bar is not None:
+                    shown = {k: f"{v:.3f}" for k, v in list(last_eval.items())[:4]}
+                    bar.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+            checkpoint(epoch + 1, 0)
+            if self.is_main and hasattr(task, "on_epoch_end"):
+                task.on_epoch_end(self.run_dir, epoch)
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+        if bar is not None:
+            bar.close()
+        model.eval()
+        return last_eval
+
+
+def iterate_minibatches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> Iterator[list[int]]:
+    """Shuffled index lists covering ``range(n)``."""
+    perm = torch.randperm(n, generator=generator).tolist()
+    for i in range(0, n, batch_size):
+        chunk = perm[i:i + batch_size]
+        if drop_last and len(chunk) < batch_size:
+            break
+        yield chunk
