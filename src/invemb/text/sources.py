@@ -59,15 +59,23 @@ def brown_root(path: str | None = None) -> Path:
 
 
 def brown_documents(path: str | None = None) -> Iterator[tuple[str, list[str]]]:
-    """(file id, sentences) for each of the 500 Brown files, tags stripped, detokenised."""
-    from nltk.corpus.reader import TaggedCorpusReader
+    """(file id, sentences) for each of the 500 Brown files, tags stripped, detokenised.
 
-    root = brown_root(path)
-    reader = TaggedCorpusReader(str(root), r"c[a-r]\d\d")
+    The format is one sentence a line of ``word/tag`` tokens; it is read directly (nltk's
+    TaggedCorpusReader refuses files it does not own, which npm-unpacked files often are not).
+    """
+    import re
+
     from invemb.text.vocab import detokenize
 
-    for fid in reader.fileids():
-        yield fid, [detokenize(s) for s in reader.sents(fid)]
+    root = brown_root(path)
+    for f in sorted(p for p in root.iterdir() if re.fullmatch(r"c[a-r]\d\d", p.name)):
+        sentences = []
+        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+            words = [tok.rsplit("/", 1)[0] for tok in line.split() if "/" in tok]
+            if words:
+                sentences.append(detokenize(words))
+        yield f.name, sentences
 
 
 def nlp_corpus_root(path: str | None = None) -> Path:
