@@ -1,0 +1,127 @@
+"""FAISS index over unit vectors, saved with its id <-> unit table.
+
+Flat inner product by default (exact; vectors are L2-normalised so IP is cosine); HNSW or IVF-PQ
+when asked or above ``auto_threshold`` units. Saved as ``index.faiss`` (FAISS's own format, no
+pickle) + ``units.json`` + ``index.json`` (kind, parameters, dim, encoder fingerprint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from invemb.config import Config
+from invemb.io import atomic_save_file, atomic_write_json
+
+KINDS = ("flat", "hnsw", "ivfpq", "auto")
+
+
+@dataclasses.dataclass
+class IndexConfig(Config):
+    kind: str = "auto"  # flat | hnsw | ivfpq | auto (flat below auto_threshold, else HNSW)
+    auto_threshold: int = 200_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0  # 0 = 4 * sqrt(N)
+    ivf_nprobe: int = 16
+    pq_m: int = 0  # sub-quantisers; 0 = dim // 8 (must divide dim)
+    pq_bits: int = 8
+    threads: int = 0  # 0 = FAISS default
+
+    presets = {"tiny": {}, "default": {}, "full": {"kind": "hnsw"}}
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("faiss is not installed: `pip install faiss-cpu`") from None
+    return faiss
+
+
+class UnitIndex:
+    """Nearest units of query vectors."""
+
+    def __init__(self, index, units: list[str], cfg: IndexConfig, meta: dict | None = None):
+        self.index, self.units, self.cfg = index, list(units), cfg
+        self.meta = meta or {}
+        self.dim = index.d
+
+    @classmethod
+    def build(cls, vectors: torch.Tensor | np.ndarray, units: list[str], cfg: IndexConfig | None = None,
+              meta: dict | None = None) -> "UnitIndex":
+        faiss = _faiss()
+        cfg = cfg or IndexConfig()
+        if cfg.kind not in KINDS:
+            raise ValueError(f"unknown index kind {cfg.kind!r}; choose from {', '.join(KINDS)}")
+        x = np.ascontiguousarray(vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] != len(units):
+            raise ValueError(f"{x.shape[0] if x.ndim == 2 else '?'} vectors for {len(units)} units")
+        if not np.isfinite(x).all():
+            raise ValueError("unit vectors contain NaN or infinite values")
+        if cfg.threads:
+            faiss.omp_set_num_threads(cfg.threads)
+        n, d = x.shape
+        kind = cfg.kind if cfg.kind != "auto" else ("flat" if n < cfg.auto_threshold else "hnsw")
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = cfg.hnsw_ef_construction
+            index.hnsw.efSearch = cfg.hnsw_ef_search
+        else:
+            nlist = cfg.ivf_nlist or max(1, int(4 * np.sqrt(n)))
+            m = cfg.pq_m or max(1, d // 8)
+            if d % m:
+                raise ValueError(f"pq_m={m} must divide the dimension {d}")
+            quantizer = faiss.IndexFlatIP(d)
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, m, cfg.pq_bits, faiss.METRIC_INNER_PRODUCT)
+            index.train(x)
+            index.nprobe = cfg.ivf_nprobe
+        index.add(x)
+        return cls(index, units, cfg.replace(kind=kind), meta)
+
+    def search(self, queries: torch.Tensor | np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k), ids (Q, k)); ids are positions in ``units``."""
+        q = np.ascontiguousarray(queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query vectors have dimension {q.shape[1]}, the index {self.dim}")
+        if not np.isfinite(q).all():
+            raise ValueError("query vectors contain NaN or infinite values")
+        return self.index.search(q, min(k, len(self.units)))
+
+    def neighbours(self, queries, k: int = 10) -> list[list[tuple[str, float]]]:
+        scores, ids = self.search(queries, k)
+        return [[(self.units[i], float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+
+    def save(self, path: str | Path) -> None:
+        faiss = _faiss()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_save_file(path / "index.faiss", lambda p: faiss.write_index(self.index, p))
+        atomic_write_json(path / "units.json", self.units)
+        atomic_write_json(path / "index.json", {"config": self.cfg.to_dict(), "dim": self.dim, "size": len(self.units), **self.meta})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "UnitIndex":
+        faiss = _faiss()
+        path = Path(path)
+        if not (path / "index.faiss").exists():
+            raise FileNotFoundError(f"{path}: no unit index (run `invemb index build --model RUN`)")
+        info = json.loads((path / "index.json").read_text())
+        cfg = IndexConfig.from_dict(info.pop("config"))
+        index = faiss.read_index(str(path / "index.faiss"))
+        if cfg.kind == "hnsw":
+            index.hnsw.efSearch = cfg.hnsw_ef_search
+        elif cfg.kind == "ivfpq":
+            index.nprobe = cfg.ivf_nprobe
+        units = json.loads((path / "units.json").read_text(encoding="utf-8"))
+        info.pop("dim", None)
+        info.pop("size", None)
+        return cls(index, units, cfg, info)

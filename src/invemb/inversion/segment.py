@@ -1,0 +1,94 @@
+"""Sentence -> sequence of vocabulary units.
+
+Greedy longest match over the research-code tokens: at each position the longest span (up to
+``max_span`` tokens) that is a unit wins, so phrases, multi-word entities and numbers come out
+whole, then single words. A token that is no unit is first tried lowercased (sentence-initial
+capitals), then split into sub-units at hyphens; what is still left is kept as an ``oov`` segment,
+counted in the coverage, never silently dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from invemb.text.vocab import Vocab, detokenize, tokenize
+
+
+@dataclasses.dataclass
+class Segment:
+    text: str  # the unit (or the raw token for an OOV segment)
+    unit_id: int  # -1 for OOV
+    start: int  # first token index in the sentence
+    end: int  # one past the last token index
+    source_text: str = ""  # the original tokens joined, when they differ from the unit (case)
+
+    @property
+    def oov(self) -> bool:
+        return self.unit_id < 0
+
+
+@dataclasses.dataclass
+class Segmentation:
+    tokens: list[str]
+    segments: list[Segment]
+
+    @property
+    def unit_ids(self) -> list[int]:
+        return [s.unit_id for s in self.segments if not s.oov]
+
+    @property
+    def coverage(self) -> float:
+        """Share of tokens covered by vocabulary units."""
+        covered = sum(s.end - s.start for s in self.segments if not s.oov)
+        return covered / max(1, len(self.tokens))
+
+    @property
+    def oov_tokens(self) -> list[str]:
+        return [s.text for s in self.segments if s.oov]
+
+    def text(self) -> str:
+        return detokenize([s.text for s in self.segments])
+
+
+class Segmenter:
+    def __init__(self, vocab: Vocab, max_span: int = 7):
+        self.vocab, self.max_span = vocab, max_span
+
+    def _lookup(self, tokens: list[str], i: int, j: int) -> tuple[str, int] | None:
+        span = " ".join(tokens[i:j])
+        uid = self.vocab.ids.get(span)
+        if uid is not None:
+            return span, uid
+        # A capital that only starts the sentence: lowercase the first token, keep the rest.
+        if i == 0 and tokens[0][:1].isupper():
+            lowered = " ".join([tokens[0].lower()] + tokens[1:j])
+            uid = self.vocab.ids.get(lowered)
+            if uid is not None:
+                return lowered, uid
+        return None
+
+    def segment(self, sentence: str) -> Segmentation:
+        tokens = tokenize(sentence)
+        segments: list[Segment] = []
+        i = 0
+        while i < len(tokens):
+            for j in range(min(len(tokens), i + self.max_span), i, -1):
+                hit = self._lookup(tokens, i, j)
+                if hit is not None:
+                    unit, uid = hit
+                    src = " ".join(tokens[i:j])
+                    segments.append(Segment(unit, uid, i, j, src if src != unit else ""))
+                    i = j
+                    break
+            else:
+                segments.extend(self._fallback(tokens[i], i))
+                i += 1
+        return Segmentation(tokens, segments)
+
+    def _fallback(self, token: str, i: int) -> list[Segment]:
+        """Sub-units of a hyphenated OOV token ("ultra-modern" -> ultra, -, modern), else OOV."""
+        if "-" in token:
+            parts = [p for p in token.replace("-", " - ").split() if p]
+            ids = [self.vocab.ids.get(p, self.vocab.ids.get(p.lower(), -1)) for p in parts]
+            if all(x >= 0 for x in ids):
+                return [Segment(self.vocab.units[x], x, i, i + 1, token) for x in ids]
+        return [Segment(token, -1, i, i + 1)]
