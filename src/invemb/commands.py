@@ -1,8 +1,91 @@
-"""Core verbs that belong to no single model family: corpus, vocab, encode, neighbours, demo."""
+"""Core verbs that belong to no single model family: corpus, vocab, encode."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+corpus_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the training corpus.")
+vocab_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the unit vocabulary and lexicon.")
 
-def register(app: typer.Typer, train_app: typer.Typer) -> None:  # filled in by the EM work
-    pass
+
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    from invemb.cli import emit, user_errors
+
+    app.add_typer(corpus_app, name="corpus")
+    app.add_typer(vocab_app, name="vocab")
+
+    @corpus_app.command("build")
+    @user_errors
+    def corpus_build(
+        out: Path = typer.Option(Path("data/built/corpus"), help="output folder"),
+        preset: str = typer.Option("default", help="tiny | default | full"),
+        source: List[str] = typer.Option([], "--source", help="wiki, wordnet, brown, nlp (repeat; default: all four)"),
+        file: List[Path] = typer.Option([], "--file", help="your own .txt or .jsonl file (repeat)"),
+        wiki: Optional[str] = typer.Option(None, help="path to summaries_en-us.json"),
+    ):
+        """Split, normalise, deduplicate and split by document hash.
+
+        Example: invemb corpus build --out data/built/corpus --source wiki --file notes.txt
+        """
+        from invemb.text.corpus import CorpusConfig, build_corpus
+
+        cfg = CorpusConfig.preset(preset)
+        if source:
+            cfg = cfg.replace(sources=list(source))
+        if file:
+            cfg = cfg.replace(files=[str(f) for f in file])
+        if wiki:
+            cfg = cfg.replace(wiki_path=wiki)
+        emit(build_corpus(cfg, out))
+
+    @vocab_app.command("build")
+    @user_errors
+    def vocab_build(
+        corpus: Path = typer.Option(Path("data/built/corpus"), help="a built corpus folder"),
+        out: Path = typer.Option(Path("data/built/vocab.json"), help="vocabulary JSON (lexicon.json is written beside it)"),
+        preset: str = typer.Option("default", help="tiny | default | full"),
+        lexicon: bool = typer.Option(True, help="also build the WordNet synonym/antonym lexicon"),
+    ):
+        """Count units (words, acronyms, entities, n-grams, numbers) over the corpus's train split.
+
+        Example: invemb vocab build --corpus data/built/corpus --out data/built/vocab.json
+        """
+        from invemb.text.corpus import Corpus
+        from invemb.text.lexicon import LexiconConfig, build_lexicon
+        from invemb.text.vocab import VocabConfig, build_vocab
+
+        vocab = build_vocab(Corpus(corpus).sentences("train"), VocabConfig.preset(preset), progress=True)
+        vocab.save(out)
+        result = {"units": len(vocab), "by_category": vocab.by_category(), "path": str(out)}
+        if lexicon:
+            lex = build_lexicon(vocab, LexiconConfig.preset(preset))
+            lex_path = out.with_name("lexicon.json")
+            lex.save(lex_path)
+            result["lexicon"] = {**lex.stats(), "path": str(lex_path)}
+        emit(result)
+
+    @app.command("encode")
+    @user_errors
+    def encode_cmd(
+        model: str = typer.Option(..., help="run folder, backbone folder, or 'backbone'"),
+        input: Path = typer.Option(..., "--input", help='JSONL file, one {"text": ...} a line'),
+        output: Path = typer.Option(..., "--output", help=".npy file for the (N, dim) float32 vectors"),
+        batch_size: int = typer.Option(64, help="texts per batch"),
+    ):
+        """Encode texts to an .npy matrix (rows in input order, L2-normalised).
+
+        Example: invemb encode --model runs/em-default --input texts.jsonl --output vecs.npy
+        """
+        import numpy as np
+
+        import invemb
+        from invemb.io import atomic_save_file, read_jsonl_texts
+
+        texts = read_jsonl_texts(input)
+        if not texts:
+            raise ValueError(f"{input}: no texts")
+        vecs = invemb.load(model).encode(texts, batch_size=batch_size).numpy().astype(np.float32)
+        atomic_save_file(output, lambda p: np.save(open(p, "wb"), vecs))
+        emit({"texts": len(texts), "dim": int(vecs.shape[1]), "output": str(output)})

@@ -125,8 +125,20 @@ class _Counts:
                 ent.pop()
             while ent and ent[0].lower() in stop:
                 ent.pop(0)
-            if len(ent) >= 2 and len(ent) <= self.max_entity_words:
-                self.single["entity"][" ".join(ent)] += 1
+            # "Prime Minister of the United States": the run itself (if short enough) and its
+            # connector-free parts ("Prime Minister", "United States") are all entities.
+            parts, part = [], []
+            for tok in ent + ["of"]:
+                if tok.lower() in _CONNECTORS:
+                    if part:
+                        parts.append(part)
+                    part = []
+                else:
+                    part.append(tok)
+            runs = [p for p in parts if len(p) >= 2] + ([ent] if len(parts) > 1 else [])
+            for r in runs:
+                if len(r) <= self.max_entity_words:
+                    self.single["entity"][" ".join(r)] += 1
             ent.clear()
 
         initial = True  # only punctuation so far: a capital here may just start the sentence

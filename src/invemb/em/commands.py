@@ -1,0 +1,79 @@
+"""EM verbs: train em, demo, neighbours, index-free encode lives in invemb.commands."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from invemb.cli import emit, user_errors
+
+
+def _em_config(preset: str, backbone: Optional[str], overrides: List[str]):
+    from invemb.config import parse_overrides
+    from invemb.em.config import EMConfig
+
+    cfg = EMConfig.preset(preset)
+    if backbone:
+        cfg = cfg.replace(**{"backbone.path": backbone})
+    if overrides:
+        cfg = cfg.replace(**parse_overrides(overrides))
+    return cfg
+
+
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    @train_app.command("em")
+    @user_errors
+    def train_em_cmd(
+        preset: str = typer.Option("default", help="tiny | default | full"),
+        out: Path = typer.Option(None, help="run folder (default: runs/em-PRESET)"),
+        backbone: Optional[str] = typer.Option(None, help="local Hugging Face encoder folder (default: bundled all-MiniLM-L6-v2)"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+        set_: List[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. loss.order=0 train.epochs=2"),
+        quiet: bool = typer.Option(False, help="no progress bars"),
+    ):
+        """Train the EM head on cached backbone features.
+
+        Example: invemb train em --preset default --out runs/em-default
+        """
+        from invemb.em.train import train_em
+
+        cfg = _em_config(preset, backbone, set_)
+        result = train_em(cfg, out or Path(f"runs/em-{preset}"), resume=resume, progress=not quiet)
+        emit(result)
+
+    @app.command("neighbours")
+    @user_errors
+    def neighbours_cmd(
+        text: List[str] = typer.Argument(..., help="words, phrases or sentences"),
+        model: Path = typer.Option(..., help="EM run folder"),
+        k: int = typer.Option(10, "-k", help="neighbours per query"),
+        plain: bool = typer.Option(False, help="a table instead of JSON"),
+    ):
+        """Nearest vocabulary units of a word, phrase or sentence.
+
+        Example: invemb neighbours bank "New York" "not good" --model runs/em-default -k 10
+        """
+        from invemb.em.probe import neighbours
+
+        result = neighbours(model, list(text), k)
+        if plain:
+            for q, items in result.items():
+                typer.echo(f"{q}: " + ", ".join(f"{u} ({s:.3f})" for u, s in items))
+        else:
+            emit({q: [{"unit": u, "cosine": round(s, 4)} for u, s in items] for q, items in result.items()})
+
+    @app.command("demo")
+    @user_errors
+    def demo_cmd(
+        preset: str = typer.Option("default", help="tiny | default | full"),
+        out: Path = typer.Option(None, help="run folder (default: runs/em-PRESET)"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed demo run"),
+    ):
+        """The main job: corpus -> vocabulary -> lexicon -> features -> train EM -> report.
+
+        Example: invemb demo --preset default --out runs/em-default
+        """
+        from invemb.em.probe import demo
+
+        demo(preset, out or Path(f"runs/em-{preset}"), resume=resume)

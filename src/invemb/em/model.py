@@ -1,0 +1,240 @@
+"""TokenEmbeddingModel (EM): a frozen backbone plus a trained token head.
+
+Words, phrases and sentences go through the same path (backbone -> head), so they share one
+space. The head has three parts:
+
+- an aggregator over the backbone's output: ``mlp`` takes the pooled vector as is (order lost);
+  ``attention`` pools the token states with learned, position-aware weights; ``transformer``
+  runs one or two pre-norm transformer layers with learned positions over the token states and
+  mean-pools them (order-aware: the research notes' remedy for pooled vectors losing word order);
+- a projection MLP (H -> proj_hidden -> embed_dim, GELU, LayerNorm, no bias on the last layer),
+  L2-normalised;
+- a reconstruction MLP back to the backbone's pooled hidden vector.
+
+Both order-aware aggregators start out as plain mean pooling (zero-initialised deltas), so
+training begins from the backbone's own geometry.
+
+Shapes: B items, T tokens, H backbone hidden, P proj hidden, D embed dim.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invemb.config import Config
+
+HEADS = ("mlp", "attention", "transformer")
+
+
+@dataclasses.dataclass
+class HeadConfig(Config):
+    head: str = "transformer"  # mlp | attention | transformer
+    hidden: int = 384  # backbone hidden size H (set from the backbone)
+    proj_hidden: int = 768
+    embed_dim: int = 256
+    agg_layers: int = 1
+    agg_heads: int = 6
+    agg_ff: int = 768
+    max_tokens: int = 64
+    dropout: float = 0.1
+
+    presets = {
+        "tiny": {"proj_hidden": 64, "embed_dim": 32, "agg_heads": 2, "agg_ff": 64, "max_tokens": 32},
+        "default": {},
+        "full": {"proj_hidden": 2048, "embed_dim": 768, "agg_layers": 2, "agg_heads": 16, "agg_ff": 2048, "max_tokens": 128},
+    }
+
+
+class HeadOutput(NamedTuple):
+    embedding: torch.Tensor  # (B, D), L2-normalised
+    reconstruction: torch.Tensor  # (B, H)
+    aggregated: torch.Tensor  # (B, H), the aggregator's output before projection
+
+
+class AttentionPool(nn.Module):
+    """Position-aware attention pooling; zero-initialised scorer = mean pooling at the start."""
+
+    def __init__(self, hidden: int, max_tokens: int):
+        super().__init__()
+        self.pos = nn.Embedding(max_tokens, hidden)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        self.key = nn.Linear(hidden, hidden)
+        self.score = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        self.value_delta = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.value_delta.weight)
+        nn.init.zeros_(self.value_delta.bias)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = states.shape[1]
+        pos = self.pos(torch.arange(T, device=states.device))  # (T, H)
+        logits = self.score(torch.tanh(self.key(states + pos))).squeeze(-1)  # (B, T)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        weights = logits.softmax(-1).unsqueeze(-1)  # (B, T, 1)
+        values = states + self.value_delta(states + pos)  # (B, T, H)
+        return (weights * values).sum(1)  # (B, H)
+
+
+class TransformerAggregator(nn.Module):
+    """Pre-norm transformer layers with learned positions over token states, then masked mean."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.pos = nn.Embedding(cfg.max_tokens, cfg.hidden)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(cfg.hidden, cfg.agg_heads, cfg.agg_ff, cfg.dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(cfg.agg_layers))
+        for layer in self.layers:  # start as the identity: the residual branches output zero
+            nn.init.zeros_(layer.self_attn.out_proj.weight)
+            nn.init.zeros_(layer.self_attn.out_proj.bias)
+            nn.init.zeros_(layer.linear2.weight)
+            nn.init.zeros_(layer.linear2.bias)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = states.shape[1]
+        h = states + self.pos(torch.arange(T, device=states.device))  # (B, T, H)
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask=~mask)  # (B, T, H)
+        m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+        mean_states = (states * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, H): the backbone's pooling
+        # Positions enter only through the layers' delta, so at init this is exactly mean pooling.
+        delta = ((h - states - self.pos(torch.arange(T, device=states.device))) * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return mean_states + delta  # (B, H)
+
+
+class TokenHead(nn.Module):
+    """Aggregator + projection + reconstruction: backbone output -> EM vector."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        if cfg.head not in HEADS:
+            raise ValueError(f"unknown head {cfg.head!r}; choose from {', '.join(HEADS)}")
+        self.cfg = cfg
+        if cfg.head == "attention":
+            self.aggregator: nn.Module | None = AttentionPool(cfg.hidden, cfg.max_tokens)
+        elif cfg.head == "transformer":
+            self.aggregator = TransformerAggregator(cfg)
+        else:
+            self.aggregator = None
+        self.proj = nn.Sequential(
+            nn.Linear(cfg.hidden, cfg.proj_hidden), nn.GELU(), nn.LayerNorm(cfg.proj_hidden), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.proj_hidden, cfg.embed_dim, bias=False))
+        self.recon = nn.Sequential(
+            nn.Linear(cfg.embed_dim, cfg.proj_hidden), nn.GELU(), nn.LayerNorm(cfg.proj_hidden),
+            nn.Linear(cfg.proj_hidden, cfg.hidden))
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self.aggregator is not None
+
+    def aggregate(self, pooled: torch.Tensor | None, states: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.aggregator is None:
+            return pooled  # (B, H)
+        states = states[:, : self.cfg.max_tokens]  # (B, T, H)
+        mask = mask[:, : self.cfg.max_tokens]  # (B, T)
+        return self.aggregator(states, mask)  # (B, H)
+
+    def forward(self, pooled: torch.Tensor | None = None, states: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> HeadOutput:
+        agg = self.aggregate(pooled, states, mask)  # (B, H)
+        z = F.normalize(self.proj(agg), dim=-1)  # (B, D)
+        return HeadOutput(z, self.recon(z), agg)
+
+    @property
+    def last_projection(self) -> nn.Linear:
+        return self.proj[-1]
+
+
+class TokenEmbeddingModel(nn.Module):
+    """Backbone + head as an :class:`invemb.Encoder`."""
+
+    def __init__(self, backbone, head: TokenHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+        self.dim = head.cfg.embed_dim
+
+    def _head_on_batch(self, batch) -> HeadOutput:
+        pooled, states, mask = self.backbone(batch)
+        return self.head(pooled.float(), states.float(), mask.bool())
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        from invemb.encoder import check_texts
+
+        check_texts(texts)
+        self.eval()
+        out = torch.empty(len(texts), self.dim)
+        batches = list(self.backbone.length_sorted_batches(texts, batch_size))
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="encode", unit="batch", dynamic_ncols=True)
+        for idx in batches:
+            out[idx] = self._head_on_batch(self.backbone.tokenize([texts[i] for i in idx])).embedding.float().cpu()
+        return out  # (N, D)
+
+    @torch.no_grad()
+    def encode_in_context(self, sentence: str, span: str | tuple[int, int]) -> torch.Tensor:
+        """The vector of one occurrence of ``span`` in ``sentence`` (D,): the backbone reads the whole
+        sentence, the head aggregates only the span's tokens, so homographs ("bank" of a river vs a
+        bank loan) get different vectors. ``span`` is a substring (first occurrence) or (start, end)
+        character offsets."""
+        if isinstance(span, str):
+            start = sentence.find(span)
+            if start < 0:
+                raise ValueError(f"span {span!r} not found in the sentence")
+            span = (start, start + len(span))
+        start, end = span
+        prompt_len = len(self.backbone.cfg.prompt)
+        enc = self.backbone.tokenizer([self.backbone.cfg.prompt + sentence], truncation=True,
+                                      max_length=self.backbone.cfg.max_length, return_offsets_mapping=True, return_tensors="pt")
+        offsets = enc.pop("offset_mapping")[0]  # (T, 2)
+        _, states, mask = self.backbone(enc)
+        inside = [(s >= start + prompt_len and e <= end + prompt_len and e > s) for s, e in offsets.tolist()]
+        keep = torch.tensor(inside)
+        if not keep.any():
+            raise ValueError(f"span {span} covers no token of the sentence")
+        span_states = states[0, keep].float().unsqueeze(0)  # (1, t, H)
+        span_mask = torch.ones(1, span_states.shape[1], dtype=torch.bool)
+        pooled = span_states.mean(1)  # (1, H)
+        self.eval()
+        return self.head(pooled, span_states, span_mask).embedding[0]  # (D,)
+
+    def save(self, path) -> None:
+        save_head(self.head, Path(path))
+
+
+def save_head(head: TokenHead, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from invemb.io import atomic_save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_save_file(path / "head.safetensors", lambda p: save_file({k: v.contiguous() for k, v in head.state_dict().items()}, p))
+    head.cfg.save(path / "head_config.json")
+
+
+def load_head(path: Path) -> TokenHead:
+    from safetensors.torch import load_file
+
+    head = TokenHead(HeadConfig.load(Path(path) / "head_config.json"))
+    head.load_state_dict(load_file(str(Path(path) / "head.safetensors")))
+    return head.eval()
+
+
+def check_backbone_identity(saved: dict, current: dict) -> None:
+    """Refuse a head trained on another backbone, naming both."""
+    keys = ("name", "fingerprint", "hidden_size", "pooling", "prompt")
+    if any(saved.get(k) != current.get(k) for k in keys):
+        a = {k: saved.get(k) for k in keys}
+        b = {k: current.get(k) for k in keys}
+        raise ValueError(f"checkpoint was trained on backbone {json.dumps(a)} but the given backbone is {json.dumps(b)}")

@@ -1,0 +1,47 @@
+"""Looking at a trained EM: nearest units, and the demo that trains one and prints what it learned."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PROBES = ["bank", "New York", "not good", "prime minister", "happy", "1990s"]
+
+
+def neighbours(run: str | Path, texts: list[str], k: int = 10) -> dict[str, list[tuple[str, float]]]:
+    """Nearest vocabulary units of each text, from the run's FAISS index over all unit vectors."""
+    from invemb.em.train import load_run
+    from invemb.index.faiss_index import UnitIndex
+
+    run = Path(run)
+    model = load_run(run)
+    index = UnitIndex.load(run / "index")
+    vecs = model.encode(texts)
+    return dict(zip(texts, index.neighbours(vecs, k)))
+
+
+def demo(preset: str, out: Path, resume: bool = False) -> dict:
+    """Train (or finish) the EM of ``preset`` into ``out`` and print a short report."""
+    import typer
+
+    from invemb.em.config import EMConfig
+    from invemb.em.train import train_em
+
+    out = Path(out)
+    if (out / "final_metrics.json").exists():
+        typer.echo(f"{out} is already trained; showing its report (delete the folder to retrain)")
+    else:
+        train_em(EMConfig.preset(preset), out, resume=resume or (out / "checkpoints" / "latest.json").exists())
+    final = json.loads((out / "final_metrics.json").read_text())
+    backbone = json.loads((out / "backbone_metrics.json").read_text())
+    typer.echo("\n== nearest units ==")
+    for q, items in neighbours(out, PROBES, 8).items():
+        typer.echo(f"{q:>15}: " + ", ".join(f"{u} ({s:.2f})" for u, s in items))
+    typer.echo("\n== held-out metrics: raw backbone -> EM ==")
+    for k, v in final.items():
+        if k.startswith("dev_") and isinstance(v, float):
+            b = backbone.get(k)
+            typer.echo(f"{k:>40}: " + (f"{b:.3f} -> " if isinstance(b, float) else "      -> ") + f"{v:.3f}")
+    typer.echo(f"\ntimings: data {final['data_s']:.0f}s, features {final['features_s']:.0f}s, train {final['train_s']:.0f}s, "
+               f"total {final['total_s']:.0f}s")
+    typer.echo(f"run folder: {out} (report.md, metrics.jsonl, plots/, index/, st/)")
+    return final

@@ -1,0 +1,401 @@
+"""Training the EM head on cached backbone features with the shared loop.
+
+A batch is ``batch_sentences`` corpus sentences plus ``batch_units`` vocabulary units; the units a
+batch's sentences contain, and the synonyms/antonyms of its units, join the batch as candidates,
+so the unit-recall, synonym and antonym terms always have their partners in the same forward.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from invemb.backbone.cache import FeatureCache
+from invemb.backbone.hf import HFBackbone
+from invemb.em import losses
+from invemb.em.config import EMConfig
+from invemb.em.data import EMData, built_dir, prepare
+from invemb.em.model import HeadOutput, TokenEmbeddingModel, TokenHead, check_backbone_identity, load_head, save_head
+from invemb.io import atomic_write_json, atomic_write_text
+from invemb.training.loop import StepContext, Trainer
+from invemb.training.schedules import cosine_between
+
+
+class CachedHeadEncoder:
+    """The EM during training as an :class:`Encoder`: features from the cache (computed once for
+    texts it has not seen), the head applied on top. Used by the per-epoch evaluators."""
+
+    def __init__(self, cache: FeatureCache, head: TokenHead, name: str = "em"):
+        self.cache, self.head, self.name = cache, head, name
+        self.dim = head.cfg.embed_dim
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        from invemb.encoder import check_texts
+
+        check_texts(texts)
+        rows = self.cache.ensure(texts, progress=False)
+        was_training = self.head.training
+        self.head.eval()
+        out = torch.empty(len(texts), self.dim)
+        order = np.argsort([self.cache._offsets[r + 1] - self.cache._offsets[r] for r in rows], kind="stable")
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            out[idx] = head_forward(self.head, self.cache, rows[idx]).embedding
+        self.head.train(was_training)
+        return out
+
+    def save(self, path) -> None:
+        save_head(self.head, Path(path))
+
+
+def head_forward(head: TokenHead, cache: FeatureCache, rows: np.ndarray, jitter: float = 0.0) -> HeadOutput:
+    """Run the head on cached features of ``rows`` (optionally with Gaussian feature jitter)."""
+    pooled = cache.pooled(rows)  # (B, H)
+    states = mask = None
+    if head.uses_tokens:
+        states, mask = cache.tokens(rows, head.cfg.max_tokens)  # (B, T, H), (B, T)
+    if jitter:
+        scale = pooled.pow(2).mean().sqrt() * jitter
+        pooled = pooled + torch.randn_like(pooled) * scale
+        if states is not None:
+            states = states + torch.randn_like(states) * scale * mask.unsqueeze(-1)
+    dev = next(head.parameters()).device
+    return head(pooled.to(dev), None if states is None else states.to(dev), None if mask is None else mask.to(dev))
+
+
+class EMTask:
+    """The EM objectives as a :class:`invemb.training.loop.TrainTask`."""
+
+    def __init__(self, cfg: EMConfig, data: EMData, cache: FeatureCache, head: TokenHead, unit_rows: np.ndarray,
+                 sent_rows: dict[str, np.ndarray], progress: bool = True):
+        self.cfg, self.data, self.cache, self.model = cfg, data, cache, head
+        self.unit_rows, self.sent_rows = unit_rows, sent_rows
+        self.progress = progress
+        D = head.cfg.embed_dim
+        self.queue = torch.zeros(0, D)
+        self.queue_ids = torch.zeros(0, dtype=torch.long)
+        self.evaluators = None
+
+    # -- data plan ---------------------------------------------------------------------------
+    def batch_plan(self, epoch: int, generator: torch.Generator) -> list[dict[str, list[int]]]:
+        cfg = self.cfg
+        units = torch.from_numpy(self.data.train_units)[torch.randperm(len(self.data.train_units), generator=generator)].tolist()
+        sents = torch.randperm(len(self.data.train_sentences), generator=generator).tolist()
+        n = max(math.ceil(len(units) / cfg.batch_units), math.ceil(len(sents) / max(1, cfg.batch_sentences)))
+        plan = []
+        for b in range(n):
+            u = [units[(b * cfg.batch_units + i) % len(units)] for i in range(cfg.batch_units)]
+            s = [sents[(b * cfg.batch_sentences + i) % len(sents)] for i in range(cfg.batch_sentences)] if sents else []
+            plan.append({"units": list(dict.fromkeys(u)), "sentences": list(dict.fromkeys(s))})
+        return plan
+
+    # -- loss --------------------------------------------------------------------------------
+    def loss(self, model: TokenHead, batch: dict[str, list[int]], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, L, data = self.cfg, self.cfg.loss, self.data
+        tau = cosine_between(ctx.step, ctx.total_steps, L.temperature_start, L.temperature_end)
+        w = {name: L.weight(name, ctx.step, ctx.total_steps) for name in ("contrastive", "synonym", "recon", "anchor", "ortho", "order", "unit")}
+        rng = torch.Generator().manual_seed(ctx.micro_index + 1)
+        anchors = batch["units"]
+        sentences = [data.train_sentences[i] for i in batch["sentences"]]
+        # The unit pool: anchors, then their synonym/antonym partners, then the sentences' units.
+        pool = list(anchors)
+        syn_of, ant_of = {}, {}
+        for u in anchors:
+            if L.synonym and data.synonyms[u]:
+                syn_of[u] = data.synonyms[u][int(torch.randint(len(data.synonyms[u]), (1,), generator=rng))]
+            if L.antonym and data.antonyms[u]:
+                ant_of[u] = data.antonyms[u][int(torch.randint(len(data.antonyms[u]), (1,), generator=rng))]
+        sent_units = []
+        for s in sentences:
+            units = s.units
+            if len(units) > cfg.units_per_sentence:
+                pick = torch.randperm(len(units), generator=rng)[: cfg.units_per_sentence].tolist()
+                units = [units[i] for i in sorted(pick)]
+            sent_units.append(units)
+        pool_index = {u: i for i, u in enumerate(pool)}
+        for u in list(syn_of.values()) + list(ant_of.values()) + [x for us in sent_units for x in us]:
+            if u not in pool_index:
+                pool_index[u] = len(pool)
+                pool.append(u)
+        pool_t = torch.tensor(pool)
+        out = head_forward(model, self.cache, self.unit_rows[pool_t.numpy()])
+        z = out.embedding  # (P, D)
+        target = self.cache.pooled(self.unit_rows[pool_t.numpy()]).to(z.device)  # (P, H)
+        A = len(anchors)
+        terms: dict[str, torch.Tensor] = {}
+        total = z.sum() * 0.0
+        # (i) + (ii) + (vii): contrastive with jittered self-positive, hard negatives, antonyms, queue
+        if w["contrastive"]:
+            z_pos = head_forward(model, self.cache, self.unit_rows[np.array(anchors)], jitter=L.jitter).embedding  # (A, D)
+            extra = mask = None
+            if L.antonym:
+                ant_idx = torch.tensor([pool_index[ant_of[u]] if u in ant_of else -1 for u in anchors])
+                cand = torch.cat([z_pos, z[A:]], dim=0)  # antonyms are looked up among the pool rows
+                extra, mask = losses.antonym_negatives(z[:A], cand, ant_idx, L.hard_k)
+            qmask = None
+            if L.queue and len(self.queue):
+                qmask = self.queue_ids.unsqueeze(0) == torch.tensor(anchors).unsqueeze(1)  # (A, Q)
+            terms["contrastive"] = losses.hard_negative_infonce(z[:A], z_pos, tau, L.hard_k, extra, mask,
+                                                                self.queue.to(z.device) if L.queue else None, qmask)
+            total = total + w["contrastive"] * terms["contrastive"]
+            if L.queue:
+                self._enqueue(z_pos.detach().cpu(), torch.tensor(anchors))
+        # (iii) synonym attraction
+        if w["synonym"] and syn_of:
+            a = torch.tensor([i for i, u in enumerate(anchors) if u in syn_of])
+            b = torch.tensor([pool_index[syn_of[anchors[i]]] for i in a.tolist()])
+            terms["synonym"] = losses.synonym_attraction(z[a], z[b], L.synonym_margin)
+            total = total + w["synonym"] * terms["synonym"]
+        # (iv) reconstruction, with the mean cosine logged
+        terms["recon"] = losses.reconstruction_mse(out.reconstruction, target)
+        if w["recon"]:
+            total = total + w["recon"] * terms["recon"]
+        recon_cos = F.cosine_similarity(out.reconstruction.detach(), target, dim=-1).mean()
+        # (v) semantic anchor on the anchor units
+        if w["anchor"]:
+            terms["anchor"] = losses.semantic_anchor(z[:A], target[:A])
+            total = total + w["anchor"] * terms["anchor"]
+        # (vi) orthogonality
+        if w["ortho"]:
+            terms["ortho"] = losses.orthogonality(model.last_projection.weight)
+            total = total + w["ortho"] * terms["ortho"]
+        # Sentences: (viii) order and (ix) unit recall
+        if sentences and (w["order"] or w["unit"]):
+            idx = np.array(batch["sentences"])
+            s_out = head_forward(model, self.cache, self.sent_rows["text"][idx])
+            zs = s_out.embedding  # (S, D)
+            if w["order"]:
+                z_syn = head_forward(model, self.cache, self.sent_rows["synonym"][idx]).embedding  # (S, D)
+                z_swap = head_forward(model, self.cache, self.sent_rows["swapped"][idx]).embedding  # (S, D)
+                terms["order"] = losses.order_contrast(zs, z_syn, z_swap.unsqueeze(1),
+                                                       torch.ones(len(idx), 1, dtype=torch.bool, device=zs.device), tau)
+                total = total + w["order"] * terms["order"]
+                terms["order_gap"] = ((zs * z_syn).sum(-1) - (zs * z_swap).sum(-1)).mean().detach()
+            if w["unit"]:
+                member = torch.zeros(len(sentences), len(pool), dtype=torch.bool)
+                for r, units in enumerate(sent_units):
+                    member[r, [pool_index[u] for u in units]] = True
+                terms["unit"] = losses.unit_recall(zs, z, member.to(zs.device), tau)
+                total = total + w["unit"] * terms["unit"]
+            if w["anchor"]:
+                s_target = self.cache.pooled(self.sent_rows["text"][idx]).to(zs.device)
+                terms["anchor_sent"] = losses.semantic_anchor(zs, s_target)
+                total = total + w["anchor"] * terms["anchor_sent"]
+        logged = {f"loss_{k}": float(v.detach()) for k, v in terms.items() if not k.endswith("gap")}
+        logged.update({"loss": float(total.detach()), "temperature": tau, "recon_cos": float(recon_cos)})
+        if "order_gap" in terms:
+            logged["order_gap"] = float(terms["order_gap"])
+        for name, value in w.items():
+            if name in ("recon", "anchor") and value:
+                logged[f"w_{name}"] = value
+        return total, logged
+
+    def _enqueue(self, vecs: torch.Tensor, ids: torch.Tensor) -> None:
+        self.queue = torch.cat([vecs, self.queue])[: self.cfg.loss.queue]
+        self.queue_ids = torch.cat([ids, self.queue_ids])[: self.cfg.loss.queue]
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        return head_dev_metrics(self.model, self.data, self.cache, self.unit_rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"queue": self.queue, "queue_ids": self.queue_ids}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "queue" in state:
+            self.queue, self.queue_ids = state["queue"], state["queue_ids"]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
+        from invemb.training.plots import plot_run
+
+        plot_run(run_dir)
+
+
+@torch.no_grad()
+def all_unit_vectors(head: TokenHead, cache: FeatureCache, unit_rows: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+    """EM vectors of every vocabulary unit (V, D), from cached features."""
+    was = head.training
+    head.eval()
+    out = torch.cat([head_forward(head, cache, unit_rows[i:i + batch_size]).embedding.cpu()
+                     for i in range(0, len(unit_rows), batch_size)])
+    head.train(was)
+    return out
+
+
+def dev_evaluators(data: EMData):
+    """The suite's order and relation evaluators on the dev data, built once per data (their
+    probes are reused every epoch). Relations need at least two held-out synonym pairs."""
+    from invemb.eval.order import OrderEvaluator
+    from invemb.eval.relations import RelationEvaluator
+
+    if "order" not in data.evaluators:
+        pairs = {"synonym": data.lexicon.pairs("synonym", "dev"), "antonym": data.lexicon.pairs("antonym", "dev")}
+        data.evaluators["order"] = OrderEvaluator([s.text for s in data.dev_sentences], seed=0)
+        data.evaluators["relations"] = RelationEvaluator(pairs) if len(pairs["synonym"]) >= 2 else None
+    return data.evaluators["order"], data.evaluators["relations"]
+
+
+@torch.no_grad()
+def dev_metrics(encoder, data: EMData, unit_vectors: torch.Tensor) -> dict[str, float]:
+    """Held-out metrics of any encoder: synonym-vs-antonym margin on dev pairs, unit recall@10 on
+    dev sentences (against ``unit_vectors`` of the whole vocabulary), order discrimination."""
+    sents = encoder.encode([s.text for s in data.dev_sentences])  # (S, D)
+    top = (sents @ unit_vectors.T).topk(10, dim=1).indices  # (S, 10)
+    recalls = [len(set(top[i].tolist()) & set(s.units)) / min(10, len(s.units))
+               for i, s in enumerate(data.dev_sentences) if s.units]
+    order_eval, relation_eval = dev_evaluators(data)
+    rel = relation_eval(encoder) if relation_eval is not None else {}
+    order = order_eval(encoder)
+    metrics = {"dev_unit_recall@10": float(np.mean(recalls)) if recalls else float("nan")}
+    metrics.update({f"dev_{k}": v for k, v in rel.items()})
+    metrics.update({f"dev_{k}": v for k, v in order.items()})
+    return metrics
+
+
+@torch.no_grad()
+def head_dev_metrics(head: TokenHead, data: EMData, cache: FeatureCache, unit_rows: np.ndarray) -> dict[str, float]:
+    """The EM's dev metrics: reconstruction cosine on held-out units plus :func:`dev_metrics`."""
+    was = head.training
+    head.eval()
+    dev_rows = unit_rows[data.dev_units]
+    out = head_forward(head, cache, dev_rows)
+    recon_cos = F.cosine_similarity(out.reconstruction, cache.pooled(dev_rows), dim=-1).mean().item()
+    metrics = {"dev_recon_cos": recon_cos, **dev_metrics(CachedHeadEncoder(cache, head), data, all_unit_vectors(head, cache, unit_rows))}
+    head.train(was)
+    return metrics
+
+
+class CachedBackboneEncoder:
+    """The raw backbone (normalised pooled features) from the same cache: the EM's reference."""
+
+    def __init__(self, cache: FeatureCache, name: str = "backbone"):
+        self.cache, self.name, self.dim = cache, name, cache.hidden
+
+    def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        return F.normalize(self.cache.pooled(self.cache.ensure(texts, progress=False)), dim=-1)
+
+    def save(self, path) -> None:  # pragma: no cover - nothing trained
+        raise NotImplementedError("the raw backbone has nothing to save; use the backbone folder")
+
+
+def backbone_dev_metrics(data: EMData, cache: FeatureCache, unit_rows: np.ndarray) -> dict[str, float]:
+    enc = CachedBackboneEncoder(cache)
+    return dev_metrics(enc, data, F.normalize(cache.pooled(unit_rows), dim=-1))
+
+
+# -- the run ---------------------------------------------------------------------------------
+def build_cache(cfg: EMConfig, backbone: HFBackbone, data: EMData, progress: bool = True) -> tuple[FeatureCache, np.ndarray, dict[str, np.ndarray]]:
+    cache = FeatureCache(built_dir(cfg) / "features", backbone, with_tokens=True)
+    unit_rows = cache.ensure(data.vocab.units, batch_size=cfg.feature_batch_size, progress=progress)
+    texts = [s.text for s in data.train_sentences]
+    sent_rows = {
+        "text": cache.ensure(texts, batch_size=cfg.feature_batch_size, progress=progress),
+        "synonym": cache.ensure([s.synonym for s in data.train_sentences], batch_size=cfg.feature_batch_size, progress=progress),
+        "swapped": cache.ensure([s.swapped for s in data.train_sentences], batch_size=cfg.feature_batch_size, progress=progress),
+    }
+    return cache, unit_rows, sent_rows
+
+
+def run_config_dict(cfg: EMConfig, backbone: HFBackbone, vocab_fingerprint: str) -> dict:
+    return {"kind": "em", "em": cfg.to_dict(), "backbone_identity": backbone.identity(), "vocab_fingerprint": vocab_fingerprint}
+
+
+def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, float]:
+    """Build data, cache features, train the head, write the run folder; returns the final dev metrics."""
+    out = Path(out)
+    if cfg.backbone.unfreeze_layers:
+        raise NotImplementedError("unfreezing backbone layers is not wired into `train em` yet; use the frozen backbone")
+    if out.exists() and (out / "metrics.jsonl").exists() and not resume:
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    torch.manual_seed(cfg.train.seed)
+    t0 = time.perf_counter()
+    backbone = HFBackbone(cfg.backbone).to_device("cpu")
+    cfg = cfg.replace(**{"head.hidden": backbone.hidden})
+    if resume:
+        saved = json.loads((out / "config.json").read_text())
+        check_backbone_identity(saved["backbone_identity"], backbone.identity())
+    data = prepare(cfg, progress)
+    t_data = time.perf_counter()
+    cache, unit_rows, sent_rows = build_cache(cfg, backbone, data, progress)
+    t_feat = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", run_config_dict(cfg, backbone, data.vocab.fingerprint()))
+    data.vocab.save(out / "vocab.json")
+    data.lexicon.save(out / "lexicon.json")
+    head = TokenHead(cfg.head)
+    task = EMTask(cfg, data, cache, head, unit_rows, sent_rows, progress)
+    trainer = Trainer(task, cfg.train.replace(progress=progress), out)
+    if not resume:  # references: the raw backbone, and the untrained head
+        atomic_write_json(out / "backbone_metrics.json", backbone_dev_metrics(data, cache, unit_rows))
+        atomic_write_json(out / "untrained_metrics.json", task.evaluate(-1))
+    final = trainer.fit(resume=resume)
+    t_train = time.perf_counter()
+    head.eval()
+    save_head(head, out)
+    units = all_unit_vectors(head, cache, unit_rows)
+    build_unit_index(units, data.vocab.units, cfg, out)
+    export_sentence_transformers(TokenEmbeddingModel(backbone, head), out / "st")
+    timings = {"data_s": t_data - t0, "features_s": t_feat - t_data, "train_s": t_train - t_feat,
+               "total_s": time.perf_counter() - t0}
+    atomic_write_json(out / "final_metrics.json", {**final, **timings})
+    write_report(out)
+    return {**final, **timings}
+
+
+def build_unit_index(units: torch.Tensor, names: list[str], cfg: EMConfig, out: Path):
+    from invemb.index.faiss_index import UnitIndex
+
+    index = UnitIndex.build(units, names, cfg.index)
+    index.save(out / "index")
+    return index
+
+
+def export_sentence_transformers(model: TokenEmbeddingModel, path: Path) -> None:
+    from invemb.em.st_export import export
+
+    export(model, path)
+
+
+def load_run(run: str | Path, backbone: str | None = None) -> TokenEmbeddingModel:
+    """A trained EM run folder as an :class:`invemb.Encoder`. ``backbone`` points at a copy of the
+    backbone folder elsewhere; a different backbone is refused with a message naming both."""
+    run = Path(run)
+    saved = json.loads((run / "config.json").read_text())
+    if saved.get("kind") != "em":
+        raise ValueError(f"{run}: not an EM run (kind={saved.get('kind')!r})")
+    cfg = EMConfig.from_dict(saved["em"])
+    bcfg = cfg.backbone.replace(path=backbone) if backbone else cfg.backbone
+    model_backbone = HFBackbone(bcfg)
+    check_backbone_identity(saved["backbone_identity"], model_backbone.identity())
+    if not (run / "head.safetensors").exists():
+        raise FileNotFoundError(f"{run}: the run has no final weights yet (head.safetensors); finish or --resume it")
+    return TokenEmbeddingModel(model_backbone, load_head(run)).eval()
+
+
+def write_report(run_dir: Path) -> Path:
+    """report.md of a run: final dev metrics against the untrained head, and the plots."""
+    run_dir = Path(run_dir)
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    refs = {}
+    for name in ("backbone", "untrained"):
+        p = run_dir / f"{name}_metrics.json"
+        refs[name] = json.loads(p.read_text()) if p.exists() else {}
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+    lines = ["# EM run report", "", "Held-out (dev) metrics of the trained EM beside the raw backbone and the untrained head.",
+             "", "| metric | raw backbone | untrained head | trained EM |", "|---|---|---|---|"]
+    for k, v in final.items():
+        lines.append(f"| {k} | {fmt(refs['backbone'].get(k))} | {fmt(refs['untrained'].get(k))} | {fmt(v)} |")
+    lines += ["", "![training curves](plots/train_curves.png)", "", "![dev metrics](plots/epoch_metrics.png)", ""]
+    atomic_write_text(run_dir / "report.md", "\n".join(lines))
+    return run_dir / "report.md"

@@ -1,0 +1,88 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import invemb
+from invemb.em.train import load_run
+from invemb.training.metrics_log import read_metrics
+
+
+
+def test_run_folder_contents(tiny_em_run):
+    run, cfg, metrics = tiny_em_run
+    for name in ("config.json", "metrics.jsonl", "head.safetensors", "vocab.json", "lexicon.json", "report.md",
+                 "plots/train_curves.png", "plots/epoch_metrics.png", "index/index.faiss", "st/modules.json",
+                 "backbone_metrics.json", "untrained_metrics.json"):
+        assert (run / name).exists(), name
+    steps = read_metrics(run / "metrics.jsonl", "step")
+    keys = set().union(*steps)
+    for k in ("loss_contrastive", "loss_synonym", "loss_recon", "loss_anchor", "loss_order", "loss_unit", "temperature",
+              "lr", "items_per_s", "recon_cos"):
+        assert k in keys, k
+    epochs = read_metrics(run / "metrics.jsonl", "epoch")
+    assert len(epochs) == 2
+    assert {"dev_recon_cos", "dev_unit_recall@10", "dev_order_discrimination"} <= set(epochs[-1])
+    assert 0.0 <= metrics["dev_order_discrimination"] <= 1.0
+    assert steps[0]["temperature"] > steps[-1]["temperature"]
+
+
+def test_training_improves_reconstruction(tiny_em_run):
+    run, _, metrics = tiny_em_run
+    untrained = json.loads((run / "untrained_metrics.json").read_text())
+    assert metrics["dev_recon_cos"] > untrained["dev_recon_cos"] + 0.1
+
+
+def test_load_gives_identical_vectors_and_sentence_transformers_round_trip(tiny_em_run):
+    from sentence_transformers import SentenceTransformer
+
+    run, _, _ = tiny_em_run
+    model = invemb.load(run)
+    texts = ["the cat", "river bank", "the prime minister gave a speech"]
+    a, b = model.encode(texts), load_run(run).encode(texts)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(3))
+    st = SentenceTransformer(str(run / "st"), device="cpu", trust_remote_code=True)
+    torch.testing.assert_close(st.encode(texts, convert_to_tensor=True), a, rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_backbone_refused(tiny_em_run, tmp_path):
+    from invemb.backbone.hf import save_tiny_bert
+
+    run, _, _ = tiny_em_run
+    other = save_tiny_bert(tmp_path / "other", ["different"], hidden=32, layers=1, seed=5)
+    with pytest.raises(ValueError, match="trained on backbone .* but the given backbone is"):
+        load_run(run, backbone=other)
+
+
+def test_killed_run_resumes_to_same_metrics(tiny_em_run, tmp_path, monkeypatch):
+    from invemb.em import train as em_train
+    from invemb.em.train import train_em
+
+    run, cfg, metrics = tiny_em_run
+    data_dir = cfg.data_dir  # share the built data and feature cache
+
+    class Killed(RuntimeError):
+        pass
+
+    original = em_train.EMTask.loss
+    calls = {"n": 0}
+
+    def dying_loss(self, model, batch, ctx):
+        if ctx.step == 3:
+            raise Killed()
+        return original(self, model, batch, ctx)
+
+    killed_cfg = cfg.replace(**{"train.checkpoint_every": 2})
+    monkeypatch.setattr(em_train.EMTask, "loss", dying_loss)
+    with pytest.raises(Killed):
+        train_em(killed_cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(em_train.EMTask, "loss", original)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_em(killed_cfg, tmp_path / "killed", progress=False)
+    resumed = train_em(killed_cfg, tmp_path / "killed", resume=True, progress=False)
+    for k, v in metrics.items():
+        if k.startswith("dev_"):
+            assert resumed[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k

@@ -1,0 +1,42 @@
+import pytest
+
+from invemb.text.lexicon import Lexicon, LexiconConfig, build_lexicon, heldout
+from invemb.text.vocab import Vocab
+
+
+@pytest.fixture(scope="module")
+def lexicon():
+    units = ["good", "bad", "evil", "happy", "glad", "unhappy", "big", "large", "small", "little", "prime minister",
+             "premier", "banks", "bank", "rely", "hot", "cold", "spicy"]
+    v = Vocab(units, ["ngram" if " " in u else "word" for u in units], [1] * len(units))
+    return build_lexicon(v, LexiconConfig())
+
+
+def test_synonyms_antonyms_symmetric_and_multiword(lexicon):
+    assert "glad" in lexicon.synonyms["happy"] and "happy" in lexicon.synonyms["glad"]
+    assert "unhappy" in lexicon.antonyms["happy"] and "happy" in lexicon.antonyms["unhappy"]
+    assert "premier" in lexicon.synonyms["prime minister"]  # matched through prime_minister
+    assert "cold" in lexicon.antonyms["hot"]
+    assert "banks" not in lexicon.synonyms.get("bank", [])  # an inflection is not a synonym
+    for a, bs in lexicon.synonyms.items():
+        for b in bs:
+            assert a in lexicon.synonyms[b]
+
+
+def test_crowded_units_dropped():
+    units = ["good", "bad", "well", "full", "near", "dear", "just", "right", "safe", "sound", "ripe", "beneficial",
+             "effective", "adept", "expert", "practiced", "proficient", "skillful", "honorable", "respectable",
+             "commodity", "goodness", "estimable", "serious", "undecomposed", "unspoiled", "in effect", "in force",
+             "salutary", "thoroughly", "soundly", "dependable", "upright", "trade good", "secure", "honest"]
+    v = Vocab(units, ["ngram" if " " in u else "word" for u in units], [1] * len(units))
+    lex = build_lexicon(v, LexiconConfig(max_synonyms=3))
+    assert "good" not in lex.synonyms and all(len(s) <= 3 for s in lex.synonyms.values())
+
+
+def test_pairs_split_and_round_trip(lexicon, tmp_path):
+    train, dev = lexicon.pairs("synonym", "train"), lexicon.pairs("synonym", "dev")
+    assert not set(train) & set(dev)
+    assert all(heldout(a, b) for a, b in dev) and not any(heldout(a, b) for a, b in train)
+    assert heldout("a", "b") == heldout("b", "a")
+    lexicon.save(tmp_path / "lex.json")
+    assert Lexicon.load(tmp_path / "lex.json").synonyms == lexicon.synonyms

@@ -1,0 +1,58 @@
+import pytest
+
+from invemb.text.vocab import Vocab, VocabConfig, build_vocab, category, detokenize, tokenize
+
+
+@pytest.mark.parametrize("text, tokens", [
+    ("I don't know", ["I", "do", "n't", "know"]),
+    ("We can't stop", ["We", "ca", "n't", "stop"]),
+    ("It won't rain", ["It", "wo", "n't", "rain"]),
+    ("it's John's and we'll go", ["it", "'s", "John", "'s", "and", "we", "'ll", "go"]),
+    ("paid 1,234.5 dollars", ["paid", "1,234.5", "dollars"]),
+    ("the 3rd place in the mid-1990s", ["the", "3rd", "place", "in", "the", "mid-1990s"]),
+    ("well @-@ known and 1 @,@ 000 or 3 @.@ 5", ["well-known", "and", "1,000", "or", "3.5"]),
+    ("the U.S. said so.", ["the", "U.S.", "said", "so", "."]),
+])
+def test_tokenize_research_rules(text, tokens):
+    assert tokenize(text) == tokens
+
+
+@pytest.mark.parametrize("token, cat", [
+    ("bank", "word"), ("well-known", "word"), ("n't", "word"), ("'ll", "word"),
+    ("NATO", "acronym"), ("U.S.", "acronym"), ("Paris", "entity"),
+    ("1,234.5", "number"), ("42", "number"), ("3rd", "numeric"), ("mid-1990s", "numeric"), (",", "other"),
+])
+def test_category(token, cat):
+    assert category(token) == cat
+
+
+def test_detokenize_round_trip():
+    s = "I don't think we can't go, it's 1,234.5 dollars in the mid-1990s."
+    assert detokenize(tokenize(s)) == s
+
+
+def test_build_vocab_categories_counts_and_entities():
+    sents = ["The United States is big.", "The Prime Minister of the United States said it is not good.",
+             "It is not good at all, said the Prime Minister of Canada in 1990.", "NATO met in 1990 for the 3rd time.",
+             "NATO did n't meet in the mid-1990s .", "It is not good ."]
+    cfg = VocabConfig.preset("tiny")
+    v = build_vocab(sents, cfg)
+    cats = dict(zip(v.units, v.categories))
+    assert cats["United States"] == "entity" and cats["Prime Minister"] == "entity"
+    assert cats["not good"] == "ngram" and cats["is not good"] == "ngram"
+    assert cats["NATO"] == "acronym" and cats["1990"] == "number" and cats["3rd"] == "numeric"
+    assert cats["the"] == "word" and "The" not in cats  # sentence-initial capital is the word
+    assert v.counts[v.id("not good")] == 3
+    assert cats["n't"] == "word"
+
+
+def test_min_count_and_max_size_per_category(tmp_path):
+    sents = ["alpha beta gamma"] * 3 + ["delta epsilon"]
+    cfg = VocabConfig.preset("tiny").replace(min_count={"word": 2, "ngram": 3}, max_size={"word": 2, "ngram": 1})
+    v = build_vocab(sents, cfg)
+    words = [u for u, c in zip(v.units, v.categories) if c == "word"]
+    assert words == ["alpha", "beta"]  # count 3 beats count 1; capped at 2
+    assert [u for u, c in zip(v.units, v.categories) if c == "ngram"] == ["alpha beta"]
+    v.save(tmp_path / "v.json")
+    back = Vocab.load(tmp_path / "v.json")
+    assert back.units == v.units and back.counts == v.counts and back.fingerprint() == v.fingerprint()
