@@ -1,0 +1,90 @@
+"""MoE feed-forward forward throughput against a dense FFN of equal active parameters, same batch.
+
+The dense FFN has hidden width H; the MoE has E experts of width H / top_k, so each token meets
+the same number of expert weights. Both run the same (B, T, D) batch with padding, interleaved,
+median of repeats. Prints the ratio MoE tokens/s / dense tokens/s (target >= 0.7) and peak memory.
+
+    .venv/bin/python bench/moe_layer.py [--batch 64 --seq 40 --dim 128 --hidden 384 --experts 4 --top-k 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from invemb.scratch.moe import MoEConfig, MoEFeedForward
+from invemb.scratch.transformer import FeedForward
+
+
+def peak_rss_mib() -> float:
+    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # ru_maxrss: KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=40)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--hidden", type=int, default=384, help="dense hidden width; experts get hidden / top_k")
+    ap.add_argument("--experts", type=int, default=4)
+    ap.add_argument("--top-k", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench/out/moe_layer.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    dense = FeedForward(args.dim, args.hidden)
+    moe = MoEFeedForward(args.dim, MoEConfig(num_experts=args.experts, top_k=args.top_k,
+                                             expert_hidden=args.hidden // args.top_k, expert_dropout=0.0))
+    x = torch.randn(args.batch, args.seq, args.dim)  # (B, T, D)
+    lengths = torch.randint(args.seq // 2, args.seq + 1, (args.batch,))
+    mask = torch.arange(args.seq)[None, :] < lengths[:, None]  # (B, T): realistic padding
+    n_tokens = int(mask.sum())
+    dense_active = sum(p.numel() for p in dense.parameters())
+    moe_active = sum(p.numel() for p in moe.experts.parameters()) * args.top_k // args.experts
+
+    results = {}
+    for mode in ("eval", "train"):
+        dense.train(mode == "train")
+        moe.train(mode == "train")
+        # Dense runs on the real tokens only, as the MoE does: a fair per-token comparison.
+        runs = {"dense": lambda: dense(x[mask]), "moe": lambda: moe(x, mask)}
+        times = {k: [] for k in runs}
+        rss = {}
+        with torch.no_grad():
+            for name, fn in runs.items():
+                for _ in range(3):
+                    fn()  # warm-up
+                rss[name] = peak_rss_mib()
+            for _ in range(args.repeats):
+                for name, fn in runs.items():  # interleaved, so machine load hits both alike
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+        tps = {k: n_tokens / statistics.median(v) for k, v in times.items()}
+        results[mode] = {"dense_tokens_per_s": round(tps["dense"]), "moe_tokens_per_s": round(tps["moe"]),
+                         "ratio_moe_over_dense": round(tps["moe"] / tps["dense"], 3)}
+        cf = moe.cfg.capacity_factor_train if mode == "train" else moe.cfg.capacity_factor_eval
+        print(f"{mode:5s} (capacity factor {cf}): dense {tps['dense']:,.0f} tok/s  MoE {tps['moe']:,.0f} tok/s  "
+              f"RATIO MoE/dense = {tps['moe'] / tps['dense']:.3f}  (target >= 0.7)")
+    report = {"config": vars(args), "tokens": n_tokens, "active_params": {"dense": dense_active, "moe": moe_active},
+              "total_params": {"dense": dense_active, "moe": sum(p.numel() for p in moe.parameters())},
+              "results": results, "peak_rss_mib": round(peak_rss_mib(), 1),
+              "meets_target": all(r["ratio_moe_over_dense"] >= 0.7 for r in results.values())}
+    print(f"active params dense {dense_active:,} / MoE {moe_active:,} (+ router {args.dim * args.experts:,}); "
+          f"peak RSS {report['peak_rss_mib']} MiB")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

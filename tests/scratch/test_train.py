@@ -1,0 +1,157 @@
+import json
+import warnings
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import invemb
+from invemb.scratch.data import DataConfig, build_pairs
+from invemb.scratch.train import load_run, make_config, plot_expert_load, train_scratch
+from invemb.training.metrics_log import read_metrics
+
+COLOURS = "red green blue black white yellow purple orange brown grey".split()
+ANIMALS = "cat dog horse mouse eagle shark whale snake frog tiger lion bear".split()
+
+
+def _articles():
+    arts = []
+    for i, c in enumerate(COLOURS):
+        for j, a in enumerate(ANIMALS):
+            arts.append({"title": f"The {c} {a}",
+                         "extract": f"The {c} {a} is an animal of colour {c}. Every {a} like this lives in zone {i * 12 + j}. "
+                                    f"Keepers feed the {c} {a} at {j + 1} o'clock."})
+    return arts
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return build_pairs(DataConfig(sources=["title", "adjacent", "simcse"], eval_pairs=30), articles=_articles())
+
+
+def _cfg(moe, **over):
+    base = {"train.progress": "false", "train.epochs": "3", "train.lr": "3e-3", "threads": "1"}
+    return make_config("tiny", moe=moe, overrides={**base, **over})
+
+
+@pytest.fixture(scope="module")
+def moe_run(tmp_path_factory, pairs):
+    out = tmp_path_factory.mktemp("scratch") / "moe"
+    summary = train_scratch(_cfg(True), out, pairs=pairs)
+    return out, summary
+
+
+def test_tiny_training_loss_falls_and_run_folder(moe_run):
+    out, summary = moe_run
+    steps = read_metrics(out / "metrics.jsonl", "step")
+    epochs = read_metrics(out / "metrics.jsonl", "epoch")
+    first = sum(r["loss_main"] for r in steps[:5]) / 5
+    last = sum(r["loss_main"] for r in steps[-5:]) / 5
+    assert last < 0.7 * first
+    assert len(epochs) == 3 and summary["steps"] == len(steps)
+    assert {"moe/l0/drop_rate", "moe/l1/entropy", "moe/l0/load_e3", "loss_balance", "loss_z", "data/truncated"} <= set(steps[0])
+    assert abs(sum(steps[-1][f"moe/l0/load_e{e}"] for e in range(4)) - 1) < 1e-5
+    assert "dev_moe/l1/load_max_over_mean" in epochs[-1] and "dev_title/mrr" in epochs[-1]
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "report.md", "plots/moe_expert_load.png", "plots/train_curves.png"):
+        assert (out / f).exists(), f
+    assert json.loads((out / "config.json").read_text())["kind"] == "scratch"
+    assert summary["params"]["total"] > summary["params"]["active"]
+    assert summary["eval"]["dev_title/mrr"] > 0.3  # random ranking of 30 docs gives ~0.13
+
+
+def test_save_load_round_trip_through_invemb_load(moe_run, pairs):
+    out, _ = moe_run
+    enc = invemb.load(out)
+    texts = [p.b for p in pairs["dev_title"][:5]]
+    v = enc.encode(texts, batch_size=2)
+    assert v.shape == (5, enc.dim) and isinstance(enc, invemb.Encoder)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(5))
+    again = load_run(out)
+    torch.testing.assert_close(again.encode(texts), v)
+    enc.save(out.parent / "copy")
+    torch.testing.assert_close(invemb.load(out.parent / "copy").encode(texts), v)
+    assert plot_expert_load(out).name == "moe_expert_load.png"
+
+
+def test_bad_input(moe_run):
+    out, _ = moe_run
+    enc = invemb.load(out)
+    with pytest.raises(ValueError, match="empty"):
+        enc.encode(["fine", "  "])
+    assert enc.encode([]).shape == (0, enc.dim)
+    with pytest.warns(UserWarning, match="1 of 2 texts truncated"):
+        enc.encode(["the red cat " * 40, "the blue dog"])
+
+
+def test_mismatched_tokenizer_is_refused(moe_run, tmp_path):
+    import shutil
+
+    out, _ = moe_run
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    data = json.loads((bad / "tokenizer.json").read_text())
+    data["model"]["vocab"]["zzz_new"] = len(data["model"]["vocab"])
+    (bad / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="does not match the checkpoint"):
+        invemb.load(bad)
+
+
+def test_dense_word_tokenizer_resume_matches_uninterrupted(tmp_path, pairs):
+    cfg = _cfg(False, **{"tokenizer.kind": "word", "train.epochs": "2", "train.checkpoint_every": "20"})
+    full = train_scratch(cfg, tmp_path / "a", pairs=pairs)
+
+    class Killed(RuntimeError):
+        pass
+
+    import invemb.scratch.train as train_mod
+
+    original = train_mod.ScratchTask.loss
+
+    def dying(self, model, batch, ctx):
+        if ctx.step == 25:
+            raise Killed()
+        return original(self, model, batch, ctx)
+
+    train_mod.ScratchTask.loss = dying
+    try:
+        with pytest.raises(Killed):
+            train_scratch(cfg, tmp_path / "b", pairs=pairs)
+    finally:
+        train_mod.ScratchTask.loss = original
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_scratch(cfg, tmp_path / "b", pairs=pairs)
+    resumed = train_scratch(cfg, tmp_path / "b", resume=True, pairs=pairs)
+    assert resumed["steps"] == full["steps"]
+    for k, v in full["eval"].items():
+        assert resumed["eval"][k] == pytest.approx(v, abs=1e-5), k
+    assert json.loads((tmp_path / "b/config.json").read_text())["config"]["tokenizer"]["kind"] == "word"
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    from invemb.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "scratch", "--preset", "tiny", "--tokenizer", "chars", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "bpe or word" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["train", "scratch", "--preset", "tiny", "--set", "model.nope=1", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "unknown" in res.output
+
+
+@pytest.mark.slow
+def test_cli_compare_moe_tiny_on_real_corpus(tmp_path):
+    """The whole comparison through the CLI on the real Wikipedia summaries (tiny preset)."""
+    from invemb.cli import app
+
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(app, ["compare", "moe", "--preset", "tiny", "--no-reference", "--out", str(out),
+                                   "--set", "train.progress=false", "--set", "threads=1"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "compare.json").read_text())
+    dense, moe = result["models"]["dense"], result["models"]["moe"]
+    assert dense["steps"] == moe["steps"] and dense["train_pairs"] == moe["train_pairs"]
+    assert abs(dense["params"]["active"] - moe["params"]["active"]) <= 32 * 4 * 2  # routers only
+    assert moe["params"]["total"] > dense["params"]["total"]
+    assert set(result["models"]) == {"dense", "moe", "bm25"}
+    report = (out / "report.md").read_text()
+    assert "inference tokens/s" in report and "dev_title/mrr" in report
+    assert invemb.load(out / "moe").dim == 32
