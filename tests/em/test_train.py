@@ -86,3 +86,22 @@ def test_killed_run_resumes_to_same_metrics(tiny_em_run, tmp_path, monkeypatch):
     for k, v in metrics.items():
         if k.startswith("dev_"):
             assert resumed[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+
+
+def test_unfrozen_top_layer_trains_and_saves_its_backbone(tiny_em_run, tmp_path):
+    from invemb.backbone.hf import HFBackbone
+    from invemb.em.train import train_em
+
+    run, cfg, _ = tiny_em_run
+    ucfg = cfg.replace(**{"backbone.unfreeze_layers": 1, "train.epochs": 1})
+    train_em(ucfg, tmp_path / "u", progress=False)
+    saved = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert saved["em"]["backbone"]["path"].endswith("backbone") and saved["em"]["backbone"]["unfreeze_layers"] == 0
+    tuned, original = HFBackbone(ucfg.backbone.replace(path=saved["em"]["backbone"]["path"])), HFBackbone(cfg.backbone)
+    assert tuned.identity()["fingerprint"] != original.identity()["fingerprint"]
+    # top layer moved, embeddings (frozen) did not
+    sd_t, sd_o = tuned.model.state_dict(), original.model.state_dict()
+    assert torch.equal(sd_t["embeddings.word_embeddings.weight"], sd_o["embeddings.word_embeddings.weight"])
+    assert not torch.equal(sd_t["encoder.layer.1.output.dense.weight"], sd_o["encoder.layer.1.output.dense.weight"])
+    model = invemb.load(tmp_path / "u")
+    assert model.encode(["the cat"]).shape == (1, ucfg.head.embed_dim)

@@ -126,6 +126,10 @@ class FeatureCache:
         self._open()
 
     # -- reads -------------------------------------------------------------------------------
+    def lengths(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        return self._offsets[rows + 1] - self._offsets[rows]
+
     def pooled(self, rows) -> torch.Tensor:
         """(len(rows), H) float32."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -145,3 +149,48 @@ class FeatureCache:
             out[b, :n] = self._tokens[s:s + n]
             mask[b, :n] = True
         return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+class LiveFeatures:
+    """The cache's read interface, computed by running the backbone on every call.
+
+    Used when backbone layers are unfrozen (cached features would be stale; gradients flow into
+    the backbone when ``grad`` is on) and by the benchmark that measures what the cache saves.
+    Pooled features and token states of the same rows come from one backbone pass.
+    """
+
+    def __init__(self, backbone: HFBackbone, texts: list[str] | None = None, grad: bool = False):
+        self.backbone, self.grad = backbone, grad
+        self.hidden = backbone.hidden
+        self.texts = list(texts or [])
+        self.rows = {t: i for i, t in enumerate(self.texts)}
+        self._last_key, self._last = None, None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def ensure(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        for t in texts:
+            if t not in self.rows:
+                self.rows[t] = len(self.texts)
+                self.texts.append(t)
+        return np.array([self.rows[t] for t in texts], dtype=np.int64)
+
+    def lengths(self, rows) -> np.ndarray:
+        return np.array([len(self.texts[r]) for r in np.asarray(rows)], dtype=np.int64)
+
+    def _run(self, rows):
+        key = tuple(np.asarray(rows).tolist())
+        if self._last_key != key or torch.is_grad_enabled() != self.grad:
+            batch = self.backbone.tokenize([self.texts[r] for r in key])
+            with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+                pooled, states, mask = self.backbone(batch)
+            self._last_key, self._last = key, (pooled.float(), states.float(), mask.bool())
+        return self._last
+
+    def pooled(self, rows) -> torch.Tensor:
+        return self._run(rows)[0]
+
+    def tokens(self, rows, max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        _, states, mask = self._run(rows)
+        return (states[:, :max_tokens], mask[:, :max_tokens]) if max_tokens else (states, mask)

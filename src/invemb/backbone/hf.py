@@ -67,7 +67,9 @@ class HFBackbone(torch.nn.Module):
     def __init__(self, cfg: BackboneConfig | None = None, model=None, tokenizer=None):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # weight-loading bars on every load drown the real output
         self.cfg = cfg or BackboneConfig()
         if self.cfg.pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {self.cfg.pooling!r}")
@@ -93,8 +95,11 @@ class HFBackbone(torch.nn.Module):
         """What a checkpoint records so it can refuse a different backbone later."""
         conf = self.model.config.to_dict()
         keep = {k: conf.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads")}
-        first = next(iter(self.model.state_dict().values()))
-        fingerprint = hashlib.sha256(json.dumps(keep, sort_keys=True).encode() + first.float().flatten()[:256].numpy().tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
+        for name, tensor in self.model.state_dict().items():  # a few values of every tensor: cheap, and
+            digest.update(name.encode())                          # fine-tuning any layer changes it
+            digest.update(tensor.detach().float().flatten()[:16].cpu().numpy().tobytes())
+        fingerprint = digest.hexdigest()[:16]
         name = Path(self.path).name if self.path not in ("", "default") else "model"
         if name == "model":  # the bundled package folder is called "model"
             name = Path(self.path).parent.name

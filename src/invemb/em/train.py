@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from invemb.backbone.cache import FeatureCache
+from invemb.backbone.cache import FeatureCache, LiveFeatures
 from invemb.backbone.hf import HFBackbone
 from invemb.em import losses
 from invemb.em.config import EMConfig
@@ -45,7 +46,7 @@ class CachedHeadEncoder:
         was_training = self.head.training
         self.head.eval()
         out = torch.empty(len(texts), self.dim)
-        order = np.argsort([self.cache._offsets[r + 1] - self.cache._offsets[r] for r in rows], kind="stable")
+        order = np.argsort(self.cache.lengths(rows), kind="stable")
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             out[idx] = head_forward(self.head, self.cache, rows[idx]).embedding
@@ -69,6 +70,30 @@ def head_forward(head: TokenHead, cache: FeatureCache, rows: np.ndarray, jitter:
             states = states + torch.randn_like(states) * scale * mask.unsqueeze(-1)
     dev = next(head.parameters()).device
     return head(pooled.to(dev), None if states is None else states.to(dev), None if mask is None else mask.to(dev))
+
+
+class EMTrainable(nn.Module):
+    """Head plus the unfrozen backbone layers as one module for the loop (optimizer, checkpoints);
+    called like the head."""
+
+    def __init__(self, head: TokenHead, backbone: HFBackbone):
+        super().__init__()
+        self.head, self.backbone = head, backbone
+
+    def forward(self, *args, **kwargs) -> HeadOutput:
+        return self.head(*args, **kwargs)
+
+    @property
+    def cfg(self):
+        return self.head.cfg
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self.head.uses_tokens
+
+    @property
+    def last_projection(self) -> nn.Linear:
+        return self.head.last_projection
 
 
 class EMTask:
@@ -128,7 +153,7 @@ class EMTask:
         pool_t = torch.tensor(pool)
         out = head_forward(model, self.cache, self.unit_rows[pool_t.numpy()])
         z = out.embedding  # (P, D)
-        target = self.cache.pooled(self.unit_rows[pool_t.numpy()]).to(z.device)  # (P, H)
+        target = self.cache.pooled(self.unit_rows[pool_t.numpy()]).detach().to(z.device)  # (P, H)
         A = len(anchors)
         terms: dict[str, torch.Tensor] = {}
         total = z.sum() * 0.0
@@ -186,7 +211,7 @@ class EMTask:
                 terms["unit"] = losses.unit_recall(zs, z, member.to(zs.device), tau)
                 total = total + w["unit"] * terms["unit"]
             if w["anchor"]:
-                s_target = self.cache.pooled(self.sent_rows["text"][idx]).to(zs.device)
+                s_target = self.cache.pooled(self.sent_rows["text"][idx]).detach().to(zs.device)
                 terms["anchor_sent"] = losses.semantic_anchor(zs, s_target)
                 total = total + w["anchor"] * terms["anchor_sent"]
         logged = {f"loss_{k}": float(v.detach()) for k, v in terms.items() if not k.endswith("gap")}
@@ -204,7 +229,7 @@ class EMTask:
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, epoch: int) -> dict[str, float]:
-        return head_dev_metrics(self.model, self.data, self.cache, self.unit_rows)
+        return head_dev_metrics(self.head, self.data, self.cache, self.unit_rows)
 
     def state_dict(self) -> dict[str, Any]:
         return {"queue": self.queue, "queue_ids": self.queue_ids}
@@ -214,7 +239,15 @@ class EMTask:
             self.queue, self.queue_ids = state["queue"], state["queue_ids"]
 
     def param_groups(self) -> list[dict[str, Any]]:
+        if isinstance(self.model, EMTrainable):
+            return [{"params": list(self.model.head.parameters())},
+                    {"params": [p for p in self.model.backbone.parameters() if p.requires_grad],
+                     "lr_scale": self.cfg.backbone_lr_scale}]
         return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    @property
+    def head(self) -> TokenHead:
+        return self.model.head if isinstance(self.model, EMTrainable) else self.model
 
     def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
         from invemb.training.plots import plot_run
@@ -296,7 +329,12 @@ def backbone_dev_metrics(data: EMData, cache: FeatureCache, unit_rows: np.ndarra
 
 # -- the run ---------------------------------------------------------------------------------
 def build_cache(cfg: EMConfig, backbone: HFBackbone, data: EMData, progress: bool = True) -> tuple[FeatureCache, np.ndarray, dict[str, np.ndarray]]:
-    cache = FeatureCache(built_dir(cfg) / "features", backbone, with_tokens=True)
+    """The feature source with rows for every unit and training sentence: the on-disk cache for a
+    frozen backbone, live backbone passes (with gradients) when top layers are unfrozen."""
+    if cfg.backbone.unfreeze_layers:
+        cache = LiveFeatures(backbone, grad=True)
+    else:
+        cache = FeatureCache(built_dir(cfg) / "features", backbone, with_tokens=True)
     unit_rows = cache.ensure(data.vocab.units, batch_size=cfg.feature_batch_size, progress=progress)
     texts = [s.text for s in data.train_sentences]
     sent_rows = {
@@ -314,8 +352,6 @@ def run_config_dict(cfg: EMConfig, backbone: HFBackbone, vocab_fingerprint: str)
 def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, float]:
     """Build data, cache features, train the head, write the run folder; returns the final dev metrics."""
     out = Path(out)
-    if cfg.backbone.unfreeze_layers:
-        raise NotImplementedError("unfreezing backbone layers is not wired into `train em` yet; use the frozen backbone")
     if out.exists() and (out / "metrics.jsonl").exists() and not resume:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     torch.manual_seed(cfg.train.seed)
@@ -335,6 +371,8 @@ def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: boo
     data.lexicon.save(out / "lexicon.json")
     head = TokenHead(cfg.head)
     task = EMTask(cfg, data, cache, head, unit_rows, sent_rows, progress)
+    if cfg.backbone.unfreeze_layers:  # the loop then trains (and checkpoints) the top layers too
+        task.model = EMTrainable(head, backbone)
     trainer = Trainer(task, cfg.train.replace(progress=progress), out)
     if not resume:  # references: the raw backbone, and the untrained head
         atomic_write_json(out / "backbone_metrics.json", backbone_dev_metrics(data, cache, unit_rows))
@@ -343,6 +381,11 @@ def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: boo
     t_train = time.perf_counter()
     head.eval()
     save_head(head, out)
+    if cfg.backbone.unfreeze_layers:  # the run carries its fine-tuned backbone
+        backbone.model.eval()
+        backbone.save(out / "backbone")
+        cfg = cfg.replace(**{"backbone.path": str((out / "backbone").resolve()), "backbone.unfreeze_layers": 0})
+        atomic_write_json(out / "config.json", run_config_dict(cfg, HFBackbone(cfg.backbone), data.vocab.fingerprint()))
     units = all_unit_vectors(head, cache, unit_rows)
     build_unit_index(units, data.vocab.units, cfg, out)
     export_sentence_transformers(TokenEmbeddingModel(backbone, head), out / "st")

@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from invemb.cli import app
+
+runner = CliRunner()
+
+
+def test_help_has_examples():
+    for cmd in (["train", "em"], ["neighbours"], ["encode"], ["demo"], ["corpus", "build"], ["vocab", "build"]):
+        result = runner.invoke(app, cmd + ["--help"])
+        assert result.exit_code == 0, result.output
+        assert "Example: invemb" in result.output, cmd
+
+
+def test_neighbours_and_encode(tiny_em_run, tmp_path):
+    run, _, _ = tiny_em_run
+    result = runner.invoke(app, ["neighbours", "cat", "river bank", "--model", str(run), "-k", "3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) == {"cat", "river bank"} and len(data["cat"]) == 3
+    assert data["cat"][0]["unit"] == "cat"  # a unit is its own nearest neighbour
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"text": t}) for t in ["the cat", "a dog", "river bank"]) + "\n")
+    out = tmp_path / "v.npy"
+    result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(src), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    vecs = np.load(out)
+    assert vecs.shape == (3, json.loads(result.stdout)["dim"])
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
+
+
+def test_user_errors_are_one_line(tiny_em_run, tmp_path):
+    run, _, _ = tiny_em_run
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "   "}\n')
+    result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(bad), "--output", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2
+    assert "empty or whitespace-only" in result.output and "Traceback" not in result.output
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(b'{"text": "ok"}\n\xff\n')
+    result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(raw), "--output", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2 and "not UTF-8 at byte offset 15" in result.output
+    result = runner.invoke(app, ["neighbours", "cat", "--model", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "error:" in result.output
+    result = runner.invoke(app, ["train", "em", "--preset", "huge", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown preset" in result.output
+    result = runner.invoke(app, ["train", "em", "--preset", "tiny", "--set", "loss.nope=1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown" in result.output
+
+
+def test_train_em_cli_tiny(tiny_em_run, tmp_path):
+    """`invemb train em` end to end, sharing the tiny fixture's built data and feature cache."""
+    run, cfg, metrics = tiny_em_run
+    args = ["train", "em", "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet", "--backbone", cfg.backbone.path]
+    for key in ("data_dir", "max_train_sentences", "max_dev_sentences", "dev_units"):
+        args += ["--set", f"{key}={getattr(cfg, key)}"]
+    args += ["--set", f"corpus.files={json.dumps(cfg.corpus.files)}", "--set", "corpus.sources=[]",
+             "--set", "corpus.dev_fraction=0.3", "--set", "corpus.test_fraction=0.0", "--set", "train.epochs=1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert "dev_recon_cos" in out and (tmp_path / "run" / "head.safetensors").exists()
+
+
+def test_corpus_and_vocab_build_cli(tmp_path):
+    txt = tmp_path / "c.txt"
+    txt.write_text("The United States is big. The Prime Minister spoke.\n\nIt is not good. It is not good at all.\n\n"
+                   "New York is large. The cat sat on the mat.")
+    result = runner.invoke(app, ["corpus", "build", "--out", str(tmp_path / "corpus"), "--file", str(txt), "--source", "files"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["sentences"] == 6
+    result = runner.invoke(app, ["vocab", "build", "--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "vocab.json"),
+                                 "--preset", "tiny"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["units"] > 10 and (tmp_path / "lexicon.json").exists()
