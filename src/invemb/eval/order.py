@@ -18,6 +18,7 @@ import random
 import re
 
 from invemb.eval.base import NotRun, encode_unique, quantiles, rowwise_cos
+from invemb.text.sources import MissingDataError
 
 _WORD = re.compile(r"[A-Za-z]+(?:['-][A-Za-z]+)*")
 
@@ -152,7 +153,7 @@ class OrderEvaluator:
         if self._probes is None:
             try:
                 self._probes = make_order_probes(self.sentences, self.seed, self.wn)
-            except FileNotFoundError as err:  # MissingDataError: no WordNet here
+            except MissingDataError as err:  # no WordNet here
                 raise NotRun(str(err)) from err
         return self._probes
 

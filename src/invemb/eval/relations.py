@@ -12,6 +12,7 @@ import random
 
 
 from invemb.eval.base import NotRun, encode_unique, rowwise_cos
+from invemb.text.sources import MissingDataError
 
 
 class RelationEvaluator:
@@ -31,7 +32,7 @@ class RelationEvaluator:
 
             try:
                 self._pairs = wordnet_relation_pairs("dev", self.max_pairs, self.seed)
-            except FileNotFoundError as err:  # MissingDataError: no WordNet here
+            except MissingDataError as err:  # no WordNet here
                 raise NotRun(str(err)) from err
         return self._pairs
 

@@ -1,0 +1,35 @@
+"""Inversion quality, measured by the inversion package's own metrics (never reimplemented here).
+
+The hook: ``invemb.inversion.metrics.evaluate_inversion(encoder, controller, sentences) ->
+dict[str, float]`` (BLEU, ROUGE-L, token F1, exact match, cosine, as that package defines them).
+Until that function exists, or when no controller run is given, this evaluator is "not run".
+"""
+from __future__ import annotations
+
+import importlib
+
+from invemb.eval.base import NotRun
+
+
+class InversionEvaluator:
+    primary_metric = "bleu"
+
+    def __init__(self, controller: str | None = None, sentences: list[str] | None = None, loader=None,
+                 name: str = "inversion"):
+        self.controller, self._sentences, self.loader, self.name = controller, sentences, loader, name
+
+    def _hook(self):
+        try:
+            metrics = importlib.import_module("invemb.inversion.metrics")
+        except ImportError as err:
+            raise NotRun("invemb.inversion provides no metrics yet (invemb.inversion.metrics)") from err
+        if not hasattr(metrics, "evaluate_inversion"):
+            raise NotRun("invemb.inversion.metrics has no evaluate_inversion(encoder, controller, sentences)")
+        if not self.controller:
+            raise NotRun("no controller run given (invemb eval --controller RUN)")
+        return metrics.evaluate_inversion
+
+    def __call__(self, encoder) -> dict[str, float]:
+        evaluate = self._hook()
+        sentences = self._sentences if self._sentences is not None else self.loader()
+        return {k: float(v) for k, v in evaluate(encoder, self.controller, sentences).items()}
