@@ -144,7 +144,8 @@ def test_cli_compare_moe_tiny_on_real_corpus(tmp_path):
 
     out = tmp_path / "cmp"
     res = CliRunner().invoke(app, ["compare", "moe", "--preset", "tiny", "--no-reference", "--out", str(out),
-                                   "--set", "train.progress=false", "--set", "threads=1"])
+                                   "--set", "train.progress=false", "--set", "threads=1", "--set", "train.epochs=1",
+                                   "--set", "data.max_articles=200"])
     assert res.exit_code == 0, res.output
     result = json.loads((out / "compare.json").read_text())
     dense, moe = result["models"]["dense"], result["models"]["moe"]
@@ -152,6 +153,32 @@ def test_cli_compare_moe_tiny_on_real_corpus(tmp_path):
     assert abs(dense["params"]["active"] - moe["params"]["active"]) <= 32 * 4 * 2  # routers only
     assert moe["params"]["total"] > dense["params"]["total"]
     assert set(result["models"]) == {"dense", "moe", "bm25"}
+    assert set(result["suite"]) == {"title_to_summary", "gloss_to_lemma", "first_sentence_to_rest"}
+    assert {"dense", "moe", "bm25"} <= set(result["suite"]["gloss_to_lemma"])
     report = (out / "report.md").read_text()
-    assert "inference tokens/s" in report and "dev_title/mrr" in report
+    assert "inference tokens/s" in report and "dev_title/mrr" in report and "beats BM25 on" in report
     assert invemb.load(out / "moe").dim == 32
+
+
+@pytest.mark.parametrize("loss", ["triplet", "contrastive"])
+def test_other_training_losses_run_and_fall(tmp_path, pairs, loss):
+    summary = train_scratch(_cfg(False, loss=loss, **{"train.epochs": "2"}), tmp_path / loss, pairs=pairs)
+    steps = read_metrics(tmp_path / loss / "metrics.jsonl", "step")
+    assert summary["steps"] == len(steps) > 10
+    assert sum(r["loss_main"] for r in steps[-5:]) < sum(r["loss_main"] for r in steps[:5])
+
+
+@pytest.mark.slow
+def test_cli_train_scratch_on_real_corpus(tmp_path):
+    from invemb.cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "scratch", "--preset", "tiny", "--moe", "--tokenizer", "word", "--out", str(out),
+            "--set", "train.progress=false", "--set", "train.epochs=1", "--set", "data.max_articles=120", "--set", "threads=1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["moe"] is True and summary["steps"] > 0
+    assert invemb.load(out).tokenizer.kind == "word"
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "--resume" in res.output

@@ -215,7 +215,7 @@ class ScratchTask:
         self.model = build_model(cfg, tokenizer)
         self.train = TripletDataset(pairs["train"], cfg.data.seed) if cfg.loss == "triplet" else PairDataset(pairs["train"])
         self.dev = {k: v for k, v in pairs.items() if k.startswith("dev_")}
-        self.eval_seconds = 0.0
+        self.eval_seconds = self.eval_cpu_seconds = 0.0
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
         return in_batch_negative_batches(self.train, self.cfg.batch_size, generator)
@@ -251,7 +251,7 @@ class ScratchTask:
         return total, terms
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         encoder = ScratchEncoder(self.model, self.tokenizer, self.cfg)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncation counts are logged per step already
@@ -260,6 +260,7 @@ class ScratchTask:
             if self.cfg.model.use_moe and texts:
                 metrics.update(self.dev_routing(texts))
         self.eval_seconds += time.perf_counter() - t0
+        self.eval_cpu_seconds += time.process_time() - cpu0
         return metrics
 
     @torch.no_grad()
@@ -299,11 +300,15 @@ def plot_expert_load(run_dir: str | Path) -> Path | None:
     layers = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("moe/") and "/load_e" in k}, key=lambda s: int(s[1:]))
     if not layers:
         return None
+    grids = {}
+    for layer in layers:
+        experts = sorted({int(k.rsplit("_e", 1)[1]) for r in rows for k in r if k.startswith(f"moe/{layer}/load_e")})
+        grids[layer] = torch.tensor([[r.get(f"moe/{layer}/load_e{e}", float("nan")) for r in rows] for e in experts])  # (E, steps)
+    top = max(float(g.nan_to_num(0).max()) for g in grids.values())  # one colour scale for every layer
     fig, axes = plt.subplots(len(layers), 1, figsize=(9, 1.6 + 1.2 * len(layers)), squeeze=False)
     for ax, layer in zip(axes[:, 0], layers):
-        experts = sorted({int(k.rsplit("_e", 1)[1]) for r in rows for k in r if k.startswith(f"moe/{layer}/load_e")})
-        grid = torch.tensor([[r.get(f"moe/{layer}/load_e{e}", float("nan")) for r in rows] for e in experts])  # (E, steps)
-        im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", interpolation="nearest",
+        experts = range(grids[layer].shape[0])
+        im = ax.imshow(grids[layer].numpy(), aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0, vmax=top,
                        extent=(rows[0]["step"], rows[-1]["step"], len(experts) - 0.5, -0.5))
         ax.set_ylabel(f"block {layer[1:]}\nexpert", fontsize=8)
         ax.set_yticks(range(len(experts)))
@@ -364,9 +369,12 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = ScratchTask(cfg, tokenizer, pairs)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     final = Trainer(task, cfg.train, out).fit(resume=resume)
     train_seconds = time.perf_counter() - t0 - task.eval_seconds
+    # CPU seconds of this process: on a machine shared with other jobs, wall time overstates
+    # cost; CPU time (at threads=1) is close to what an idle core would take.
+    train_cpu_seconds = time.process_time() - cpu0 - task.eval_cpu_seconds
     task.model.cpu()
     save_model(out, task.model, tokenizer, cfg)
     from invemb.training.metrics_log import read_metrics
@@ -374,6 +382,7 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
     steps = read_metrics(out / "metrics.jsonl", "step")
     summary = {"run": str(out), "moe": cfg.model.use_moe, "steps": len(steps), "train_pairs": len(pairs["train"]),
                "params": count_params(task.model), "train_seconds": round(train_seconds, 1),
+               "train_cpu_seconds": round(train_cpu_seconds, 1),
                "train_tokens_per_s": round(sum(r.get("tokens", 0) for r in steps) / max(train_seconds, 1e-9), 1),
                "eval": final}
     atomic_write_text(out / "report.md", _run_report(summary))
@@ -384,7 +393,8 @@ def _run_report(s: dict[str, Any]) -> str:
     lines = [f"# scratch run ({'MoE' if s['moe'] else 'dense'})", "",
              f"- steps: {s['steps']}, training pairs: {s['train_pairs']}",
              f"- parameters: {s['params']['total']:,} total, {s['params']['active']:,} active per token",
-             f"- training: {s['train_seconds']} s ({s['train_tokens_per_s']} tokens/s, evaluation excluded)", "",
+             f"- training: {s['train_seconds']} s wall, {s['train_cpu_seconds']} s CPU "
+             f"({s['train_tokens_per_s']} tokens/s, evaluation excluded)", "",
              "| held-out metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in s["eval"].items()]
     lines += ["", "Plots: plots/train_curves.png, plots/epoch_metrics.png" + (", plots/moe_expert_load.png" if s["moe"] else "")]
@@ -392,17 +402,22 @@ def _run_report(s: dict[str, Any]) -> str:
 
 
 # -- dense vs MoE ---------------------------------------------------------------------------
-def inference_tokens_per_s(encoder: ScratchEncoder, texts: list[str], batch_size: int = 64, repeats: int = 2) -> float:
-    ids_total = sum(int(encoder.tokenizer.encode(texts[i:i + batch_size])[1].sum()) for i in range(0, len(texts), batch_size))
-    encoder.tokenizer.take_stats()
-    best = float("inf")
+def inference_tokens_per_s(encoders: dict[str, ScratchEncoder], texts: list[str], batch_size: int = 64,
+                           repeats: int = 3) -> dict[str, float]:
+    """Encoding throughput of each encoder on the same texts, runs interleaved (best of ``repeats``)
+    so a busy shared machine slows every encoder alike."""
+    any_encoder = next(iter(encoders.values()))
+    n_tokens = sum(int(any_encoder.tokenizer.encode(texts[i:i + batch_size])[1].sum()) for i in range(0, len(texts), batch_size))
+    any_encoder.tokenizer.take_stats()
+    best = {name: float("inf") for name in encoders}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            encoder.encode(texts, batch_size)
-            best = min(best, time.perf_counter() - t0)
-    return ids_total / best
+            for name, encoder in encoders.items():
+                t0 = time.perf_counter()
+                encoder.encode(texts, batch_size)
+                best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: round(n_tokens / t, 1) for name, t in best.items()}
 
 
 def compare_moe(preset: str, out: str | Path, overrides: dict[str, Any] | None = None,
@@ -416,12 +431,10 @@ def compare_moe(preset: str, out: str | Path, overrides: dict[str, Any] | None =
     tokenizer = train_tokenizer(base, pairs)
     results: dict[str, Any] = {"preset": preset, "models": {}}
     dev = {k: v for k, v in pairs.items() if k.startswith("dev_")}
-    texts = [t for ps in dev.values() for p in ps for t in (p.a, p.b)]
     for name, use_moe in (("dense", False), ("moe", True)):
         cfg = base.replace(**{"model.use_moe": use_moe})
         summary = train_scratch(cfg, out / name, pairs=pairs, tokenizer=tokenizer)
         encoder = load_run(out / name)
-        summary["infer_tokens_per_s"] = round(inference_tokens_per_s(encoder, texts), 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncation is reported in the run's metrics (data/truncated)
             summary["retrieval"] = evaluate_encoder(encoder, dev)
@@ -432,7 +445,41 @@ def compare_moe(preset: str, out: str | Path, overrides: dict[str, Any] | None =
 
         results["models"]["minilm"] = {"retrieval": evaluate_encoder(HFBackbone(BackboneConfig()), dev)}
     atomic_write_json(out / "compare.json", results)
-    atomic_write_text(out / "report.md", _compare_report(results, base))
+    return finish_comparison(out, reference)
+
+
+def suite_retrieval(encoders: dict[str, Any], preset: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The shared suite's retrieval tasks (``invemb.eval``, test split) -> task -> model -> metrics, BM25 included."""
+    from invemb.eval.suite import EvalConfig, run_suite
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # long summaries are truncated to the model's max length
+        res = run_suite(encoders, "retrieval", EvalConfig.preset(preset), progress=False)
+    return {task: {name: {k: m[k] for k in ("mrr", "r@1", "ndcg@10") if k in m} for name, m in by_model.items()}
+            for task, by_model in res["results"].items()}
+
+
+def finish_comparison(out: str | Path, reference: bool = True) -> dict[str, Any]:
+    """Measure inference throughput (interleaved) and the shared evaluation suite's retrieval for
+    the two trained runs in ``out``; update ``out/compare.json`` and write ``out/report.md``."""
+    from invemb.eval.data import wiki_sentences
+
+    out = Path(out)
+    results = json.loads((out / "compare.json").read_text())
+    encoders: dict[str, Any] = {name: load_run(out / name) for name in ("dense", "moe")}
+    if encoders["moe"].cfg.threads:
+        torch.set_num_threads(encoders["moe"].cfg.threads)
+    texts = wiki_sentences(400 if results["preset"] != "tiny" else 100, seed=0)
+    for name, tps in inference_tokens_per_s(encoders, texts).items():
+        results["models"][name]["infer_tokens_per_s"] = tps
+    if reference:
+        from invemb.backbone.hf import BackboneConfig, HFBackbone
+
+        encoders["minilm"] = HFBackbone(BackboneConfig())
+    results["suite"] = suite_retrieval(encoders, results["preset"])
+    atomic_write_json(out / "compare.json", results)
+    atomic_write_text(out / "report.md", _compare_report(results, ScratchConfig.from_dict(
+        json.loads((out / "moe" / "config.json").read_text())["config"])))
     return results
 
 
@@ -443,24 +490,37 @@ def _compare_report(r: dict[str, Any], cfg: ScratchConfig) -> str:
     lines = [f"# dense vs MoE (preset {r['preset']})", "",
              "Same tokenizer, training pairs, batch plan and number of steps; MoE experts have "
              f"hidden width {cfg.model.moe.expert_hidden} with top-{cfg.model.moe.top_k} routing against a dense FFN of "
-             f"{cfg.model.ffn_hidden}, so active parameters per token match (up to the router).", "",
-             "Retrieval is measured on held-out (dev-split) pairs, each query against all dev documents "
-             "(title -> first summary sentence; sentence -> next sentence). This is the scratch package's own "
-             "evaluation: the shared suite (`invemb.eval.retrieval`) had not landed when this was written.", "",
-             "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+             f"{cfg.model.ffn_hidden}, so active parameters per token match (up to the router).", ""]
+    suite = r.get("suite", {})
+    if suite:
+        names = list(dict.fromkeys(n for by_model in suite.values() for n in by_model))
+        lines += ["## Retrieval, shared evaluation suite (`invemb.eval`, held-out test split), MRR", "",
+                  "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for task, by_model in suite.items():
+            lines.append(f"| {task} | " + " | ".join(f"{by_model[n]['mrr']:.4f}" if n in by_model else "-" for n in names) + " |")
+        for name in ("dense", "moe"):
+            wins = [t for t, m in suite.items() if name in m and "bm25" in m and m[name]["mrr"] > m["bm25"]["mrr"]]
+            lines.append(f"\n{name} beats BM25 on: {', '.join(wins) if wins else 'none of the tasks'}")
+        lines.append("")
+    lines += ["## Retrieval on the scratch package's dev pairs", "",
+              "Each query against all dev documents (title -> first summary sentence; sentence -> next "
+              "sentence; WordNet gloss -> lemma). MRR and recall@1; ties count against the answer.", "",
+              "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, m in models.items():
         lines.append(f"| {name} | " + " | ".join(f"{m['retrieval'].get(k, float('nan')):.4f}" for k in keys) + " |")
-    lines += ["", "| | dense | MoE |", "|---|---|---|"]
+    lines += ["", "## Cost", "", "| | dense | MoE |", "|---|---|---|"]
     for label, get in [("total params", lambda m: f"{m['params']['total']:,}"),
                        ("active params / token", lambda m: f"{m['params']['active']:,}"),
                        ("optimizer steps", lambda m: m["steps"]),
-                       ("training seconds", lambda m: m["train_seconds"]),
+                       ("training seconds, wall (evaluation excluded)", lambda m: m["train_seconds"]),
+                       ("training seconds, CPU", lambda m: m.get("train_cpu_seconds", "n/a")),
                        ("training tokens/s", lambda m: m["train_tokens_per_s"]),
                        ("inference tokens/s", lambda m: m["infer_tokens_per_s"])]:
         lines.append(f"| {label} | {get(dense)} | {get(moe)} |")
     balance = {k: v for k, v in moe["eval"].items() if k.startswith("dev_moe/")}
-    lines += ["", "Expert load balance after training (router on held-out text, eval mode; "
-              "load_max_over_mean = share of the most-loaded expert / mean share, target <= 1.5):", ""]
+    lines += ["", "## Expert load balance after training", "",
+              "Router on held-out text in eval mode; load_max_over_mean = share of the most-loaded expert / "
+              "mean share (target <= 1.5):", ""]
     lines += [f"- {k}: {v:.3f}" for k, v in balance.items()]
-    lines += ["", "Curves: dense/plots/, moe/plots/ (moe_expert_load.png is the expert-load heatmap)."]
+    lines += ["", "Curves: dense/plots/, moe/plots/ (moe_expert_load.png is the expert-load heatmap over training)."]
     return "\n".join(lines) + "\n"
