@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from invemb.encoder import EncoderOutputError
@@ -120,3 +121,21 @@ def test_cli_eval_bad_input():
     assert result.exit_code == 2 and "unknown suite or evaluator 'nope'" in result.output
     result = CliRunner().invoke(app, ["eval", "--encoder", "/no/such/run", "--suite", "stats"])
     assert result.exit_code == 2 and "no such run or model folder" in result.output
+
+
+def test_memo_encoder_encodes_each_text_once():
+    from invemb.eval.base import MemoEncoder
+
+    seen = []
+
+    class Counting(FakeEncoder):
+        def encode(self, texts, batch_size=64):
+            seen.extend(texts)
+            return super().encode(texts, batch_size)
+
+    inner = Counting(dim=8, name="counting")
+    memo = MemoEncoder(inner)
+    first = memo.encode(["a", "b", "a"])
+    second = memo.encode(["b", "c"])
+    assert seen == ["a", "b", "c"] and memo.name == "counting"
+    assert torch.equal(first[1], second[0]) and torch.equal(second, inner.encode(["b", "c"]))

@@ -54,3 +54,31 @@ def quantiles(values: torch.Tensor, prefix: str) -> dict[str, float]:
     q = torch.quantile(values.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
     return {f"{prefix}_mean": float(values.mean()), f"{prefix}_std": float(values.std()) if len(values) > 1 else 0.0,
             f"{prefix}_p10": float(q[0]), f"{prefix}_p50": float(q[1]), f"{prefix}_p90": float(q[2])}
+
+
+class MemoEncoder:
+    """Wraps an encoder so each distinct text is encoded once per suite run.
+
+    Evaluators share texts (the word-similarity words are units too; the typo, order and stats
+    evaluators read the same sentences), and the suite's budget is mostly encoding. Output is
+    not checked here: the evaluators check it, naming the wrapped encoder.
+    """
+
+    def __init__(self, encoder):
+        self.encoder, self.dim, self.name = encoder, int(encoder.dim), encoder_name(encoder)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            fresh = self.encoder.encode(missing, batch_size=batch_size)
+            if not isinstance(fresh, torch.Tensor) or fresh.ndim != 2 or len(fresh) != len(missing):
+                return fresh  # malformed: hand it on whole for the caller's check to reject
+            fresh = fresh.detach().float().cpu()
+            self._cache.update(zip(missing, fresh))
+        if not texts:
+            return torch.empty(0, self.dim)
+        return torch.stack([self._cache[t] for t in texts])  # (N, dim)
+
+    def save(self, path) -> None:
+        self.encoder.save(path)

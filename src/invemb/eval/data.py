@@ -8,6 +8,7 @@ Each loader raises :class:`~invemb.text.sources.MissingDataError` when its sourc
 """
 from __future__ import annotations
 
+import functools
 import random
 import re
 
@@ -23,12 +24,16 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()]
 
 
-def wiki_articles(split: str = "test", wiki_path: str | None = None) -> list[dict]:
-    """Wikipedia summaries whose document falls in ``split`` (``None``: all), sorted by title."""
+@functools.lru_cache(maxsize=2)
+def _wiki_rows(wiki_path: str | None) -> tuple[dict, ...]:
     from invemb.text.sources import wiki_summaries
 
-    rows = wiki_summaries(wiki_path)
-    return [r for r in rows if split is None or split_of(f"wiki:{r['title']}") == split]
+    return tuple(wiki_summaries(wiki_path))  # parsed once per process: several evaluators read it
+
+
+def wiki_articles(split: str = "test", wiki_path: str | None = None) -> list[dict]:
+    """Wikipedia summaries whose document falls in ``split`` (``None``: all), sorted by title."""
+    return [dict(r) for r in _wiki_rows(wiki_path) if split is None or split_of(f"wiki:{r['title']}") == split]
 
 
 def wiki_sentences(n: int = 500, seed: int = 0, split: str = "test", min_words: int = 6, max_words: int = 40,

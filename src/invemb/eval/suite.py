@@ -8,11 +8,12 @@ encoder output (NaN, wrong width) raises, naming the encoder and the task.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable
 
 from invemb.config import Config
-from invemb.eval.base import NotRun
+from invemb.eval.base import MemoEncoder, NotRun
 from invemb.text.sources import MissingDataError
 
 
@@ -63,9 +64,12 @@ def _factories(cfg: EvalConfig) -> dict[str, Callable[[], object]]:
 
     wiki, seed, n_q, bs = cfg.wiki_path or None, cfg.seed, cfg.retrieval_queries, cfg.batch_size
     vocab = (lambda: set(vocab_units(cfg.vocab, n=10**9)[0])) if cfg.vocab else (lambda: None)
-    sentences = lambda n, offset: (lambda: data.wiki_sentences(n, seed + offset, wiki_path=wiki))
+    # one sample of held-out sentences, sliced per evaluator: shared sentences are encoded once
+    pool = functools.lru_cache(maxsize=1)(
+        lambda: data.wiki_sentences(max(cfg.order_sentences, cfg.typo_sentences, cfg.stats_texts, 200), seed, wiki_path=wiki))
+    sentences = lambda n: (lambda: pool()[:n])
     return {
-        "order": lambda: OrderEvaluator(data.wiki_sentences(cfg.order_sentences, seed, wiki_path=wiki), seed, bs),
+        "order": lambda: OrderEvaluator(sentences(cfg.order_sentences)(), seed, bs),
         "relations": lambda: RelationEvaluator(None, seed, max_pairs=cfg.relation_pairs),
         "simlex999": lambda: WordSimEvaluator("simlex999", vocab()),
         "wordsim353": lambda: WordSimEvaluator("wordsim353", vocab()),
@@ -79,10 +83,10 @@ def _factories(cfg: EvalConfig) -> dict[str, Callable[[], object]]:
             loader=lambda: data.first_sentence_rest_task(n_q, seed, wiki_path=wiki), batch_size=bs, name="first_sentence_to_rest"),
         "knn_topic": lambda: KNNClassificationEvaluator(loader=lambda: data.topic_articles(cfg.knn_texts, seed, wiki),
                                                         k=cfg.knn_k, folds=cfg.knn_folds, seed=seed, batch_size=bs),
-        "typo": lambda: TypoEvaluator(loader=sentences(cfg.typo_sentences, 1), rates=tuple(cfg.typo_rates), seed=seed,
+        "typo": lambda: TypoEvaluator(loader=sentences(cfg.typo_sentences), rates=tuple(cfg.typo_rates), seed=seed,
                                       batch_size=bs),
-        "stats": lambda: EmbeddingStatsEvaluator(loader=sentences(cfg.stats_texts, 2), batch_size=bs),
-        "inversion": lambda: InversionEvaluator(cfg.controller or None, loader=sentences(200, 3)),
+        "stats": lambda: EmbeddingStatsEvaluator(loader=sentences(cfg.stats_texts), batch_size=bs),
+        "inversion": lambda: InversionEvaluator(cfg.controller or None, loader=sentences(200)),
     }
 
 
@@ -127,6 +131,7 @@ def run_suite(encoders: dict[str, object], suite: str = "all", cfg: EvalConfig |
     if not encoders:
         raise ValueError("no encoders to evaluate")
     cfg = cfg or EvalConfig()
+    encoders = {name: enc if isinstance(enc, MemoEncoder) else MemoEncoder(enc) for name, enc in encoders.items()}
     if evaluators is not None:
         makers = {name: (lambda ev=ev: ev) for name, ev in evaluators.items()}
     else:
@@ -177,6 +182,7 @@ def evaluate(encoders: dict[str, object], suite: str = "all", cfg: EvalConfig | 
     from invemb.eval.report import write_report
 
     cfg = cfg or EvalConfig()
+    encoders = {name: MemoEncoder(enc) for name, enc in encoders.items()}  # shared by the suite and the plots
     results = run_suite(encoders, suite, cfg, progress)
     if out:
         results["files"] = write_report(results, out, encoders, plot_units_for(cfg), cfg.seed)

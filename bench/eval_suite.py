@@ -1,0 +1,70 @@
+"""Time the evaluation suite on the bundled backbone (twice, as "two encoders") and print the
+figures: wall time against the 10-minute budget, and the RATIO of suite time to the time the
+encoders spent encoding (the peer, measured in the same run): how much the evaluators add on
+top of the unavoidable encoding. Peak memory from getrusage. Output: bench/out/eval_suite.json.
+
+    .venv/bin/python bench/eval_suite.py [--preset default] [--suite all] [--encoders 2]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import write  # noqa: E402
+
+
+class TimedEncoder:
+    """Passes calls through and adds up the seconds and texts spent in ``encode``."""
+
+    def __init__(self, inner, name: str):
+        self.inner, self.name, self.dim = inner, name, inner.dim
+        self.seconds, self.texts = 0.0, 0
+
+    def encode(self, texts, batch_size=64):
+        start = time.perf_counter()
+        out = self.inner.encode(texts, batch_size=batch_size)
+        self.seconds += time.perf_counter() - start
+        self.texts += len(texts)
+        return out
+
+    def save(self, path):
+        self.inner.save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--suite", default="all")
+    ap.add_argument("--encoders", type=int, default=2, help="how many copies of the backbone to evaluate")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "eval_suite_report"))
+    args = ap.parse_args()
+
+    import torch
+
+    import invemb
+    from invemb.eval.suite import EvalConfig, evaluate
+
+    torch.set_num_threads(2)
+    backbone = invemb.load("backbone")
+    encoders = {f"backbone#{i + 1}": TimedEncoder(backbone, f"backbone#{i + 1}") for i in range(args.encoders)}
+    start = time.perf_counter()
+    results = evaluate(encoders, args.suite, EvalConfig.preset(args.preset), args.out)
+    total = time.perf_counter() - start
+    encoding = sum(e.seconds for e in encoders.values())
+    write("eval_suite", {
+        "preset": args.preset, "suite": args.suite, "encoders": args.encoders,
+        "wall_s": round(total, 1), "budget_s": 600, "within_budget": total < 600,
+        "encode_s": round(encoding, 1), "texts_encoded": sum(e.texts for e in encoders.values()),
+        "ratio_suite_to_encoding": round(total / max(encoding, 1e-9), 2),
+        "seconds_per_evaluator": {ev: round(sum(per.values()), 1) for ev, per in results["seconds"].items()},
+        "primary": {ev: {c: round(m[results["primary"][ev]], 4) for c, m in per.items()}
+                    for ev, per in results["results"].items()},
+        "not_run": results["not_run"],
+    })
+
+
+if __name__ == "__main__":
+    main()
