@@ -1,0 +1,137 @@
+"""E1, the character encoder: text -> character units -> per-character states H.
+
+Shape legend
+    B texts (windows) in a batch, L character units (padded), D ``dim`` (d_char),
+    NH attention heads, HD head width (D / NH), V unit vocabulary.
+    ``mask`` is (B, L) bool, True for real units.
+
+Units are Unicode code points (hashed into ``vocab_size`` buckets, so every script and emoji gets
+an id and nothing is dropped) or UTF-8 bytes. Control and format characters are removed, all
+whitespace becomes one space, and lower-casing is optional (:func:`clean_text`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import unicodedata
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invemb.config import Config
+
+PAD_ID, MASK_ID, N_SPECIAL = 0, 1, 2
+_WS = re.compile(r"\s+")
+_KEEP_FORMAT = {"\u200d"}  # zero-width joiner: part of emoji sequences (family, flags of people)
+
+
+@dataclasses.dataclass
+class CharEncoderConfig(Config):
+    units: str = "codepoint"  # "codepoint" (hashed into vocab_size buckets) or "bytes" (UTF-8, vocab 258)
+    vocab_size: int = 2048
+    lowercase: bool = False
+    max_chars: int = 256  # units per window; longer texts are streamed window by window
+    kind: str = "transformer"  # "transformer" (rotary attention) or "conv" (depthwise-separable stack)
+    dim: int = 64
+    depth: int = 2
+    heads: int = 4
+    ffn_mult: int = 2
+    conv_kernel: int = 5
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.units not in ("codepoint", "bytes"):
+            raise ValueError(f"units must be codepoint or bytes, got {self.units!r}")
+        if self.kind not in ("transformer", "conv"):
+            raise ValueError(f"E1 kind must be transformer or conv, got {self.kind!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.units == "bytes":
+            self.vocab_size = 256 + N_SPECIAL
+
+
+def clean_text(text: str, lowercase: bool = False) -> str:
+    """NFC, control/format characters removed (whitespace kept as one space), optional lower-case."""
+    text = unicodedata.normalize("NFC", text)
+    kept = [ch for ch in text if ch.isspace() or ch in _KEEP_FORMAT or unicodedata.category(ch) not in ("Cc", "Cf", "Cs")]
+    text = _WS.sub(" ", "".join(kept)).strip()
+    return text.lower() if lowercase else text
+
+
+def char_units(ch: str, cfg: CharEncoderConfig) -> list[int]:
+    """The unit ids of one character: one hashed code point, or its UTF-8 bytes."""
+    if cfg.units == "bytes":
+        return [N_SPECIAL + b for b in ch.encode("utf-8")]
+    return [N_SPECIAL + ord(ch) % (cfg.vocab_size - N_SPECIAL)]
+
+
+def rotary(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding on (B, NH, L, HD); HD must be even."""
+    _, _, length, hd = x.shape
+    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
+    angles = torch.arange(length, device=x.device, dtype=torch.float32)[:, None] * inv[None]  # (L, HD/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)  # (B, NH, L, HD)
+
+
+class RotaryBlock(nn.Module):
+    """Pre-norm transformer block with rotary self-attention (shared by E1 and E2)."""
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, NH, L, HD)
+        attn_mask = mask[:, None, None, :]  # (B, 1, 1, L): padding is never attended to
+        y = F.scaled_dot_product_attention(rotary(q), rotary(k), v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + F.dropout(self.out(y.transpose(1, 2).reshape(b, length, d)), self.dropout, self.training)  # (B, L, D)
+        return x + self.ffn(self.norm2(x))
+
+
+class ConvBlock(nn.Module):
+    """Depthwise-separable convolution block: depthwise conv over L, pointwise MLP, residual."""
+
+    def __init__(self, dim: int, kernel: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.pointwise = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x) * mask[..., None]  # padding contributes nothing to its neighbours
+        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)  # (B, L, D)
+        return x + self.pointwise(h)
+
+
+class CharEncoder(nn.Module):
+    """E1: unit ids (B, L) -> states H (B, L, D); ``mlm_logits`` predicts masked units (tied embedding)."""
+
+    def __init__(self, cfg: CharEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=PAD_ID)
+        nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(cfg.dim))
+        if cfg.kind == "transformer":
+            self.blocks = nn.ModuleList(RotaryBlock(cfg.dim, cfg.heads, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.depth))
+        else:
+            self.blocks = nn.ModuleList(ConvBlock(cfg.dim, cfg.conv_kernel, cfg.ffn_mult, cfg.dropout) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)  # (B, L, D)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+    def mlm_logits(self, states: torch.Tensor) -> torch.Tensor:
+        return states @ self.embed.weight.T  # (B, L, V)

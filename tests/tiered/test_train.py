@@ -1,0 +1,90 @@
+"""A tiny end-to-end run: losses fall, the run folder loads through invemb.load, resume, CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import invemb
+from invemb.tiered import train as tiered_train
+from invemb.tiered.train import train_tiered
+from invemb.training.metrics_log import read_metrics
+
+
+def _mean(rows, key):
+    vals = [r[key] for r in rows if key in r]
+    return sum(vals) / len(vals)
+
+
+def test_tiny_run_losses_fall_and_the_run_loads(tmp_path, make_cfg, toy_corpus):
+    cfg = make_cfg(**{"train.epochs": 5, "train.lr": 1e-2})
+    summary = train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
+    steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
+    assert len(steps) == 50 and {r["phase"] for r in steps} == {0.0, 1.0, 2.0}
+    e1 = [r for r in steps if "loss_mlm" in r]
+    joint = [r for r in steps if "loss_sentence" in r]
+    assert _mean(e1[-5:], "loss_mlm") < 0.8 * _mean(e1[:3], "loss_mlm")
+    assert _mean(joint[-5:], "loss_sentence") < 0.8 * _mean(joint[:3], "loss_sentence")
+    assert _mean(e1[-5:], "loss_boundary") < 0.8 * _mean(e1[:3], "loss_boundary")
+    meta = json.loads((tmp_path / "run/config.json").read_text())
+    assert meta["kind"] == "tiered"
+    assert (tmp_path / "run/plots").is_dir() and any((tmp_path / "run/plots").glob("*.png"))
+    assert "dev_mrr_noise10" in summary["eval"] and (tmp_path / "run/report.md").exists()
+    enc = invemb.load(tmp_path / "run")
+    v = enc.encode(toy_corpus["dev"][:4])
+    assert v.shape == (4, 32)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(4))
+    # save/load round trip of the Encoder itself
+    enc.save(tmp_path / "copy")
+    torch.testing.assert_close(invemb.load(tmp_path / "copy").encode(toy_corpus["dev"][:4]), v)
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_cfg, toy_corpus, monkeypatch):
+    cfg = make_cfg(**{"train.epochs": 2, "train.checkpoint_every": 4})
+    real_loss = tiered_train.TieredTask.loss
+
+    def dying_loss(self, model, batch, ctx):
+        if ctx.step == 9:
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch, ctx)
+
+    monkeypatch.setattr(tiered_train.TieredTask, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
+    assert not (tmp_path / "run/model.safetensors").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
+    monkeypatch.setattr(tiered_train.TieredTask, "loss", real_loss)
+    train_tiered(cfg, tmp_path / "run", resume=True, sentences=toy_corpus)
+    steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
+    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert invemb.load(tmp_path / "run").encode(["a cat"]).shape == (1, 32)
+
+
+def test_cli_train_encode_and_bad_override(tmp_path):
+    from invemb.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "cli-run"
+    res = runner.invoke(app, ["train", "tiered", "--preset", "tiny", "--out", str(run), "--set", "data.max_sentences=48",
+                              "--set", "train.epochs=1", "--set", "train.progress=false", "--set", "data.dev_sentences=8"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{"):])["run"] == str(run)
+    (tmp_path / "in.jsonl").write_text('{"text": "Emoji 😀 and 東京"}\n{"text": "plain words"}\n')
+    res = runner.invoke(app, ["encode", "--model", str(run), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "v.npy")])
+    assert res.exit_code == 0, res.output
+    bad = runner.invoke(app, ["train", "tiered", "--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "model.nope=1"])
+    assert bad.exit_code == 2 and "unknown" in bad.output
+
+
+@pytest.mark.slow
+def test_lexname_probe_on_real_wordnet(make_cfg):
+    from invemb.tiered.model import TieredEncoder, TieredModel
+    from invemb.tiered.train import lexname_probe
+
+    torch.manual_seed(0)
+    result = lexname_probe(TieredEncoder(TieredModel(make_cfg().model)), limit=200)
+    assert result["examples"] == 200 and result["classes"] > 10
+    assert 0.0 <= result["e1_accuracy"] <= 1.0 and 0.0 <= result["e2_accuracy"] <= 1.0
