@@ -47,7 +47,7 @@ def test_run_suite_fails_loudly_on_bad_encoder():
 def test_suite_names():
     assert suite_names("word") == ["simlex999", "wordsim353", "relations", "neighbours"]
     assert suite_names("order,stats,order") == ["order", "stats"]
-    assert "inversion" in suite_names("all") and "typo" in suite_names("all")
+    assert "inversion" in suite_names("all") and "typo" in suite_names("all") and "sts" in suite_names("all")
     with pytest.raises(ValueError, match="unknown suite or evaluator 'nope'"):
         suite_names("nope")
 
@@ -139,3 +139,13 @@ def test_memo_encoder_encodes_each_text_once():
     second = memo.encode(["b", "c"])
     assert seen == ["a", "b", "c"] and memo.name == "counting"
     assert torch.equal(first[1], second[0]) and torch.equal(second, inner.encode(["b", "c"]))
+
+
+def test_sts_from_a_user_file(tmp_path):
+    pairs = tmp_path / "sts.tsv"
+    pairs.write_text("A cat sits.\tA cat sits.\t5.0\nA cat sits.\tStocks fell.\t0.5\nA dog runs.\tA dog runs.\t4.8\n"
+                     "A dog runs.\tRain today.\t0.2\n")
+    res = run_suite({"fake": FakeEncoder(dim=16)}, "sts", EvalConfig(sts=str(pairs)), progress=False)
+    assert res["results"]["sts"]["fake"]["n_pairs"] == 4 and res["results"]["sts"]["fake"]["spearman"] > 0.5
+    res = run_suite({"fake": FakeEncoder(dim=16)}, "sts", EvalConfig(), progress=False)
+    assert "no sentence-pair file given" in res["not_run"]["sts"]

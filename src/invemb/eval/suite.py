@@ -35,6 +35,7 @@ class EvalConfig(Config):
     plot_units: int = 400  # units in the PCA / t-SNE plots
     vocab: str = ""  # a Vocab JSON (`invemb vocab build`): units for purity, OOV for word similarity, plots
     controller: str = ""  # a controller run for the inversion evaluator
+    sts: str = ""  # a sentence-pair TSV (sentence1, sentence2, score), e.g. STS-B: not installable here
     wiki_path: str = ""  # summaries_en-us.json; "" = the installed package's
     batch_size: int = 64
 
@@ -68,11 +69,17 @@ def _factories(cfg: EvalConfig) -> dict[str, Callable[[], object]]:
     pool = functools.lru_cache(maxsize=1)(
         lambda: data.wiki_sentences(max(cfg.order_sentences, cfg.typo_sentences, cfg.stats_texts, 200), seed, wiki_path=wiki))
     sentences = lambda n: (lambda: pool()[:n])
+    def sts():
+        if not cfg.sts:
+            raise NotRun("no sentence-pair file given (--set sts=PATH to a TSV: sentence1, sentence2, score)")
+        return WordSimEvaluator(cfg.sts, lowercase=False, name="sts")
+
     return {
         "order": lambda: OrderEvaluator(sentences(cfg.order_sentences)(), seed, bs),
         "relations": lambda: RelationEvaluator(None, seed, max_pairs=cfg.relation_pairs),
         "simlex999": lambda: WordSimEvaluator("simlex999", vocab()),
         "wordsim353": lambda: WordSimEvaluator("wordsim353", vocab()),
+        "sts": sts,
         "neighbours": lambda: NeighbourPurityEvaluator(None, cfg.vocab or None, cfg.units, cfg.purity_queries,
                                                        cfg.neighbours_k, seed),
         "title_to_summary": lambda: RetrievalEvaluator(loader=lambda: data.title_summary_task(n_q, seed, wiki_path=wiki),
@@ -94,6 +101,7 @@ SUITES = {
     "order": ["order"],
     "relations": ["relations"],
     "word": ["simlex999", "wordsim353", "relations", "neighbours"],
+    "sts": ["sts"],
     "retrieval": ["title_to_summary", "gloss_to_lemma", "first_sentence_to_rest"],
     "classification": ["knn_topic"],
     "typo": ["typo"],

@@ -3,7 +3,8 @@
 SimLex-999 (similarity, antonyms rated low) and WordSim-353 (relatedness) ship with gensim's
 test data. Any encoder can encode any word, so "out of vocabulary" only means a word missing
 from a unit vocabulary given to the evaluator (a model's units); such pairs are counted and
-reported (``n_oov``), and the correlation is over the remaining pairs.
+reported (``n_oov``), and the correlation is over the remaining pairs. The same evaluator
+scores sentence pairs (STS) from a user-given TSV with ``lowercase=False``.
 """
 from __future__ import annotations
 
