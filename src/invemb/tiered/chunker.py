@@ -25,6 +25,7 @@ from invemb.config import Config
 MODES = ("stride", "words", "learned")
 CHUNK_TYPES = ("word", "caps", "numeric", "punct", "emoji")
 _WORD_OR_SYMBOL = re.compile(r"\w+|\S", re.UNICODE)
+_NON_SPACE = re.compile(r"\S+")
 
 
 @dataclasses.dataclass
@@ -40,6 +41,10 @@ class ChunkerConfig(Config):
 
 def chunk_type(chunk: str) -> int:
     """Index into :data:`CHUNK_TYPES` for one chunk's text."""
+    if chunk.isalpha():  # the common case, without a per-character category lookup
+        return CHUNK_TYPES.index("caps") if len(chunk) > 1 and chunk.isupper() else 0
+    if chunk.isalnum():
+        return CHUNK_TYPES.index("numeric") if any(ch.isdigit() for ch in chunk) else 0
     cats = [unicodedata.category(ch) for ch in chunk]
     if all(c in ("So", "Sk", "Mn") or ch == "\u200d" for c, ch in zip(cats, chunk)):
         return CHUNK_TYPES.index("emoji")
@@ -49,49 +54,64 @@ def chunk_type(chunk: str) -> int:
         return CHUNK_TYPES.index("numeric")
     if len(chunk) > 1 and chunk.isupper():
         return CHUNK_TYPES.index("caps")
-    return CHUNK_TYPES.index("word")
+    return 0
+
+
+Span = tuple[int, int]
+
+
+def word_spans(text: str) -> list[Span]:
+    """Mode "words": runs of word characters, and every other non-space character on its own."""
+    return [m.span() for m in _WORD_OR_SYMBOL.finditer(text)]
+
+
+def stride_spans(text: str, stride: int) -> list[Span]:
+    """Mode "stride": every ``stride`` characters of each space-free run."""
+    return [(i, min(i + stride, m.end())) for m in _NON_SPACE.finditer(text) for i in range(m.start(), m.end(), stride)]
+
+
+def rule_spans(text: str, cfg: ChunkerConfig) -> list[Span]:
+    """Chunks from the rules: stride windows, or words (also the learned head's labels)."""
+    return stride_spans(text, cfg.stride) if cfg.mode == "stride" else word_spans(text)
+
+
+def spans_from_starts(text: str, starts: list[bool]) -> list[Span]:
+    """Chunks from per-character start flags; a chunk also starts after every space, and spaces end one."""
+    spans: list[list[int]] = []
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            continue
+        if starts[i] or not spans or text[i - 1].isspace():
+            spans.append([i, i + 1])
+        spans[-1][1] = i + 1
+    return [(a, b) for a, b in spans]
+
+
+def starts_of(text: str, spans: list[Span]) -> list[bool]:
+    flags = [False] * len(text)
+    for a, _ in spans:
+        flags[a] = True
+    return flags
 
 
 def word_starts(text: str) -> list[bool]:
-    """Per character: does a word / symbol chunk start here? (the boundary labels of mode "words")"""
-    starts = [False] * len(text)
-    for m in _WORD_OR_SYMBOL.finditer(text):
-        starts[m.start()] = True
-    return starts
+    return starts_of(text, word_spans(text))
 
 
 def stride_starts(text: str, stride: int) -> list[bool]:
-    """A chunk starts every ``stride`` non-space characters and after every space."""
-    starts, run = [], 0
-    for i, ch in enumerate(text):
-        starts.append(not ch.isspace() and (run % stride == 0 or text[i - 1].isspace()))
-        run = 0 if ch.isspace() else run + 1
-    return starts
+    return starts_of(text, stride_spans(text, stride))
+
+
+def chunks_from_spans(text: str, spans: list[Span]) -> tuple[list[int], list[int]]:
+    """Per-character chunk index (-1 outside every chunk) and per-chunk type."""
+    char_chunk = [-1] * len(text)
+    for c, (a, b) in enumerate(spans):
+        char_chunk[a:b] = [c] * (b - a)
+    return char_chunk, [chunk_type(text[a:b]) for a, b in spans]
 
 
 def chunks_from_starts(text: str, starts: list[bool]) -> tuple[list[int], list[int]]:
-    """Per-character chunk index (-1 on spaces) and per-chunk type, from start flags.
-
-    A chunk always starts at the first character after a space, whatever the flags say.
-    """
-    char_chunk, types, spans = [], [], []
-    current = -1
-    for i, ch in enumerate(text):
-        if ch.isspace():
-            char_chunk.append(-1)
-            continue
-        if starts[i] or current < 0 or text[i - 1].isspace():
-            current += 1
-            spans.append([i, i + 1])
-        spans[-1][1] = i + 1
-        char_chunk.append(current)
-    types = [chunk_type(text[a:b]) for a, b in spans]
-    return char_chunk, types
-
-
-def rule_starts(text: str, cfg: ChunkerConfig) -> list[bool]:
-    """Start flags from the rules: stride windows, or words (also the learned head's labels)."""
-    return stride_starts(text, cfg.stride) if cfg.mode == "stride" else word_starts(text)
+    return chunks_from_spans(text, spans_from_starts(text, starts))
 
 
 class Chunks(NamedTuple):

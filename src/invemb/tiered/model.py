@@ -15,14 +15,16 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from invemb.config import Config
 from invemb.encoder import check_texts, check_vectors
-from invemb.tiered.char_encoder import PAD_ID, CharEncoder, CharEncoderConfig, char_units, clean_text
-from invemb.tiered.chunker import ChunkerConfig, ChunkProjector, Chunks, chunks_from_starts, rule_starts
+from invemb.tiered.char_encoder import N_SPECIAL, PAD_ID, CharEncoder, CharEncoderConfig, clean_text
+from invemb.tiered.chunker import (ChunkerConfig, ChunkProjector, Chunks, chunks_from_spans, rule_spans, spans_from_starts,
+                                   starts_of)
 from invemb.tiered.semantic_encoder import SemanticEncoder, SemanticEncoderConfig, SemanticOutput
 
 
@@ -44,13 +46,13 @@ class CharBatch(NamedTuple):
     texts: list[str]  # the cleaned windows
 
 
-def _units_of(text: str, cfg: CharEncoderConfig) -> tuple[list[int], list[int]]:
-    ids, unit_char = [], []
-    for i, ch in enumerate(text):
-        u = char_units(ch, cfg)
-        ids += u
-        unit_char += [i] * len(u)
-    return ids, unit_char
+def _units_of(text: str, cfg: CharEncoderConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Unit ids of a text and the character index of each unit (vectorised: this runs on every encode)."""
+    if cfg.units == "codepoint":
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        return N_SPECIAL + points % (cfg.vocab_size - N_SPECIAL), np.arange(len(text))
+    ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + N_SPECIAL
+    return ids, np.repeat(np.arange(len(text)), [len(ch.encode("utf-8")) for ch in text])
 
 
 def windows(text: str, cfg: CharEncoderConfig) -> list[str]:
@@ -84,28 +86,26 @@ def windows(text: str, cfg: CharEncoderConfig) -> list[str]:
 
 def make_batch(texts: list[str], cfg: TieredModelConfig, starts: list[list[bool]] | None = None) -> CharBatch:
     """Unit ids and chunk assignment for cleaned windows (``starts``: per-character flags; default the rule's)."""
-    ids, unit_chunk, types, unit_starts, first, unit_chars = [], [], [], [], [], []
+    per_text = []
     for k, text in enumerate(texts):
-        flags = starts[k] if starts is not None else rule_starts(text, cfg.chunker)
-        char_chunk, chunk_types = chunks_from_starts(text, flags)
-        u, uc = _units_of(text, cfg.char)
-        ids.append(torch.tensor(u))
-        unit_chunk.append(torch.tensor([char_chunk[c] for c in uc]))
-        types.append(torch.tensor(chunk_types, dtype=torch.long))
-        is_first = [j == 0 or uc[j - 1] != c for j, c in enumerate(uc)]
-        rule = rule_starts(text, cfg.chunker) if starts is not None else flags
-        unit_starts.append(torch.tensor([float(rule[c] and f) for c, f in zip(uc, is_first)]))
-        first.append(torch.tensor(is_first))
-        unit_chars.append(uc)
-    id_t = pad_sequence(ids, batch_first=True, padding_value=PAD_ID)  # (B, L)
-    return CharBatch(
-        ids=id_t, mask=id_t != PAD_ID,
-        unit_chunk=pad_sequence(unit_chunk, batch_first=True, padding_value=-1),
-        chunk_types=pad_sequence(types, batch_first=True, padding_value=-1) if any(len(t) for t in types)
-        else torch.full((len(texts), 1), -1, dtype=torch.long),
-        starts=pad_sequence(unit_starts, batch_first=True, padding_value=0.0),
-        first_unit=pad_sequence(first, batch_first=True, padding_value=False),
-        unit_char=unit_chars, texts=list(texts))
+        rule = rule_spans(text, cfg.chunker)
+        char_chunk, chunk_types = chunks_from_spans(text, rule if starts is None else spans_from_starts(text, starts[k]))
+        ids, unit_char = _units_of(text, cfg.char)
+        first = np.ones(len(ids), dtype=bool)
+        first[1:] = unit_char[1:] != unit_char[:-1]
+        labels = np.asarray(starts_of(text, rule), dtype=bool)
+        per_text.append((ids, np.asarray(char_chunk, dtype=np.int64)[unit_char], chunk_types, labels[unit_char] & first, first, unit_char))
+    b, length = len(texts), max(len(t[0]) for t in per_text)
+    n_chunks = max(1, max(len(t[2]) for t in per_text))
+    ids, unit_chunk = np.full((b, length), PAD_ID, dtype=np.int64), np.full((b, length), -1, dtype=np.int64)
+    types = np.full((b, n_chunks), -1, dtype=np.int64)
+    unit_starts, first = np.zeros((b, length), dtype=np.float32), np.zeros((b, length), dtype=bool)
+    for k, (i, uc, ty, st, fi, _) in enumerate(per_text):
+        ids[k, :len(i)], unit_chunk[k, :len(i)], types[k, :len(ty)], unit_starts[k, :len(i)], first[k, :len(i)] = i, uc, ty, st, fi
+    id_t = torch.from_numpy(ids)  # (B, L)
+    return CharBatch(ids=id_t, mask=id_t != PAD_ID, unit_chunk=torch.from_numpy(unit_chunk),
+                     chunk_types=torch.from_numpy(types), starts=torch.from_numpy(unit_starts),
+                     first_unit=torch.from_numpy(first), unit_char=[t[5].tolist() for t in per_text], texts=list(texts))
 
 
 def batch_to(batch: CharBatch, device: torch.device) -> CharBatch:
