@@ -38,15 +38,22 @@ class Segmentation:
     @property
     def coverage(self) -> float:
         """Share of tokens covered by vocabulary units."""
-        covered = sum(s.end - s.start for s in self.segments if not s.oov)
-        return covered / max(1, len(self.tokens))
+        covered = {i for s in self.segments if not s.oov for i in range(s.start, s.end)}  # sub-units share a token
+        return len(covered) / max(1, len(self.tokens))
 
     @property
     def oov_tokens(self) -> list[str]:
         return [s.text for s in self.segments if s.oov]
 
     def text(self) -> str:
-        return detokenize([s.text for s in self.segments])
+        """The units joined back into text; sub-units of one token are joined without spaces."""
+        words: list[str] = []
+        for i, s in enumerate(self.segments):
+            if i and (s.start, s.end) == (self.segments[i - 1].start, self.segments[i - 1].end):
+                words[-1] += s.text
+            else:
+                words.append(s.text)
+        return detokenize(words)
 
 
 class Segmenter:

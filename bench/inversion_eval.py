@@ -1,0 +1,96 @@
+"""Inversion benchmark: the controller against both baselines (and the gold-unit oracle, the
+ceiling set by segmentation), side by side on held-out Wikipedia sentences (5-32 words) and
+WordNet example sentences, all in one run with the same encoder and targets.
+
+Prints ratios against the peers measured in the same run (token F1 and BLEU over bag of units,
+encoder calls over black-box search) and the peak memory; writes bench/out/inversion_eval.json,
+the rows, and F1-vs-length plots.
+
+    .venv/bin/python bench/inversion_eval.py --controller runs/controller-default --em backbone --n 12
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--controller", default="runs/controller-default")
+    ap.add_argument("--em", default="backbone")
+    ap.add_argument("--corpus", default="data/built/corpus")
+    ap.add_argument("--n", type=int, default=12, help="sentences per set for the controller, bag and oracle")
+    ap.add_argument("--n-blackbox", type=int, default=6, help="sentences per set for the (slow) black-box search")
+    ap.add_argument("--blackbox", default="default", help="black-box preset: tiny | default | full")
+    ap.add_argument("--set", dest="sets", action="append", default=None, help="wiki | wordnet (repeat)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="bench/out")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from invemb.inversion import load_run, metrics
+    from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
+    from invemb.inversion.decode import DecodeConfig, OraclePolicy, beam_decode
+    from invemb.inversion.harness import eval_sentences, run_methods
+    from invemb.inversion.segment import Segmenter
+    from invemb.io import atomic_write_json, write_jsonl
+
+    out = Path(args.out)
+    t_load = time.perf_counter()
+    ctrl = load_run(args.controller, em=args.em)
+    t_load = time.perf_counter() - t_load
+    segmenter = Segmenter(ctrl.vocab)
+    report = {"controller": args.controller, "em": args.em, "decode": ctrl.decode_cfg.to_dict(),
+              "blackbox": BlackBoxConfig.preset(args.blackbox).to_dict(), "load_seconds": t_load, "sets": {}}
+    for which in args.sets or ["wiki", "wordnet"]:
+        sentences = eval_sentences(args.corpus, which, args.n)
+        gold = iter([segmenter.segment(s).unit_ids for s in sentences])
+        methods = {
+            "controller": lambda t: ctrl.invert_vector(t),
+            "greedy": lambda t: ctrl.invert_vector(t, ctrl.decode_cfg.replace(beam=1)),
+            "bag": lambda t: bag_of_units(t, ctrl.index, BagConfig()),
+            "oracle": lambda t: beam_decode(t, OraclePolicy(next(gold)), ctrl.encoder, ctrl.vocab.units,
+                                            DecodeConfig(beam=1, patience=0, max_steps=64)),
+        }
+        res = run_methods(methods, sentences, ctrl.encoder.encoder)
+        bb = run_methods({"blackbox": lambda t: black_box_search(t, ctrl.encoder, ctrl.index, ctrl.unit_vectors,
+                                                                  BlackBoxConfig.preset(args.blackbox))},
+                         sentences[: args.n_blackbox], ctrl.encoder.encoder)
+        res.update(bb)
+        # The controller on exactly the black-box sentences, for a like-for-like calls ratio.
+        same = metrics.summarise(res["controller"]["rows"][: args.n_blackbox])
+        s = {m: r["summary"] for m, r in res.items()}
+        ratios = {
+            "token_f1_controller_over_bag": s["controller"]["token_f1"] / max(1e-9, s["bag"]["token_f1"]),
+            "bleu_controller_over_bag": s["controller"]["bleu"] / max(1e-9, s["bag"]["bleu"]),
+            "encoder_calls_controller_over_blackbox": same["encoder_calls"] / max(1e-9, s["blackbox"]["encoder_calls"]),
+            "seconds_controller_over_blackbox": same["seconds"] / max(1e-9, s["blackbox"]["seconds"]),
+            "token_f1_controller_over_oracle": s["controller"]["token_f1"] / max(1e-9, s["oracle"]["token_f1"]),
+        }
+        report["sets"][which] = {"n": len(sentences), "summary": s, "controller_on_blackbox_sentences": same,
+                                 "by_length": {m: r["by_length"] for m, r in res.items()}, "ratios": ratios}
+        for m, r in res.items():
+            write_jsonl(out / f"inversion_rows_{which}_{m}.jsonl", r["rows"])
+        metrics.plot_f1_vs_length({m: r["rows"] for m, r in res.items() if m != "oracle"},
+                                  out / f"inversion_f1_vs_length_{which}.png", f"token F1 against length ({which})")
+        print(f"\n== {which}: {len(sentences)} sentences (black box on the first {min(args.n_blackbox, len(sentences))})")
+        cols = ("token_f1", "bleu", "rouge_l", "exact_match", "cosine", "encoder_calls", "seconds")
+        print(f"{'method':<11}" + "".join(f"{c:>14}" for c in cols))
+        for m, row in s.items():
+            print(f"{m:<11}" + "".join(f"{row[c]:>14.3f}" if row[c] is not None else f"{'-':>14}" for c in cols))
+        for k, v in ratios.items():
+            print(f"RATIO {k} = {v:.3f}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["peak_rss_mb"] = peak_mb
+    print(f"\npeak memory (max RSS): {peak_mb:.0f} MB")
+    atomic_write_json(out / "inversion_eval.json", report)
+    print(f"wrote {out / 'inversion_eval.json'}")
+
+
+if __name__ == "__main__":
+    main()

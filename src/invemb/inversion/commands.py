@@ -1,0 +1,156 @@
+"""CLI verbs of the inversion family: train controller, invert, index build, eval-inversion."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS indexes over unit vectors.")
+
+
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    from invemb.cli import emit, user_errors
+
+    app.add_typer(index_app, name="index")
+
+    @train_app.command("controller")
+    @user_errors
+    def train_controller_cmd(
+        em: str = typer.Option(..., help="the encoder: an EM run folder, an HF folder, or `backbone`"),
+        out: Path = typer.Option(..., help="run folder to write"),
+        preset: str = typer.Option("default", help="tiny | default | full"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+        vocab: Optional[Path] = typer.Option(None, help="unit vocabulary (default: EM run's vocab.json, else data/built/vocab.json)"),
+        unit_cache: Optional[Path] = typer.Option(None, help="a unit_vectors.safetensors to reuse (checked against encoder + vocab)"),
+        set_: List[str] = typer.Option([], "--set", help="ControllerTrainConfig override key=value, e.g. train.epochs=2 (repeat)"),
+    ):
+        """Train the Selector + Placer controller for one encoder.
+
+        Example: invemb train controller --em backbone --preset default --out runs/controller
+        """
+        from invemb.config import parse_overrides
+        from invemb.inversion.train import ControllerTrainConfig, train_controller
+
+        cfg = ControllerTrainConfig.preset(preset).replace(**parse_overrides(set_))
+        if vocab:
+            cfg = cfg.replace(vocab=str(vocab))
+        emit(train_controller(em, cfg, out, resume=resume, unit_cache=unit_cache))
+
+    @app.command("invert")
+    @user_errors
+    def invert_cmd(
+        text: Optional[str] = typer.Argument(None, help="a text to encode and invert"),
+        em: str = typer.Option(..., help="the encoder the controller was trained on (run folder or `backbone`)"),
+        controller: Path = typer.Option(..., help="controller run folder"),
+        vectors: Optional[Path] = typer.Option(None, help=".npy (N, dim) vectors to invert"),
+        input: Optional[Path] = typer.Option(None, "--input", help='JSONL, one {"text": ...} a line'),
+        output: Optional[Path] = typer.Option(None, "--output", help="JSONL results for --input / --vectors"),
+        beam: Optional[int] = typer.Option(None, help="beam width (default: the run's)"),
+        plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
+    ):
+        """Rebuild text from sentence vectors, printing each step (unit, slot, cosine) for one text.
+
+        Example: invemb invert "The cat sat on the mat." --em backbone --controller runs/controller
+        """
+        import numpy as np
+
+        from invemb.inversion import load_run
+        from invemb.io import read_jsonl_texts, write_jsonl
+
+        given = [x for x in (text is not None, vectors is not None, input is not None) if x]
+        if len(given) != 1:
+            raise ValueError("give exactly one of TEXT, --vectors F.npy or --input F.jsonl")
+        if (vectors is not None or input is not None) and output is None:
+            raise ValueError("--vectors and --input need --output OUT.jsonl")
+        ctrl = load_run(controller, em=em)
+        decode = ctrl.decode_cfg.replace(beam=beam) if beam else None
+        if text is not None:
+            row = ctrl.invert_texts([text], decode)[0]
+            if plain:
+                emit(row["steps"], plain=True)
+                emit({k: v for k, v in row.items() if k != "steps"}, plain=True)
+            else:
+                emit(row)
+            return
+        if vectors is not None:
+            if not vectors.exists():
+                raise FileNotFoundError(f"{vectors}: no such file")
+            mat = np.load(vectors, allow_pickle=False)
+            rows = [r.to_dict() for r in ctrl.invert_vectors(mat, decode, progress=True)]
+        else:
+            rows = ctrl.invert_texts(read_jsonl_texts(input), decode, progress=True)
+        write_jsonl(output, rows)
+        scored = [r["cosine"] for r in rows if r["cosine"] is not None]
+        emit({"inverted": len(rows), "output": str(output), "mean_cosine": sum(scored) / len(scored) if scored else None,
+              "encoder_calls": sum(r["encoder_calls"] for r in rows) / max(1, len(rows))}, plain)
+
+    @index_app.command("build")
+    @user_errors
+    def index_build(
+        model: str = typer.Option(..., help="encoder: a run folder, an HF folder or `backbone`; a controller run reuses its unit vectors"),
+        out: Path = typer.Option(..., help="folder for index.faiss, units.json, index.json"),
+        vocab: Optional[Path] = typer.Option(None, help="unit vocabulary (default: the run's vocab.json, else data/built/vocab.json)"),
+        kind: str = typer.Option("auto", help="flat | hnsw | ivfpq | auto"),
+    ):
+        """Encode every vocabulary unit (once) and build the FAISS unit index.
+
+        Example: invemb index build --model runs/em-default --out runs/em-default/index
+        """
+        from invemb.api import run_kind
+        from invemb.index import IndexConfig, UnitIndex
+        from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
+        from invemb.text.vocab import Vocab
+
+        if run_kind(model) == "controller":
+            from safetensors.torch import load_file
+
+            run = Path(model)
+            vocab_obj = Vocab.load(run / "vocab.json")
+            vecs = load_file(str(run / "unit_vectors.safetensors"))["units"]
+            import json
+
+            fp = json.loads((run / "config.json").read_text())["encoder_fingerprint"]
+        else:
+            import invemb
+
+            encoder = invemb.load(model)
+            default = Path(model) / "vocab.json" if model not in ("backbone", "default") and (Path(model) / "vocab.json").exists() \
+                else Path("data/built/vocab.json")
+            vocab_obj = Vocab.load(vocab or default)
+            fp = encoder_fingerprint(encoder)
+            vecs = cached_unit_vectors(encoder, vocab_obj, out / "unit_vectors.safetensors", fp)
+        index = UnitIndex.build(vecs, vocab_obj.units, IndexConfig(kind=kind),
+                                meta={"model": str(model), "encoder_fingerprint": fp, "vocab_fingerprint": vocab_obj.fingerprint()})
+        index.save(out)
+        emit({"units": len(vocab_obj), "kind": index.cfg.kind, "dim": index.dim, "out": str(out)})
+
+    @app.command("eval-inversion")
+    @user_errors
+    def eval_inversion_cmd(
+        em: str = typer.Option(..., help="the encoder the controller was trained on"),
+        controller: Path = typer.Option(..., help="controller run folder"),
+        set_: List[str] = typer.Option(["wiki", "wordnet"], "--set", help="wiki | wordnet (held-out, 5-32 words; repeat)"),
+        n: int = typer.Option(50, help="sentences per set"),
+        method: List[str] = typer.Option(["controller", "bag", "blackbox"], "--method",
+                                         help="controller | greedy | bag | blackbox (repeat)"),
+        corpus: Path = typer.Option(Path("data/built/corpus"), help="built corpus folder"),
+        preset: str = typer.Option("default", help="baseline sizes: tiny | default | full"),
+        out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png"),
+        plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
+    ):
+        """Inversion metrics (BLEU, ROUGE-L, token F1, exact match, cosine, encoder calls, seconds)
+        of the controller and the baselines side by side, with a per-length breakdown.
+
+        Example: invemb eval-inversion --em backbone --controller runs/controller --n 50 --out reports/inversion
+        """
+        from invemb.inversion import load_run
+        from invemb.inversion.harness import compare_methods, eval_sentences
+
+        ctrl = load_run(controller, em=em)
+        sets = {s: eval_sentences(corpus, s, n) for s in set_}
+        results = compare_methods(ctrl, sets, method, out, preset)
+        if plain:
+            emit([{"set": s, "method": m, **r["summary"]} for s, per in results.items() for m, r in per.items()], plain=True)
+        else:
+            emit(results)

@@ -1,0 +1,200 @@
+"""The trained controller: Selector + Placer, the unit vectors and index, and the policy that
+drives beam decoding. A controller run folder holds:
+
+``config.json`` (kind "controller", the encoder it was trained on and its fingerprint, the vocabulary
+fingerprint, the training config), ``vocab.json``, ``unit_vectors.safetensors`` (every unit's
+encoder vector, computed once), ``model.safetensors`` (weights), checkpoints, metrics, plots.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invemb.encoder import Encoder
+from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
+                                     beam_decode, check_target)
+from invemb.inversion.placer import Placer, PlacerConfig
+from invemb.inversion.selector import Selector, SelectorConfig
+from invemb.inversion.summary import BufferSummary, summarise
+from invemb.text.vocab import Vocab
+
+
+class ControllerModel(nn.Module):
+    """The trainable parts: one Selector and one Placer over the encoder's dim."""
+
+    def __init__(self, dim: int, selector: SelectorConfig, placer: PlacerConfig, chunk: int = 3):
+        super().__init__()
+        self.dim, self.chunk = dim, chunk
+        self.selector = Selector(dim, selector)
+        self.placer = Placer(dim, placer)
+
+
+def _rows(s: BufferSummary, rows: torch.Tensor) -> BufferSummary:
+    return BufferSummary(*(x[rows] for x in s))
+
+
+class ModelPolicy:
+    """Selector -> unit index -> Placer, batched over the live hypotheses of one beam step."""
+
+    def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index):
+        self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
+
+    def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
+        h, d = len(hyps), target.shape[0]
+        text = torch.stack([x.vector if x.vector is not None else torch.zeros(d) for x in hyps])  # (H, D)
+        s = summarise(target.expand(h, d), [x.units for x in hyps], text, self.unit_vectors, self.model.chunk)
+        sel = self.model.selector(s)
+        stop = torch.sigmoid(sel.stop_logit).tolist()
+        max_len = max(len(x.units) for x in hyps)
+        scores, ids = self.index.search(sel.intention, cfg.units_k + max_len)
+        temp = self.model.selector.cfg.temperature
+        pair_hyp, pair_unit, pair_logp = [], [], []
+        for i, x in enumerate(hyps):
+            placed = set(x.units)
+            ranked = sorted(((float(sc) - (cfg.repeat_penalty if u in placed else 0.0), int(u)) for sc, u in zip(scores[i], ids[i]) if u >= 0),
+                            key=lambda p: -p[0])[: cfg.units_k]
+            logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]) / temp, 0).tolist()
+            for (_, u), lp in zip(ranked, logp):
+                pair_hyp.append(i)
+                pair_unit.append(u)
+                pair_logp.append(lp)
+        rows = torch.tensor(pair_hyp, dtype=torch.long)
+        out = self.model.placer(_rows(s, rows), self.unit_vectors[torch.tensor(pair_unit, dtype=torch.long)])
+        slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1)
+        proposals = [Proposal([], stop_prob=p) for p in stop]
+        for p, (i, u, lp) in enumerate(zip(pair_hyp, pair_unit, pair_logp)):
+            n_slots = min(cfg.slots, len(hyps[i].units) + 1)
+            top = torch.topk(slot_logp[p, : len(hyps[i].units) + 1], n_slots)
+            for v, slot in zip(top.values.tolist(), top.indices.tolist()):
+                proposals[i].actions.append(Action(u, slot, lp + v))
+        self._moves(s, hyps, out.move_logits, pair_hyp, cfg, proposals)
+        return proposals
+
+    def _moves(self, s: BufferSummary, hyps, move_logits, pair_hyp, cfg: DecodeConfig, proposals) -> None:
+        """Where the move head (read on each hypothesis's first pair) is confident that a placed unit
+        is misplaced, propose taking it out and re-inserting it at the Placer's best other slot."""
+        first = {}
+        for p, i in enumerate(pair_hyp):
+            first.setdefault(i, p)
+        probs = torch.softmax(move_logits, dim=-1)
+        for i, p in first.items():
+            units = hyps[i].units
+            j = int(probs[p].argmax())
+            if j == 0 or float(probs[p, j]) < cfg.move_threshold or len(units) < 2:
+                continue
+            rest = units[: j - 1] + units[j:]
+            text = s.text[i: i + 1]
+            s1 = summarise(s.target[i: i + 1], [rest], text, self.unit_vectors, self.model.chunk)
+            slot_logp = torch.log_softmax(self.model.placer(s1, self.unit_vectors[units[j - 1]][None]).slot_logits[0], -1)
+            slot_logp[j - 1] = float("-inf")  # the place it came from
+            slot = int(slot_logp.argmax())
+            if torch.isfinite(slot_logp[slot]):
+                proposals[i].actions.append(Action(units[j - 1], slot, float(torch.log(probs[p, j]) + slot_logp[slot]), remove=j - 1))
+
+
+def load_model(run: Path) -> tuple[ControllerModel, dict]:
+    from safetensors.torch import load_file
+
+    from invemb.inversion.train import ControllerTrainConfig
+
+    info = json.loads((run / "config.json").read_text())
+    cfg = ControllerTrainConfig.from_dict(info["config"])
+    model = ControllerModel(info["dim"], cfg.selector, cfg.placer, cfg.chunk)
+    weights = run / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{run}: no model.safetensors (training did not finish; `--resume` it)")
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), info
+
+
+class Controller:
+    """Inverts sentence vectors of one encoder with a trained controller run."""
+
+    def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
+                 decode: DecodeConfig, info: dict | None = None):
+        from invemb.index import IndexConfig, UnitIndex
+
+        self.encoder = CountingEncoder(encoder)
+        self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
+        self.info = info or {}
+        self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
+        self.policy = ModelPolicy(model, unit_vectors, self.index)
+
+    @classmethod
+    def load(cls, run: str | Path, em: str | Path | Encoder | None = None, **decode_overrides) -> "Controller":
+        from safetensors.torch import load_file
+
+        import invemb
+        from invemb.inversion.units import encoder_fingerprint
+
+        run = Path(run)
+        if not (run / "config.json").exists():
+            raise FileNotFoundError(f"{run}: not a controller run folder (no config.json)")
+        model, info = load_model(run)
+        if info.get("kind") != "controller":
+            raise ValueError(f"{run}: config.json kind is {info.get('kind')!r}, not 'controller'")
+        encoder = em if em is not None and not isinstance(em, (str, Path)) else invemb.load(str(em or info["em"]))
+        if encoder.dim != info["dim"]:
+            raise ValueError(f"encoder has dimension {encoder.dim}, the controller was trained on {info['dim']}")
+        fp = encoder_fingerprint(encoder)
+        if fp != info["encoder_fingerprint"]:
+            raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
+                             f"not on this one (fingerprint {fp})")
+        vocab = Vocab.load(run / "vocab.json")
+        if vocab.fingerprint() != info["vocab_fingerprint"]:
+            raise ValueError(f"{run}/vocab.json does not match the vocabulary the controller was trained with")
+        if isinstance(em, (str, Path)) and (Path(em) / "vocab.json").exists():
+            em_vocab = Vocab.load(Path(em) / "vocab.json")
+            if em_vocab.fingerprint() != vocab.fingerprint():
+                raise ValueError(f"the EM run {em} has a different vocabulary than controller {run}: refused")
+        unit_vectors = load_file(str(run / "unit_vectors.safetensors"))["units"]
+        decode = DecodeConfig.from_dict(info["config"]["decode"]).replace(**decode_overrides)
+        return cls(encoder, vocab, unit_vectors, model, decode, info)
+
+    def invert_vector(self, vector, decode: DecodeConfig | None = None) -> InversionResult:
+        target = check_target(vector, self.encoder.dim)
+        return beam_decode(target, self.policy, self.encoder, self.vocab.units, decode or self.decode_cfg)
+
+    def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False) -> list[InversionResult]:
+        vectors = torch.as_tensor(vectors).float()
+        if vectors.ndim != 2:
+            raise ValueError(f"expected an (N, {self.encoder.dim}) matrix of vectors, got shape {tuple(vectors.shape)}")
+        for i, v in enumerate(vectors):  # check them all before spending time on any
+            try:
+                check_target(v, self.encoder.dim)
+            except ValueError as err:
+                raise ValueError(f"vector {i}: {err}") from None
+        rows = range(len(vectors))
+        if progress:
+            from tqdm.auto import tqdm
+
+            rows = tqdm(rows, desc="invert", unit="vec", dynamic_ncols=True)
+        return [self.invert_vector(vectors[i], decode) for i in rows]
+
+    def invert_texts(self, texts: Sequence[str], decode: DecodeConfig | None = None, progress: bool = False) -> list[dict]:
+        """Encode each text and invert it: rows with text, reconstruction, cosine, steps, encoder_calls,
+        seconds. An empty text gives an empty reconstruction with cosine None (undefined)."""
+        rows: list[dict] = []
+        nonempty = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        vecs = self.encoder.encoder.encode([texts[i] for i in nonempty]) if nonempty else None
+        where = {i: r for r, i in enumerate(nonempty)}
+        items = range(len(texts))
+        if progress:
+            from tqdm.auto import tqdm
+
+            items = tqdm(items, desc="invert", unit="text", dynamic_ncols=True)
+        for i in items:
+            if i not in where:
+                rows.append({"text": texts[i], "reconstruction": "", "cosine": None, "steps": [], "encoder_calls": 0,
+                             "seconds": 0.0})
+                continue
+            t0 = time.perf_counter()
+            res = self.invert_vector(vecs[where[i]], decode)
+            rows.append({"text": texts[i], **res.to_dict(), "seconds": time.perf_counter() - t0})
+        return rows

@@ -1,0 +1,229 @@
+"""Beam decoding over (unit, slot) actions, re-scored by the encoder.
+
+A *policy* proposes actions for a batch of hypotheses (the trained Selector + Placer, or an oracle
+that knows the gold units, for tests and upper bounds). Every child text is encoded (one batched
+encoder call per step) and scored ``cos(encode(text), target) + model_weight * mean log-prob``; that
+same vector is the next step's buffer summary, so re-scoring costs the summary update nothing.
+
+Beam slot 0 always follows the greedy path (best child of the greedy parent), so the beam can only
+add hypotheses to what greedy decoding finds: it never returns one scored worse than greedy.
+A hypothesis ends when the policy says stop, after ``patience`` steps without a better score (the
+no-improvement rule; its best prefix is kept), or at ``max_words``. Ties break by order, so a run
+is deterministic for a given seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Protocol, Sequence
+
+import torch
+
+from invemb.config import Config
+from invemb.encoder import Encoder, check_vectors
+from invemb.text.vocab import detokenize, tokenize
+
+
+@dataclasses.dataclass
+class DecodeConfig(Config):
+    beam: int = 3
+    units_k: int = 8  # units the Selector retrieves from the index per hypothesis
+    slots: int = 2  # best slots kept per unit
+    expand: int = 8  # children kept per hypothesis before encoding
+    model_weight: float = 0.05  # weight of the model's mean log-probability next to the cosine
+    repeat_penalty: float = 0.05  # cosine taken off units already in the buffer
+    stop_threshold: float = 0.5
+    move_threshold: float = 0.5
+    patience: int = 3  # steps without a better score before a hypothesis ends (0: off)
+    min_gain: float = 1e-4
+    max_words: int = 40
+    max_steps: int = 48
+    seed: int = 0
+
+    presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12}, "default": {},
+               "full": {"beam": 8, "units_k": 16, "slots": 3, "expand": 24}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    unit: int  # unit id to insert (for a move: the moved unit)
+    slot: int  # insertion slot in the buffer after any removal
+    logp: float
+    remove: int = -1  # buffer index removed first (a move), -1 for a plain insertion
+
+
+@dataclasses.dataclass
+class Proposal:
+    actions: list[Action]
+    stop_prob: float = 0.0
+
+
+@dataclasses.dataclass
+class Hypothesis:
+    units: list[int]
+    text: str = ""
+    vector: torch.Tensor | None = None  # (D,) encoder vector of ``text``; None when empty
+    cosine: float = float("nan")
+    logp: float = 0.0
+    actions: int = 0
+    steps: list[dict] = dataclasses.field(default_factory=list)
+    stale: int = 0
+    done: bool = False
+    best: "Hypothesis | None" = None  # best-scoring hypothesis on this path (itself included)
+
+    def score(self, model_weight: float) -> float:
+        if not self.units:
+            return -math.inf
+        return self.cosine + model_weight * self.logp / max(1, self.actions)
+
+
+class Policy(Protocol):
+    def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
+        """Actions (and a stop probability) for each hypothesis; ``target`` is (D,)."""
+
+
+@dataclasses.dataclass
+class InversionResult:
+    text: str
+    cosine: float | None  # None where undefined (empty target text / empty reconstruction)
+    steps: list[dict]
+    encoder_calls: int
+    seconds: float
+    score: float = -math.inf
+
+    def to_dict(self) -> dict:
+        return {"reconstruction": self.text, "cosine": self.cosine, "steps": self.steps,
+                "encoder_calls": self.encoder_calls, "seconds": self.seconds}
+
+
+class CountingEncoder:
+    """Wraps an encoder and counts the texts it encodes (the 'encoder calls' every method reports)."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder, self.dim, self.calls = encoder, encoder.dim, 0
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        self.calls += len(texts)
+        return check_vectors(self.encoder.encode(texts, batch_size=batch_size), len(texts), self.dim, "encoder",
+                             "inversion").float()
+
+    def save(self, path) -> None:
+        self.encoder.save(path)
+
+
+def render(units: Sequence[str]) -> str:
+    """Unit texts in buffer order -> ordinary text, first letter capitalised."""
+    text = detokenize(list(units))
+    return text[:1].upper() + text[1:]
+
+
+def check_target(target: torch.Tensor, dim: int) -> torch.Tensor:
+    """A (D,) float vector of the encoder's width, finite and non-zero, L2-normalised."""
+    t = torch.as_tensor(target).float()
+    if t.ndim == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 1 or t.shape[0] != dim:
+        raise ValueError(f"target vector has shape {tuple(t.shape)}; this encoder needs ({dim},)")
+    if not torch.isfinite(t).all():
+        raise ValueError("target vector contains NaN or infinite values")
+    norm = t.norm()
+    if norm < 1e-8:
+        raise ValueError("target vector is all zeros")
+    return t / norm
+
+
+def _apply(h: Hypothesis, a: Action) -> list[int]:
+    units = list(h.units)
+    if a.remove >= 0:
+        del units[a.remove]
+    units.insert(a.slot, a.unit)
+    return units
+
+
+def beam_decode(target: torch.Tensor, policy: Policy, encoder: CountingEncoder, unit_texts: Sequence[str],
+                cfg: DecodeConfig | None = None) -> InversionResult:
+    """Invert one target vector (D,) with ``policy``; ``encoder`` counts the calls spent."""
+    cfg = cfg or DecodeConfig()
+    t0, calls0 = time.perf_counter(), encoder.calls
+    target = check_target(target, encoder.dim)
+    torch.manual_seed(cfg.seed)
+    w = cfg.model_weight
+    root = Hypothesis([])
+    root.best = root
+    beam, finished = [root], []
+    for _ in range(cfg.max_steps):
+        live = [h for h in beam if not h.done]
+        finished += [h.best for h in beam if h.done]
+        if not live:
+            beam = []
+            break
+        with torch.no_grad():
+            proposals = policy.propose(target, live, cfg)
+        groups: list[list[Hypothesis]] = []
+        for h, prop in zip(live, proposals):
+            kids: list[Hypothesis] = []
+            if prop.stop_prob < cfg.stop_threshold:
+                for a in sorted(prop.actions, key=lambda a: -a.logp)[: cfg.expand]:
+                    units = _apply(h, a)
+                    kids.append(Hypothesis(units, render([unit_texts[u] for u in units]), logp=h.logp + a.logp,
+                                           actions=h.actions + 1, steps=h.steps + [{"unit": unit_texts[a.unit], "slot": a.slot,
+                                                                                    **({"moved_from": a.remove} if a.remove >= 0 else {})}]))
+            if not kids:
+                finished.append(h.best)
+            groups.append(kids)
+        children = [k for g in groups for k in g]
+        if not children:
+            beam = []
+            break
+        texts = list(dict.fromkeys(k.text for k in children))
+        vecs = encoder.encode(texts)  # (N, D)
+        by_text = {t: v for t, v in zip(texts, vecs)}
+        for h, kids in zip(live, groups):
+            for k in kids:
+                k.vector = by_text[k.text]
+                k.cosine = float(k.vector @ target)
+                k.steps[-1]["cosine"] = round(k.cosine, 4)
+                better = k.score(w) > h.best.score(w) + cfg.min_gain
+                k.best = k if better else h.best
+                k.stale = 0 if better else h.stale + 1
+                k.done = (cfg.patience > 0 and k.stale >= cfg.patience) or len(tokenize(k.text)) >= cfg.max_words
+        # Slot 0 follows the greedy path; the other slots take the best remaining distinct texts.
+        new_beam: list[Hypothesis] = []
+        if live[0] is beam[0] and groups[0]:
+            new_beam.append(max(groups[0], key=lambda k: k.score(w)))  # max keeps the first of ties
+        seen = {k.text for k in new_beam}
+        for k in sorted(children, key=lambda k: -k.score(w)):
+            if len(new_beam) >= cfg.beam:
+                break
+            if k.text not in seen:
+                seen.add(k.text)
+                new_beam.append(k)
+        beam = new_beam
+    finished += [h.best for h in beam]
+    best = max(finished, key=lambda h: h.score(w), default=root)
+    cosine = None if not best.units else best.cosine
+    return InversionResult(best.text, cosine, best.steps, encoder.calls - calls0, time.perf_counter() - t0,
+                           best.score(w))
+
+
+class OraclePolicy:
+    """Knows the gold units of one sentence: proposes the next gold unit (in a seeded random order)
+    at its gold slot, and stops when all are placed. Tests and the decoding upper bound use it."""
+
+    def __init__(self, gold_units: Sequence[int], seed: int = 0):
+        self.gold = list(gold_units)
+        g = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(self.gold), generator=g).tolist()
+
+    def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
+        out = []
+        for h in hyps:
+            placed = len(h.units)
+            if placed >= len(self.gold):
+                out.append(Proposal([], stop_prob=1.0))
+                continue
+            nxt = self.order[placed]
+            slot = sum(1 for j in self.order[:placed] if j < nxt)
+            out.append(Proposal([Action(self.gold[nxt], slot, 0.0)]))
+        return out

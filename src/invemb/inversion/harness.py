@@ -1,0 +1,108 @@
+"""One harness for the controller and the baselines: same sentences, same targets, same metrics.
+
+Targets are encoded once up front (not charged to any method); every method's reconstruction is
+then encoded once more to report cos(encode(reconstruction), target) the same way for all.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from invemb.inversion import metrics
+from invemb.inversion.decode import InversionResult
+from invemb.text.vocab import tokenize
+
+EVAL_SETS = ("wiki", "wordnet")
+
+
+def eval_sentences(corpus: str | Path, which: str, n: int, min_words: int = 5, max_words: int = 32,
+                   seed: int = 0) -> list[str]:
+    """``n`` held-out (test split) sentences: Wikipedia, or WordNet *example* sentences (glosses,
+    the first text of each synset, are left out), of ``min_words``-``max_words`` tokens."""
+    from invemb.text.corpus import Corpus
+
+    if which not in EVAL_SETS:
+        raise ValueError(f"unknown evaluation set {which!r}; choose from {', '.join(EVAL_SETS)}")
+    rows = [r for r in Corpus(corpus).rows if r["split"] == "test" and r["source"] == which]
+    if which == "wordnet":
+        first: set[str] = set()
+        examples = []
+        for r in rows:
+            if r["doc"] in first:
+                examples.append(r)
+            first.add(r["doc"])
+        rows = examples
+    texts = [r["text"] for r in rows if min_words <= len(tokenize(r["text"])) <= max_words]
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return [texts[i] for i in order]
+
+
+Method = Callable[[torch.Tensor], InversionResult]
+
+
+def run_methods(methods: dict[str, Method], sentences: Sequence[str], encoder, progress: bool = True) -> dict:
+    """{method: {"summary", "by_length", "rows"}} for every method on ``sentences``."""
+    targets = encoder.encode(list(sentences))  # (N, D)
+    out = {}
+    for name, method in methods.items():
+        rows = []
+        items = range(len(sentences))
+        if progress:
+            from tqdm.auto import tqdm
+
+            items = tqdm(items, desc=f"invert ({name})", unit="sent", dynamic_ncols=True, mininterval=1.0)
+        for i in items:
+            t0 = time.perf_counter()
+            res = method(targets[i])
+            seconds = time.perf_counter() - t0
+            rows.append({"text": sentences[i], "reconstruction": res.text, "encoder_calls": res.encoder_calls,
+                         "seconds": seconds, "steps": len(res.steps)})
+        filled = [j for j, r in enumerate(rows) if r["reconstruction"].strip()]
+        vecs = encoder.encode([rows[j]["reconstruction"] for j in filled]) if filled else torch.empty(0, encoder.dim)
+        for r in rows:
+            r["cosine"] = None
+        for j, v in zip(filled, vecs):
+            rows[j]["cosine"] = float(v @ targets[j])
+        out[name] = {"summary": metrics.summarise(rows), "by_length": metrics.by_length(rows), "rows": rows}
+    return out
+
+
+def controller_methods(controller, which: Sequence[str] = ("controller", "greedy", "bag", "blackbox"),
+                       preset: str = "default") -> dict[str, Method]:
+    """The methods of the side-by-side comparison, sharing the controller's encoder and index."""
+    from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
+
+    table: dict[str, Method] = {
+        "controller": lambda t: controller.invert_vector(t),
+        "greedy": lambda t: controller.invert_vector(t, controller.decode_cfg.replace(beam=1)),
+        "bag": lambda t: bag_of_units(t, controller.index, BagConfig.preset(preset)),
+        "blackbox": lambda t: black_box_search(t, controller.encoder, controller.index, controller.unit_vectors,
+                                               BlackBoxConfig.preset(preset)),
+    }
+    unknown = [m for m in which if m not in table]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    return {m: table[m] for m in which}
+
+
+def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequence[str], out: str | Path | None = None,
+                       preset: str = "default", progress: bool = True) -> dict:
+    """Metrics per set and method; with ``out``, writes results.json, rows JSONL and F1-vs-length plots."""
+    from invemb.io import atomic_write_json, write_jsonl
+
+    results = {}
+    for set_name, sentences in sets.items():
+        res = run_methods(controller_methods(controller, methods, preset), sentences, controller.encoder.encoder, progress)
+        results[set_name] = {m: {"summary": r["summary"], "by_length": r["by_length"]} for m, r in res.items()}
+        if out is not None:
+            out = Path(out)
+            for m, r in res.items():
+                write_jsonl(out / f"rows_{set_name}_{m}.jsonl", r["rows"])
+            metrics.plot_f1_vs_length({m: r["rows"] for m, r in res.items()}, out / f"f1_vs_length_{set_name}.png",
+                                      f"token F1 against length ({set_name})")
+    if out is not None:
+        atomic_write_json(Path(out) / "results.json", results)
+    return results

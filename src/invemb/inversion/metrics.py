@@ -1,0 +1,126 @@
+"""Inversion metrics as plain functions (the evaluation suite calls them too).
+
+Token F1 is the multiset overlap of lowercased research-code tokens, per sentence; BLEU is
+sacrebleu's corpus BLEU; ROUGE-L is rouge-score's F-measure; all are on a 0-100 scale.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from invemb.text.vocab import tokenize
+
+LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 32), (33, 10_000))
+
+
+def _tokens(text: str) -> list[str]:
+    return [t.lower() for t in tokenize(text)]
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Multiset F1 of lowercased tokens, 0-100; two empty texts score 100."""
+    p, r = Counter(_tokens(prediction)), Counter(_tokens(reference))
+    if not p and not r:
+        return 100.0
+    overlap = sum((p & r).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / sum(p.values()), overlap / sum(r.values())
+    return 100.0 * 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """100 when the token sequences agree (case and spacing aside), else 0."""
+    return 100.0 * (_tokens(prediction) == _tokens(reference))
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+    return 100.0 * sum(scores) / max(1, len(scores))
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarise(rows: Sequence[dict]) -> dict:
+    """Rows with ``text``, ``reconstruction``, ``cosine``, ``encoder_calls``, ``seconds`` -> the metrics."""
+    preds, refs = [r["reconstruction"] for r in rows], [r["text"] for r in rows]
+    seconds = sum(r["seconds"] for r in rows)
+    return {
+        "n": len(rows),
+        "token_f1": _mean(token_f1(p, r) for p, r in zip(preds, refs)),
+        "bleu": bleu(preds, refs) if rows else None,
+        "rouge_l": rouge_l(preds, refs) if rows else None,
+        "exact_match": _mean(exact_match(p, r) for p, r in zip(preds, refs)),
+        "cosine": _mean(r["cosine"] for r in rows),
+        "encoder_calls": _mean(r["encoder_calls"] for r in rows),
+        "seconds": seconds / max(1, len(rows)),
+        "sentences_per_s": len(rows) / seconds if seconds > 0 else None,
+    }
+
+
+def by_length(rows: Sequence[dict], buckets=LENGTH_BUCKETS) -> dict[str, dict]:
+    """:func:`summarise` per reference length bucket (in tokens)."""
+    out = {}
+    for lo, hi in buckets:
+        part = [r for r in rows if lo <= len(tokenize(r["text"])) <= hi]
+        if part:
+            out[f"{lo}-{hi}" if hi < 10_000 else f"{lo}+"] = summarise(part)
+    return out
+
+
+def plot_f1_vs_length(rows_by_method: dict[str, Sequence[dict]], path: str | Path, title: str = "") -> Path:
+    """Scatter of per-sentence token F1 against reference length, one colour per method, with the
+    per-length mean as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from invemb.io import atomic_save_file
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in rows_by_method.items():
+        xs = [len(tokenize(r["text"])) for r in rows]
+        ys = [token_f1(r["reconstruction"], r["text"]) for r in rows]
+        dots = ax.scatter(xs, ys, s=10, alpha=0.35, label=name)
+        means = {}
+        for x, y in zip(xs, ys):
+            means.setdefault(x, []).append(y)
+        keys = sorted(means)
+        ax.plot(keys, [sum(means[k]) / len(means[k]) for k in keys], color=dots.get_facecolor()[0], alpha=0.9)
+    ax.set_xlabel("reference length (tokens)")
+    ax.set_ylabel("token F1")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title or "token F1 against sentence length")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_file(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
+def evaluate_inversion(encoder, controller, sentences: Sequence[str]) -> dict[str, float]:
+    """The evaluation suite's hook: invert ``sentences`` encoded by ``encoder`` with the controller
+    run ``controller`` (which must have been trained on that encoder) and return the metrics."""
+    from invemb.inversion.controller import Controller
+    from invemb.inversion.harness import controller_methods, run_methods
+
+    ctrl = controller if isinstance(controller, Controller) else Controller.load(controller, em=encoder)
+    res = run_methods(controller_methods(ctrl, ["controller"]), list(sentences), ctrl.encoder.encoder, progress=False)
+    return {k: float(v) for k, v in res["controller"]["summary"].items() if v is not None}

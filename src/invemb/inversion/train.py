@@ -1,0 +1,343 @@
+"""Training the controller on the shared loop.
+
+Data: sentences are segmented into units; for each, a few random *states* are drawn (a random
+subset of its units already placed, in gold relative order = a prefix of a random insertion
+order). Each state's buffer text is encoded once and cached in the run folder, with the targets and
+the hard negatives (units the index returns for the target that are not in the sentence).
+
+Per micro-batch of states:
+- Selector: multi-positive InfoNCE of the intention against the batch's gold units plus the hard
+  negatives, every unit still missing from the buffer being a positive; stop head: BCE on "nothing
+  is missing".
+- Placer: a random missing unit as candidate, cross-entropy on its gold slot (the number of placed
+  units that precede it in the sentence); for a share of states one placed unit is first moved to a
+  wrong place and the move head learns to point at it (the slot loss is skipped there).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from invemb.config import Config
+from invemb.encoder import Encoder
+from invemb.inversion.controller import ControllerModel
+from invemb.inversion.decode import DecodeConfig, render
+from invemb.inversion.placer import PlacerConfig
+from invemb.inversion.segment import Segmenter
+from invemb.inversion.selector import SelectorConfig, multi_positive_infonce
+from invemb.inversion.summary import summarise
+from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches
+from invemb.text.vocab import Vocab, tokenize
+
+
+@dataclasses.dataclass
+class ControllerTrainConfig(Config):
+    corpus: str = "data/built/corpus"
+    sources: list[str] = dataclasses.field(default_factory=lambda: ["wiki", "wordnet", "brown", "nlp"])
+    train_file: str = ""  # a .jsonl of {"text": ...} lines instead of the corpus's train split
+    vocab: str = ""  # "" = the EM run's vocab.json if it has one, else data/built/vocab.json
+    max_sentences: int = 3000
+    dev_sentences: int = 200
+    min_words: int = 5
+    max_words: int = 32
+    min_coverage: float = 0.9
+    states_per_sentence: int = 2
+    hard_negatives: int = 16
+    batch_size: int = 64
+    chunk: int = 3  # local-chunk window of the buffer summary
+    move_share: float = 0.2  # states whose buffer gets one misplaced unit for the move head
+    stop_weight: float = 0.5
+    move_weight: float = 0.2
+    threads: int = 1  # torch CPU threads while training (0: torch's default); 1 wins on a busy shared CPU
+    selector: SelectorConfig = dataclasses.field(default_factory=SelectorConfig)
+    placer: PlacerConfig = dataclasses.field(default_factory=PlacerConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    presets = {
+        "tiny": {"max_sentences": 48, "dev_sentences": 8, "min_words": 3, "states_per_sentence": 2, "hard_negatives": 4,
+                 "batch_size": 16, "train": {"epochs": 2, "lr": 3e-3, "warmup_steps": 2, "progress": False}},
+        "default": {"train": {"epochs": 6, "lr": 1e-3, "warmup_steps": 30}},
+        "full": {"max_sentences": 200000, "dev_sentences": 2000, "states_per_sentence": 4, "batch_size": 256,
+                 "hard_negatives": 64, "train": {"epochs": 10, "lr": 5e-4, "warmup_steps": 500}},
+    }
+
+    @classmethod
+    def preset(cls, name: str = "default", **overrides: Any) -> "ControllerTrainConfig":
+        base = super().preset(name)
+        nested = {"selector": SelectorConfig.preset(name).to_dict(), "placer": PlacerConfig.preset(name).to_dict(),
+                  "decode": DecodeConfig.preset(name).to_dict(),
+                  "train": {**TrainConfig().to_dict(), **cls.presets.get(name, {}).get("train", {})}}
+        return cls.from_dict({**base.to_dict(), **nested, **overrides})
+
+
+@dataclasses.dataclass
+class StateSet:
+    """Sentences as unit-id lists, their targets, sampled states and their buffer vectors."""
+
+    units: list[list[int]]  # per sentence, gold units in order
+    targets: torch.Tensor  # (N, D)
+    states: list[tuple[int, list[int]]]  # (sentence, placed positions in increasing order)
+    buffer_vecs: torch.Tensor  # (S, D), zeros for empty buffers
+    hard: torch.Tensor  # (N, h) unit ids
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        from invemb.io import atomic_save_file, atomic_write_json
+
+        atomic_save_file(path.with_suffix(".safetensors"), lambda p: save_file(
+            {"targets": self.targets.contiguous(), "buffer_vecs": self.buffer_vecs.contiguous(), "hard": self.hard.contiguous()}, p))
+        atomic_write_json(path.with_suffix(".json"), {"units": self.units, "states": self.states})
+
+    @classmethod
+    def load(cls, path: Path) -> "StateSet":
+        from safetensors.torch import load_file
+
+        t = load_file(str(path.with_suffix(".safetensors")))
+        j = json.loads(path.with_suffix(".json").read_text())
+        return cls(j["units"], t["targets"], [(s, list(p)) for s, p in j["states"]], t["buffer_vecs"], t["hard"])
+
+
+def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, index, cfg: ControllerTrainConfig,
+                 seed: int, progress: bool = True) -> StateSet:
+    vocab = segmenter.vocab
+    kept, units = [], []
+    for s in sentences:
+        seg = segmenter.segment(s)
+        ids = seg.unit_ids
+        if seg.coverage >= cfg.min_coverage and 2 <= len(ids) < cfg.placer.max_len:
+            kept.append(s)
+            units.append(ids)
+    if not kept:
+        raise ValueError("no training sentence is covered by the vocabulary (check --vocab and the sentences)")
+    g = torch.Generator().manual_seed(seed)
+    states: list[tuple[int, list[int]]] = []
+    for i, ids in enumerate(units):
+        for _ in range(cfg.states_per_sentence):
+            k = int(torch.randint(0, len(ids) + 1, (1,), generator=g))
+            states.append((i, sorted(torch.randperm(len(ids), generator=g)[:k].tolist())))
+    texts = [render([vocab.units[units[i][p]] for p in pos]) for i, pos in states]
+    todo = [j for j, t in enumerate(texts) if t]
+    targets = _encode(encoder, kept, "targets", progress)
+    buffer_vecs = torch.zeros(len(states), encoder.dim)
+    buffer_vecs[todo] = _encode(encoder, [texts[j] for j in todo], "buffer texts", progress)
+    _, found = index.search(targets, cfg.hard_negatives + max(len(u) for u in units))
+    hard = torch.zeros(len(kept), cfg.hard_negatives, dtype=torch.long)
+    for i, row in enumerate(found):
+        gold = set(units[i])
+        negs = [int(u) for u in row if u >= 0 and int(u) not in gold][: cfg.hard_negatives]
+        hard[i, : len(negs)] = torch.tensor(negs, dtype=torch.long)
+    return StateSet(units, targets, states, buffer_vecs, hard)
+
+
+def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512) -> torch.Tensor:
+    from invemb.encoder import check_vectors
+
+    out = torch.empty(len(texts), encoder.dim)
+    starts = range(0, len(texts), chunk)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"encode {what}", unit="chunk", dynamic_ncols=True, mininterval=1.0)
+    for i in starts:
+        part = texts[i:i + chunk]
+        out[i:i + len(part)] = check_vectors(encoder.encode(part), len(part), encoder.dim, "encoder", what).float()
+    return out
+
+
+def _missing(units: list[int], placed: list[int]) -> list[int]:
+    placed_set = set(placed)
+    return [p for p in range(len(units)) if p not in placed_set]
+
+
+class ControllerTask:
+    """TrainTask for the shared loop."""
+
+    def __init__(self, model: ControllerModel, data: StateSet, dev: StateSet, unit_vectors: torch.Tensor,
+                 cfg: ControllerTrainConfig):
+        self.model, self.data, self.dev, self.unit_vectors, self.cfg = model, data, dev, unit_vectors, cfg
+
+    def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
+        return list(iterate_minibatches(len(self.data.states), self.cfg.batch_size, generator))
+
+    def _losses(self, model: ControllerModel, data: StateSet, batch: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, uv = self.cfg, self.unit_vectors
+        sents = [data.states[j][0] for j in batch]
+        placed = [data.states[j][1] for j in batch]
+        targets = data.targets[sents]  # (B, D)
+        buffers = [[data.units[s][p] for p in pos] for s, pos in zip(sents, placed)]
+        s = summarise(targets, buffers, data.buffer_vecs[batch], uv, cfg.chunk)
+        sel = model.selector(s)
+        # Candidates: every gold unit of the batch's sentences plus their hard negatives.
+        cand = torch.unique(torch.tensor([u for i in sents for u in data.units[i]] + data.hard[sents].flatten().tolist()))
+        col = {int(u): c for c, u in enumerate(cand)}
+        positive = torch.zeros(len(batch), len(cand), dtype=torch.bool)
+        missing = [_missing(data.units[si], pos) for si, pos in zip(sents, placed)]
+        for b, (si, miss) in enumerate(zip(sents, missing)):
+            for p in miss:
+                positive[b, col[data.units[si][p]]] = True
+        loss_sel = multi_positive_infonce(sel.intention, uv[cand], positive, model.selector.cfg.temperature)
+        done = torch.tensor([float(not m) for m in missing])
+        loss_stop = F.binary_cross_entropy_with_logits(sel.stop_logit, done)
+
+        # Placer on the states with something missing.
+        rows = [b for b, m in enumerate(missing) if m]
+        if not rows:
+            return loss_sel + cfg.stop_weight * loss_stop, {"loss_select": loss_sel.item(), "loss_stop": loss_stop.item()}
+        cand_units, gold_slot, move_gold, moved_bufs = [], [], [], []
+        for b in rows:
+            si, pos, miss = sents[b], placed[b], missing[b]
+            m = miss[int(torch.randint(len(miss), (1,)))]
+            cand_units.append(data.units[si][m])
+            buf = list(buffers[b])
+            if len(buf) >= 2 and float(torch.rand(())) < cfg.move_share:
+                j = int(torch.randint(len(buf), (1,)))
+                unit = buf.pop(j)
+                r = int(torch.randint(len(buf), (1,)))
+                r = r + 1 if r >= j else r  # a different place
+                buf.insert(r, unit)
+                move_gold.append(r + 1)
+                gold_slot.append(-100)  # the gold slot is ill-defined in a corrupted buffer
+            else:
+                move_gold.append(0)
+                gold_slot.append(sum(1 for p in pos if p < m))
+            moved_bufs.append(buf)
+        rows_t = torch.tensor(rows)
+        sp = summarise(targets[rows_t], moved_bufs, data.buffer_vecs[[batch[b] for b in rows]], uv, cfg.chunk)
+        out = model.placer(sp, uv[torch.tensor(cand_units)])
+        gold = torch.tensor(gold_slot)
+        loss_place = F.cross_entropy(out.slot_logits.masked_fill(torch.isinf(out.slot_logits), -1e4), gold, ignore_index=-100)
+        loss_move = F.cross_entropy(out.move_logits.masked_fill(torch.isinf(out.move_logits), -1e4), torch.tensor(move_gold))
+        valid = gold >= 0
+        acc = (out.slot_logits.argmax(-1)[valid] == gold[valid]).float().mean().item() if valid.any() else float("nan")
+        total = loss_sel + loss_place + cfg.stop_weight * loss_stop + cfg.move_weight * loss_move
+        return total, {"loss_select": loss_sel.item(), "loss_place": loss_place.item(), "loss_stop": loss_stop.item(),
+                       "loss_move": loss_move.item(), "place_acc": acc}
+
+    def loss(self, model, batch, ctx: StepContext):
+        return self._losses(getattr(model, "module", model), self.data, batch)
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """Held-out states: losses, slot accuracy, stop accuracy and Selector hit@k over all units
+        (a missing unit among the top k), next to the untrained bag-of-units query (the target)."""
+        torch.manual_seed(0)  # the same dev candidates every epoch; four draws of them, averaged
+        dev, k = self.dev, self.cfg.decode.units_k
+        batch = list(range(len(dev.states)))
+        draws = [self._losses(self.model, dev, batch)[1] for _ in range(4)]
+        terms = {key: sum(d[key] for d in draws) / len(draws) for key in draws[0]}
+        sents = [dev.states[j][0] for j in batch]
+        buffers = [[dev.units[s][p] for p in pos] for s, (_, pos) in zip(sents, dev.states)]
+        s = summarise(dev.targets[sents], buffers, dev.buffer_vecs, self.unit_vectors, self.cfg.chunk)
+        sel = self.model.selector(s)
+        missing = [{dev.units[si][p] for p in _missing(dev.units[si], pos)} for si, (_, pos) in zip(sents, dev.states)]
+        rows = [i for i, m in enumerate(missing) if m]
+
+        def hit(query: torch.Tensor) -> float:
+            top = (query[rows] @ self.unit_vectors.T).topk(k, dim=-1).indices.tolist()  # (R, k)
+            return sum(bool(set(t) & missing[r]) for t, r in zip(top, rows)) / max(1, len(rows))
+
+        stop_pred = (sel.stop_logit > 0).tolist()
+        stop_acc = sum(p == (not m) for p, m in zip(stop_pred, missing)) / max(1, len(missing))
+        return {**{f"dev_{k_}": v for k_, v in terms.items()}, f"dev_select_hit@{k}": hit(sel.intention),
+                f"dev_bag_hit@{k}": hit(F.normalize(dev.targets[sents], dim=-1)), "dev_stop_acc": stop_acc}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
+        from invemb.training.plots import plot_run
+
+        plot_run(run_dir)
+
+
+def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:
+    from invemb.io import read_jsonl_texts
+
+    if cfg.train_file:
+        texts = read_jsonl_texts(cfg.train_file)
+        n_dev = min(cfg.dev_sentences, max(1, len(texts) // 5))
+        texts = texts[n_dev:] if split == "train" else texts[:n_dev]
+    else:
+        from invemb.text.corpus import Corpus
+
+        texts = Corpus(cfg.corpus).sentences(split, cfg.sources)
+    texts = [t for t in texts if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(texts), generator=g)[:limit].tolist()
+    return [texts[i] for i in order]
+
+
+def resolve_vocab(cfg: ControllerTrainConfig, em: str) -> Path:
+    if cfg.vocab:
+        return Path(cfg.vocab)
+    if em not in ("backbone", "default") and (Path(em) / "vocab.json").exists():
+        return Path(em) / "vocab.json"
+    return Path("data/built/vocab.json")
+
+
+def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resume: bool = False,
+                     encoder: Encoder | None = None, unit_cache: str | Path | None = None) -> dict:
+    """Train a controller for the encoder ``em`` (a run folder, HF folder or "backbone") into ``out``."""
+    import invemb
+    from invemb.index import IndexConfig, UnitIndex
+    from invemb.io import atomic_write_json, atomic_write_text
+    from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
+
+    out = Path(out)
+    if not resume and out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; pass --resume to continue it or pick a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    encoder = encoder or invemb.load(em)
+    fp = encoder_fingerprint(encoder)
+    vocab_path = resolve_vocab(cfg, em)
+    vocab = Vocab.load(vocab_path)
+    info = {"kind": "controller", "em": str(em), "encoder_fingerprint": fp, "vocab_fingerprint": vocab.fingerprint(),
+            "dim": encoder.dim, "units": len(vocab), "vocab_source": str(vocab_path), "config": cfg.to_dict()}
+    if resume and (out / "config.json").exists():
+        old = json.loads((out / "config.json").read_text())
+        if (old["encoder_fingerprint"], old["vocab_fingerprint"]) != (fp, vocab.fingerprint()):
+            raise ValueError(f"{out} was started with another encoder or vocabulary; refusing to resume")
+    atomic_write_json(out / "config.json", info)
+    if not (out / "vocab.json").exists():
+        vocab.save(out / "vocab.json")
+    vec_path = out / "unit_vectors.safetensors"
+    if unit_cache and Path(unit_cache).exists() and not vec_path.exists():
+        shutil.copyfile(unit_cache, vec_path)  # checked against encoder + vocab just below
+    unit_vectors = cached_unit_vectors(encoder, vocab, vec_path, fp, progress=cfg.train.progress)
+    index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
+    segmenter = Segmenter(vocab)
+    seed = cfg.train.seed
+    data_path, dev_path = out / "states_train", out / "states_dev"
+    if data_path.with_suffix(".json").exists() and dev_path.with_suffix(".json").exists():
+        data, dev = StateSet.load(data_path), StateSet.load(dev_path)
+    else:
+        dev = build_states(_sentences(cfg, "dev", cfg.dev_sentences, seed), segmenter, encoder, index, cfg, seed + 1,
+                           cfg.train.progress)
+        data = build_states(_sentences(cfg, "train", cfg.max_sentences, seed), segmenter, encoder, index, cfg, seed,
+                            cfg.train.progress)
+        dev.save(dev_path)
+        data.save(data_path)
+    torch.manual_seed(seed)
+    model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
+    task = ControllerTask(model, data, dev, unit_vectors, cfg)
+    final = Trainer(task, cfg.train, out).fit(resume=resume)
+    from safetensors.torch import save_file
+
+    from invemb.io import atomic_save_file
+
+    atomic_save_file(out / "model.safetensors", lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
+    summary = {"run": str(out), "sentences": len(data.units), "states": len(data.states), **final}
+    atomic_write_text(out / "report.md", "# controller run\n\n" + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
+    return summary

@@ -1,0 +1,60 @@
+"""Unit vectors (the encoder's vector of every vocabulary unit), encoded once and cached, and the
+identity checks that tie a controller to its encoder and vocabulary."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from invemb.encoder import Encoder, check_vectors
+from invemb.text.vocab import Vocab
+
+# Fixed probe texts: their vectors fingerprint an encoder (same weights -> same vectors).
+PROBE_TEXTS = ["the", "bank", "river bank", "New York", "1,234", "The cat sat on the mat."]
+
+
+def encoder_fingerprint(encoder: Encoder) -> str:
+    """Hash of the encoder's vectors for a few probe texts, rounded so float noise does not matter."""
+    vecs = check_vectors(encoder.encode(PROBE_TEXTS), len(PROBE_TEXTS), encoder.dim, "encoder", "fingerprint")
+    rounded = torch.round(vecs.float() * 100).to(torch.int32)
+    return hashlib.sha256(rounded.numpy().tobytes() + str(encoder.dim).encode()).hexdigest()[:16]
+
+
+def encode_units(encoder: Encoder, vocab: Vocab, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """(V, D) float32 vectors of every unit, in vocabulary order, with a progress bar."""
+    units = vocab.units
+    out = torch.empty(len(units), encoder.dim)
+    starts = range(0, len(units), batch_size * 8)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="unit vectors", unit="chunk", dynamic_ncols=True, mininterval=1.0)
+    for i in starts:
+        chunk = units[i:i + batch_size * 8]
+        out[i:i + len(chunk)] = check_vectors(encoder.encode(chunk, batch_size=batch_size), len(chunk), encoder.dim,
+                                              "encoder", "unit vectors").float()
+    return out
+
+
+def cached_unit_vectors(encoder: Encoder, vocab: Vocab, path: str | Path, encoder_id: str,
+                        progress: bool = True) -> torch.Tensor:
+    """Load ``path`` (safetensors) when it was written for this encoder and vocabulary, else encode
+    every unit and save it there atomically."""
+    from safetensors.torch import load_file, safe_open, save_file
+
+    from invemb.io import atomic_save_file
+
+    path = Path(path)
+    want = {"encoder": encoder_id, "vocab": vocab.fingerprint()}
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if {k: meta.get(k) for k in want} == want:
+            vecs = load_file(str(path))["units"]
+            if vecs.shape == (len(vocab), encoder.dim):
+                return vecs
+    vecs = encode_units(encoder, vocab, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_file(path, lambda p: save_file({"units": vecs.contiguous()}, p, metadata=want))
+    return vecs

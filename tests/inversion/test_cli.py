@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from invemb.cli import app
+from invemb.io import write_jsonl
+from toy import toy_sentences, toy_vocab
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("cli")
+    toy_vocab().save(root / "vocab.json")
+    write_jsonl(root / "train.jsonl", [{"text": s} for s in toy_sentences(60, seed=3)])
+    res = runner.invoke(app, ["train", "controller", "--em", tiny_bert_dir, "--preset", "tiny", "--out", str(root / "run"),
+                              "--vocab", str(root / "vocab.json"), "--set", f"train_file={root / 'train.jsonl'}",
+                              "--set", "max_sentences=60", "--set", "train.epochs=1"])
+    assert res.exit_code == 0, res.output
+    return root, tiny_bert_dir
+
+
+def test_train_writes_a_controller_run(cli_run):
+    root, _ = cli_run
+    run = root / "run"
+    info = json.loads((run / "config.json").read_text())
+    assert info["kind"] == "controller" and info["units"] == len(toy_vocab())
+    for name in ("model.safetensors", "unit_vectors.safetensors", "vocab.json", "metrics.jsonl", "report.md"):
+        assert (run / name).exists(), name
+    assert list((run / "plots").glob("*.png"))
+    res = runner.invoke(app, ["train", "controller", "--em", cli_run[1], "--preset", "tiny", "--out", str(run)])
+    assert res.exit_code == 2 and "not empty" in res.output
+
+
+def test_invert_text_vectors_and_jsonl(cli_run, tmp_path):
+    root, em = cli_run
+    run = str(root / "run")
+    res = runner.invoke(app, ["invert", "Big fox near.", "--em", em, "--controller", run])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output)
+    assert row["text"] == "Big fox near." and row["reconstruction"] and -1 <= row["cosine"] <= 1
+    assert row["steps"] and {"unit", "slot", "cosine"} <= set(row["steps"][0]) and row["encoder_calls"] > 0
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "The cat sat on the mat."}, {"text": ""}])
+    res = runner.invoke(app, ["invert", "--em", em, "--controller", run, "--input", str(tmp_path / "in.jsonl"),
+                              "--output", str(tmp_path / "out.jsonl")])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert set(rows[0]) == {"text", "reconstruction", "cosine", "steps", "encoder_calls", "seconds"}
+    assert rows[1]["reconstruction"] == "" and rows[1]["cosine"] is None
+
+    import invemb
+
+    vecs = invemb.encode(["A dog ran."], model=em).numpy()
+    np.save(tmp_path / "v.npy", vecs)
+    res = runner.invoke(app, ["invert", "--em", em, "--controller", run, "--vectors", str(tmp_path / "v.npy"),
+                              "--output", str(tmp_path / "v.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "v.jsonl").read_text())["cosine"] > 0
+
+
+@pytest.mark.parametrize("bad, message", [(np.zeros((1, 5), np.float32), "shape"),
+                                          (np.full((1, 32), np.nan, np.float32), "NaN"),
+                                          (np.zeros((1, 32), np.float32), "all zeros")])
+def test_invert_bad_vectors_exit_2(cli_run, tmp_path, bad, message):
+    root, em = cli_run
+    np.save(tmp_path / "bad.npy", bad)
+    res = runner.invoke(app, ["invert", "--em", em, "--controller", str(root / "run"), "--vectors", str(tmp_path / "bad.npy"),
+                              "--output", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_mismatched_em_is_refused(cli_run, tmp_path):
+    root, em = cli_run
+    from invemb.backbone.hf import save_tiny_bert
+
+    other = save_tiny_bert(tmp_path / "other", ["the", "cat"], hidden=32, layers=1, seed=5)
+    res = runner.invoke(app, ["invert", "A dog.", "--em", other, "--controller", str(root / "run")])
+    assert res.exit_code == 2 and "trained on encoder" in res.output
+
+
+def test_index_build(cli_run, tmp_path):
+    root, em = cli_run
+    res = runner.invoke(app, ["index", "build", "--model", str(root / "run"), "--out", str(tmp_path / "idx")])
+    assert res.exit_code == 0, res.output
+    from invemb.index import UnitIndex
+
+    idx = UnitIndex.load(tmp_path / "idx")
+    assert idx.units == toy_vocab().units and idx.meta["vocab_fingerprint"] == toy_vocab().fingerprint()
+    res = runner.invoke(app, ["index", "build", "--model", em, "--vocab", str(root / "vocab.json"), "--out", str(tmp_path / "idx2"),
+                              "--kind", "hnsw"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["kind"] == "hnsw"

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from invemb.inversion import metrics
+from invemb.inversion.segment import Segmenter
+from invemb.inversion.selector import multi_positive_infonce
+from invemb.inversion.summary import summarise
+from invemb.text.vocab import Vocab
+
+UNITS = ["the", "prime minister", "of", "New York", "visited", "new", "york", "on", "1,234", "days", ".", ",",
+         "ultra", "-", "modern", "a", "city", "is", "big"]
+
+
+def _vocab():
+    return Vocab(UNITS, ["word"] * len(UNITS), [5] * len(UNITS))
+
+
+@pytest.mark.parametrize("sentence", ["The prime minister of New York visited on 1,234 days.",
+                                      "A city, the city, is big.", "The ultra-modern city is big."])
+def test_segmenter_round_trip_with_full_coverage(sentence):
+    seg = Segmenter(_vocab()).segment(sentence)
+    assert seg.coverage == 1.0 and not seg.oov_tokens
+    text = seg.text()
+    assert text[:1].upper() + text[1:] == sentence
+
+
+def test_segmenter_prefers_longest_units_and_reports_oov():
+    seg = Segmenter(_vocab()).segment("The prime minister of New York visited Paris.")
+    assert [s.text for s in seg.segments] == ["the", "prime minister", "of", "New York", "visited", "Paris", "."]
+    assert seg.oov_tokens == ["Paris"]
+    assert seg.coverage == pytest.approx(8 / 9)
+    assert -1 not in seg.unit_ids and len(seg.unit_ids) == 6
+
+
+def test_hyphen_fallback_keeps_sub_units():
+    seg = Segmenter(_vocab()).segment("ultra-modern")
+    assert [s.text for s in seg.segments] == ["ultra", "-", "modern"] and seg.coverage == 1.0
+
+
+def test_token_f1_exact_match_bleu_rouge():
+    assert metrics.token_f1("the cat sat", "The cat sat") == 100.0
+    assert metrics.token_f1("cat the", "the cat sat on") == pytest.approx(100 * 2 * 1.0 * 0.5 / 1.5)
+    assert metrics.token_f1("dog", "cat") == 0.0
+    assert metrics.token_f1("the the", "the") == pytest.approx(100 * 2 * 0.5 * 1.0 / 1.5)  # multiset
+    assert metrics.exact_match("The cat.", "the cat .") == 100.0 and metrics.exact_match("cat the", "the cat") == 0.0
+    assert metrics.bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert metrics.bleu(["mat the on sat cat the"], ["the cat sat on the mat"]) < 30
+    assert metrics.rouge_l(["the cat sat"], ["the cat sat"]) == pytest.approx(100.0)
+    rows = [{"text": "the cat sat", "reconstruction": "the cat sat", "cosine": 1.0, "encoder_calls": 10, "seconds": 0.5},
+            {"text": "a b c d e f g h i j k l", "reconstruction": "", "cosine": None, "encoder_calls": 0, "seconds": 0.5}]
+    s = metrics.summarise(rows)
+    assert s["token_f1"] == pytest.approx(50.0) and s["cosine"] == 1.0 and s["encoder_calls"] == 5
+    assert s["sentences_per_s"] == pytest.approx(2.0)
+    assert set(metrics.by_length(rows)) == {"1-10", "11-20"}
+
+
+def test_multi_positive_infonce_matches_formula():
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)
+    c = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    pos = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    logits = q[0] @ c.T / 0.1
+    want = -(torch.logsumexp(logits[[0, 2]], 0) - torch.logsumexp(logits, 0))
+    assert multi_positive_infonce(q, c, pos, 0.1).item() == pytest.approx(want.item(), rel=1e-5)
+    assert multi_positive_infonce(q, c, pos & False, 0.1).item() == 0.0
+
+
+def test_summary_levels():
+    uv = torch.eye(4)
+    s = summarise(torch.ones(2, 4), [[0, 1, 2], []], torch.zeros(2, 4), uv, chunk=3)
+    assert s.units.shape == (2, 3, 4) and s.mask.tolist() == [[True, True, True], [False, False, False]]
+    torch.testing.assert_close(s.chunks[0, 1], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))  # window of 3
+    torch.testing.assert_close(s.chunks[0, 0], torch.tensor([0.5, 0.5, 0.0, 0.0]))  # edge: window of 2
+    torch.testing.assert_close(s.unit_mean[0], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))
+    torch.testing.assert_close(s.residual, torch.ones(2, 4))
