@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from invemb.encoder import Encoder
 from invemb.tiered.char_encoder import CharEncoderConfig, char_units, clean_text
 from invemb.tiered.chunker import word_starts
 from invemb.tiered.model import TieredEncoder, TieredModel, make_batch, windows
@@ -25,6 +26,18 @@ def test_encode_shape_norm_and_determinism(make_cfg):
     assert v.shape == (3, enc.dim)
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(enc.encode(texts[::-1]), v.flip(0))  # batching and order do not matter
+    assert enc.encode([]).shape == (0, enc.dim)
+    assert isinstance(enc, Encoder)
+
+
+def test_presets_build(make_cfg):
+    from invemb.tiered import TieredConfig
+
+    for name in ("tiny", "default", "full"):
+        cfg = TieredConfig.preset(name)
+        assert TieredConfig.from_dict(cfg.to_dict()) == cfg
+    default = TieredModel(TieredConfig.preset("default").model)
+    assert default.cfg.char.kind == "conv" and 400_000 < sum(p.numel() for p in default.parameters()) < 800_000
 
 
 @pytest.mark.parametrize("bad,match", [([""], "empty"), (["   \t\n"], "empty"), (["ok", "\x00\x07\u200b"], "position 1")])

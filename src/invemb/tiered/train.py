@@ -62,7 +62,10 @@ class TieredConfig(Config):
             "batch_size": 16, "probe_examples": 0,
         },
         "default": {
-            "model": {"char": {"vocab_size": 4096, "max_chars": 256, "dim": 64, "depth": 2, "heads": 4},
+            # A depthwise-separable conv E1 (receptive field 19 characters): the rotary-transformer E1 at this
+            # size costs 2.1x a BPE encoder of equal parameters at inference, the conv stack about 1.2x.
+            "model": {"char": {"vocab_size": 4096, "max_chars": 256, "kind": "conv", "dim": 64, "depth": 3,
+                               "conv_kernel": 7, "heads": 4},
                       "semantic": {"dim": 128, "depth": 2, "heads": 4}},
             "train": {"epochs": 1, "lr": 2e-3, "warmup_steps": 30, "checkpoint_every": 100},
         },
@@ -351,10 +354,14 @@ def probe_features(encoder: TieredEncoder, items: list[tuple[str, int, str, str]
 def lexname_probe(encoder: TieredEncoder, limit: int = 1500) -> dict[str, float]:
     """Linear probes for the WordNet lexname of a word, on E1 and on E2 features; split by synset hash."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     from invemb.text.corpus import split_of
 
     items = lexname_examples(limit)
+    if len({lex for _, _, lex, _ in items}) < 2:
+        raise ValueError(f"lexname probe: the {len(items)} WordNet examples found hold fewer than 2 lexnames")
     e1, e2 = probe_features(encoder, items)
     labels = [lex for _, _, lex, _ in items]
     train = [i for i, it in enumerate(items) if split_of(it[3], 0.0, 0.25) == "train"]
@@ -364,6 +371,6 @@ def lexname_probe(encoder: TieredEncoder, limit: int = 1500) -> dict[str, float]
     result = {"examples": len(items), "classes": len(set(labels)),
               "majority_baseline": float(sum(y == majority for y in y_test) / max(1, len(y_test)))}
     for name, feats in (("e1_accuracy", e1), ("e2_accuracy", e2)):
-        clf = LogisticRegression(max_iter=2000, C=1.0).fit(feats[train].numpy(), y_train)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(feats[train].numpy(), y_train)
         result[name] = float(clf.score(feats[test].numpy(), y_test))
     return result
