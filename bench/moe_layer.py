@@ -71,11 +71,19 @@ def main() -> None:
                     fn()
                     times[name].append(time.perf_counter() - t0)
         tps = {k: n_tokens / statistics.median(v) for k, v in times.items()}
+        with torch.no_grad():
+            routing = moe.gate(x[mask])
+        # The expert buffer holds as many slots per expert as the busiest one needs (up to
+        # capacity), so router imbalance is extra compute: report it beside the ratio.
+        imbalance = float(routing.stats.load.max() / routing.stats.load.mean())
+        buffer_over_tokens = routing.capacity * args.experts / (n_tokens * args.top_k)
         results[mode] = {"dense_tokens_per_s": round(tps["dense"]), "moe_tokens_per_s": round(tps["moe"]),
-                         "ratio_moe_over_dense": round(tps["moe"] / tps["dense"], 3)}
+                         "ratio_moe_over_dense": round(tps["moe"] / tps["dense"], 3),
+                         "router_load_max_over_mean": round(imbalance, 3), "buffer_slots_per_assignment": round(buffer_over_tokens, 3)}
         cf = moe.cfg.capacity_factor_train if mode == "train" else moe.cfg.capacity_factor_eval
         print(f"{mode:5s} (capacity factor {cf}): dense {tps['dense']:,.0f} tok/s  MoE {tps['moe']:,.0f} tok/s  "
-              f"RATIO MoE/dense = {tps['moe'] / tps['dense']:.3f}  (target >= 0.7)")
+              f"RATIO MoE/dense = {tps['moe'] / tps['dense']:.3f}  (target >= 0.7; untrained router: busiest expert "
+              f"{imbalance:.2f}x mean, {buffer_over_tokens:.2f} buffer slots per routed token)")
     report = {"config": vars(args), "tokens": n_tokens, "active_params": {"dense": dense_active, "moe": moe_active},
               "total_params": {"dense": dense_active, "moe": sum(p.numel() for p in moe.parameters())},
               "results": results, "peak_rss_mib": round(peak_rss_mib(), 1),
