@@ -122,6 +122,20 @@ def test_typo_robustness_levels_and_curve():
     assert hashed["cos_noise20"] < 0.5
 
 
-def test_inversion_not_run_without_metrics_hook():
-    with pytest.raises(NotRun, match="invemb.inversion"):
+def test_inversion_hook(monkeypatch):
+    import sys
+    import types
+
+    with pytest.raises(NotRun, match="no controller run given"):
+        InversionEvaluator(controller=None, sentences=["a b"])(FakeEncoder())
+    monkeypatch.setitem(sys.modules, "invemb.inversion.metrics", None)  # the package without its metrics
+    with pytest.raises(NotRun, match="invemb.inversion provides no metrics"):
         InversionEvaluator(controller="runs/ctrl", sentences=["a b"])(FakeEncoder())
+    calls = []
+    fake = types.SimpleNamespace(evaluate_inversion=lambda enc, ctrl, sents: calls.append((enc, ctrl, sents)) or {"bleu": 12})
+    monkeypatch.setitem(sys.modules, "invemb.inversion.metrics", fake)
+    enc = FakeEncoder()
+    from invemb.eval.base import MemoEncoder
+
+    assert InversionEvaluator("runs/ctrl", sentences=["a b"])(MemoEncoder(enc)) == {"bleu": 12.0}
+    assert calls == [(enc, "runs/ctrl", ["a b"])]  # the suite's memo wrapper is taken off

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from invemb.eval.base import NotRun
+from invemb.eval.base import MemoEncoder, NotRun
 
 
 class InversionEvaluator:
@@ -31,5 +31,7 @@ class InversionEvaluator:
 
     def __call__(self, encoder) -> dict[str, float]:
         evaluate = self._hook()
+        if isinstance(encoder, MemoEncoder):  # the controller loads against the model itself
+            encoder = encoder.encoder
         sentences = self._sentences if self._sentences is not None else self.loader()
         return {k: float(v) for k, v in evaluate(encoder, self.controller, sentences).items()}

@@ -22,8 +22,9 @@ PROBES = ["bank", "river", "money", "loan", "New York", "city", "prime minister"
 
 # Metrics where lower is better; metrics matching NEUTRAL are descriptive (counts, spreads, norms).
 LOWER = {"anisotropy", "antonym_intrusion", "share_unrelated", "share_antonym", "variance_top1", "variance_top10",
-         "cos_swap_mean", "cos_shuffle_mean", "cos_random_mean", "cos_antonym_mean", "antonym_margin"}
-NEUTRAL = re.compile(r"^(n_|norm_|share_(same_lemma|synonym|hypernym|hyponym|other_related)$)|_(std|p10|p50|p90)$"
+         "cos_swap_mean", "cos_shuffle_mean", "cos_random_mean", "cos_antonym_mean", "antonym_margin",
+         "encoder_calls", "seconds"}
+NEUTRAL = re.compile(r"^n$|^(n_|norm_|share_(same_lemma|synonym|hypernym|hyponym|other_related)$)|_(std|p10|p50|p90)$"
                      r"|^real_changed_share$")
 
 

@@ -26,7 +26,7 @@ class EvalConfig(Config):
     purity_queries: int = 1000
     neighbours_k: int = 10
     retrieval_queries: int = 300
-    knn_texts: int = 1000
+    knn_texts: int = 600
     knn_k: int = 10
     knn_folds: int = 5
     typo_sentences: int = 300
