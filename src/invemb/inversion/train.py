@@ -63,7 +63,7 @@ class ControllerTrainConfig(Config):
     presets = {
         "tiny": {"max_sentences": 48, "dev_sentences": 8, "min_words": 3, "states_per_sentence": 2, "hard_negatives": 4,
                  "batch_size": 16, "train": {"epochs": 2, "lr": 3e-3, "warmup_steps": 2, "progress": False}},
-        "default": {"train": {"epochs": 6, "lr": 1e-3, "warmup_steps": 30}},
+        "default": {"max_sentences": 16000, "states_per_sentence": 3, "train": {"epochs": 6, "lr": 1e-3, "warmup_steps": 100}},
         "full": {"max_sentences": 200000, "dev_sentences": 2000, "states_per_sentence": 4, "batch_size": 256,
                  "hard_negatives": 64, "train": {"epochs": 10, "lr": 5e-4, "warmup_steps": 500}},
     }
