@@ -84,3 +84,19 @@ def test_baselines_report_encoder_calls(toy_run):
     bb = black_box_search(target, CountingEncoder(encoder), ctrl.index, ctrl.unit_vectors, BlackBoxConfig.preset("tiny"))
     assert bb.encoder_calls == encoder.texts - calls0 > 0
     assert bb.cosine > 0.7
+
+
+def test_eval_suite_hook_and_harness(toy_run):
+    from invemb.inversion.harness import controller_methods, run_methods
+    from invemb.inversion.metrics import evaluate_inversion
+
+    run, encoder, _ = toy_run
+    sentences = toy_sentences(3, seed=7)
+    scores = evaluate_inversion(encoder, run, sentences)
+    assert scores["n"] == 3 and 0 <= scores["token_f1"] <= 100 and scores["encoder_calls"] > 0
+    ctrl = Controller.load(run, em=encoder)
+    res = run_methods(controller_methods(ctrl, ["controller", "bag"], preset="tiny"), sentences, encoder, progress=False)
+    assert res["bag"]["summary"]["encoder_calls"] == 0 and len(res["controller"]["rows"]) == 3
+    assert res["controller"]["summary"]["token_f1"] > res["bag"]["summary"]["token_f1"]
+    with pytest.raises(ValueError, match="unknown method"):
+        controller_methods(ctrl, ["nope"])
