@@ -100,3 +100,24 @@ def test_eval_suite_hook_and_harness(toy_run):
     assert res["controller"]["summary"]["token_f1"] > res["bag"]["summary"]["token_f1"]
     with pytest.raises(ValueError, match="unknown method"):
         controller_methods(ctrl, ["nope"])
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    from invemb.io import write_jsonl
+    from invemb.inversion.train import ControllerTrainConfig, train_controller
+
+    toy_vocab().save(tmp_path / "vocab.json")
+    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(40, seed=5)])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
+                                       max_sentences=40, dev_sentences=8).replace(**{"train.epochs": 1})
+    encoder = BagEncoder()
+    train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
+    with pytest.raises(FileExistsError, match="not empty"):
+        train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
+    texts_before = encoder.texts
+    train_controller("toy", cfg.replace(**{"train.epochs": 2}), tmp_path / "run", resume=True, encoder=encoder)
+    assert encoder.texts - texts_before < 20  # states came from the run folder, not re-encoded
+    epochs = read_metrics(tmp_path / "run/metrics.jsonl", "epoch")
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    with pytest.raises(ValueError, match="another encoder"):
+        train_controller("toy", cfg, tmp_path / "run", resume=True, encoder=BagEncoder(salt="x"))
