@@ -1,0 +1,51 @@
+"""CLI verb of the service: invemb serve."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    from invemb.cli import user_errors
+
+    @app.command("serve")
+    @user_errors
+    def serve_cmd(
+        model: str = typer.Option(..., help="encoder to serve: a run folder, an HF folder, or `backbone`"),
+        controller: Optional[Path] = typer.Option(None, help="controller run folder, to enable POST /v1/invert"),
+        host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
+        port: int = typer.Option(8000, help="port to bind (0: any free port)"),
+        api_key: Optional[str] = typer.Option(None, envvar="INVEMB_API_KEY", show_envvar=True,
+                                              help="require 'Authorization: Bearer KEY' on /v1/*"),
+        name: Optional[str] = typer.Option(None, help="model name reported in responses (default: the folder name)"),
+        set_: List[str] = typer.Option([], "--set", help="ServeConfig override key=value, e.g. max_wait_ms=2 (repeat)"),
+        log_level: str = typer.Option("info", help="uvicorn log level: critical | error | warning | info | debug"),
+    ):
+        """Serve an encoder over HTTP: OpenAI-compatible POST /v1/embeddings, POST /v1/invert (with
+        --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
+        are micro-batched into one encoder call.
+
+        Examples:
+
+          invemb serve --model backbone
+
+          INVEMB_API_KEY=secret invemb serve --model runs/em-default --controller runs/controller --port 8080
+
+          curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat", "a dog"]}'
+
+        Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, max_texts_per_request,
+        max_chars_per_text, max_body_bytes, max_queued_texts, max_beam, max_pending_inversions, access_log.
+        """
+        from invemb.config import parse_overrides
+        from invemb.serve.app import ServeConfig, is_loopback, serve
+
+        if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError(f"unknown log level {log_level!r}")
+        cfg = ServeConfig().replace(**parse_overrides(set_)).replace(host=host, port=port).check()
+        if controller is not None and not controller.exists():
+            raise FileNotFoundError(f"{controller}: no such controller run folder")
+        if not is_loopback(host) and not api_key:
+            typer.echo(f"warning: serving on {host} without an API key (set --api-key or INVEMB_API_KEY)", err=True)
+        serve(model, str(controller) if controller else None, cfg, api_key=api_key, name=name, log_level=log_level)
