@@ -27,13 +27,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
         are micro-batched into one encoder call.
 
+        \b
         Examples:
-
           invemb serve --model backbone
-
           INVEMB_API_KEY=secret invemb serve --model runs/em-default --controller runs/controller --port 8080
-
-          curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat", "a dog"]}'
+          curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat"]}'
 
         Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, max_texts_per_request,
         max_chars_per_text, max_body_bytes, max_queued_texts, max_beam, max_pending_inversions, access_log.
