@@ -171,13 +171,14 @@ class MicroBatcher:
 
     async def aclose(self) -> None:
         """Stop the loop task, fail what still waits, and release the worker thread."""
+        stranded = [*self._inflight, *self._pending]  # taken first: cancelling the task clears _inflight
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
-        for item in [*self._inflight, *self._pending]:
+        for item in stranded:
             _resolve(item.future, error=RuntimeError("server shutting down"))
         self._pending.clear()
         self._inflight, self._queued = [], 0
