@@ -102,6 +102,7 @@ def test_open_endpoints_and_schema(client):
     schema = client.get("/openapi.json").json()
     assert {"/v1/embeddings", "/v1/invert", "/healthz"} <= set(schema["paths"])
     assert "EmbeddingRequest" in schema["components"]["schemas"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert client.get("/docs").status_code == 200
 
 

@@ -185,7 +185,7 @@ def _model_name(model: str) -> str:
 def create_app(service: Service, api_key: str | None = None):
     """The ASGI app over ``service`` (the FastAPI app behind a :class:`Guard`; ``.app`` reaches it).
     With ``api_key`` every /v1/* request needs ``Authorization: Bearer KEY``."""
-    from fastapi import FastAPI
+    from fastapi import Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -195,6 +195,13 @@ def create_app(service: Service, api_key: str | None = None):
     cfg = service.cfg
 
     errors = {s: {"model": ErrorResponse} for s in (400, 401, 413, 422, 503)}
+    # The Guard enforces the key; this only declares it in the OpenAPI schema (the /docs "Authorize" button).
+    if api_key:
+        from fastapi.security import HTTPBearer
+
+        v1 = {"dependencies": [Depends(HTTPBearer(auto_error=False, description="the server's --api-key"))]}
+    else:
+        v1 = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -237,7 +244,7 @@ def create_app(service: Service, api_key: str | None = None):
     async def _crash(_req, err: Exception):  # the request fails; the server keeps serving
         return reply(500, f"internal error ({type(err).__name__}): {err}", "server_error")
 
-    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors)
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors, **v1)
     async def embeddings(req: EmbeddingRequest):
         """OpenAI-compatible embeddings: the official `openai` client works with `base_url=.../v1`."""
         texts = [req.input] if isinstance(req.input, str) else req.input
@@ -258,7 +265,7 @@ def create_app(service: Service, api_key: str | None = None):
                                                          for i, r in enumerate(rows)],
                              "model": service.name, "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
-    @app.post("/v1/invert", response_model=InvertResponse, responses={**errors, 501: {"model": ErrorResponse}})
+    @app.post("/v1/invert", response_model=InvertResponse, responses={**errors, 501: {"model": ErrorResponse}}, **v1)
     async def invert(req: InvertRequest):
         """Rebuild text from a sentence vector (or from a text, encoded first): reconstruction, its
         cosine to the target, and each step (unit placed, slot, cosine)."""
@@ -297,7 +304,7 @@ def create_app(service: Service, api_key: str | None = None):
             service.inversions_pending -= 1
         return JSONResponse({"object": "inversion", "model": service.name, **row})
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", **v1)
     async def models():
         """The one model this server serves (OpenAI's model list shape)."""
         return {"object": "list", "data": [{"id": service.name, "object": "model", "created": 0, "owned_by": "invemb"}]}
