@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -39,7 +40,10 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def emit(obj: Any, plain: bool = False) -> None:
-    """Print JSON, or a simple aligned table for a dict / list of dicts with ``--plain``."""
+    """Print JSON, or a simple aligned table for a dict / list of dicts with ``--plain``.
+    Under torchrun only rank 0 prints (the other ranks' results are the same run)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if not plain:
         typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
         return

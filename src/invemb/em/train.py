@@ -25,7 +25,8 @@ from invemb.em.config import EMConfig
 from invemb.em.data import EMData, built_dir, prepare
 from invemb.em.model import HeadOutput, TokenEmbeddingModel, TokenHead, check_backbone_identity, load_head, save_head
 from invemb.io import atomic_write_json, atomic_write_text
-from invemb.training.loop import StepContext, Trainer
+from invemb.training import distributed
+from invemb.training.loop import StepContext, Trainer, resolve_device
 from invemb.training.schedules import cosine_between
 
 
@@ -107,6 +108,7 @@ class EMTask:
         D = head.cfg.embed_dim
         self.queue = torch.zeros(0, D)
         self.queue_ids = torch.zeros(0, dtype=torch.long)
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # this step's keys, queued after it
         self.evaluators = None
 
     # -- data plan ---------------------------------------------------------------------------
@@ -171,8 +173,8 @@ class EMTask:
             terms["contrastive"] = losses.hard_negative_infonce(z[:A], z_pos, tau, L.hard_k, extra, mask,
                                                                 self.queue.to(z.device) if L.queue else None, qmask)
             total = total + w["contrastive"] * terms["contrastive"]
-            if L.queue:
-                self._enqueue(z_pos.detach().cpu(), torch.tensor(anchors))
+            if L.queue and ctx.micro_index >= 0:  # -1: a rank's filler pass in a short last DDP step
+                self._pending.append((ctx.micro_index, z_pos.detach().float().cpu(), torch.tensor(anchors)))
         # (iii) synonym attraction
         if w["synonym"] and syn_of:
             a = torch.tensor([i for i, u in enumerate(anchors) if u in syn_of])
@@ -226,6 +228,25 @@ class EMTask:
     def _enqueue(self, vecs: torch.Tensor, ids: torch.Tensor) -> None:
         self.queue = torch.cat([vecs, self.queue])[: self.cfg.loss.queue]
         self.queue_ids = torch.cat([ids, self.queue_ids])[: self.cfg.loss.queue]
+
+    def after_step(self, step: int) -> None:
+        """Queue the keys of every micro-batch of the step just taken, gathered from every rank, in
+        micro-batch order (MoCo's per-step enqueue): W processes and one process with W-times the
+        accumulation see the same queue."""
+        pending, self._pending = self._pending, []
+        if distributed.active():
+            micros = torch.tensor([m for m, _, _ in pending], dtype=torch.long)
+            sizes = torch.tensor([len(i) for _, _, i in pending], dtype=torch.long)
+            D = self.head.cfg.embed_dim
+            vecs = torch.cat([v for _, v, _ in pending]) if pending else torch.zeros(0, D)
+            ids = torch.cat([i for _, _, i in pending]) if pending else torch.zeros(0, dtype=torch.long)
+            parts = zip(*(distributed.all_gather_tensors(t) for t in (micros, sizes, vecs, ids)))
+            pending = []
+            for m, n, v, i in parts:
+                pending += [(int(a), b, c) for a, b, c in zip(m, v.split(n.tolist()), i.split(n.tolist()))]
+            pending.sort(key=lambda row: row[0])
+        for _, vecs, ids in pending:
+            self._enqueue(vecs, ids)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, epoch: int) -> dict[str, float]:
@@ -334,13 +355,16 @@ def build_cache(cfg: EMConfig, backbone: HFBackbone, data: EMData, progress: boo
     if cfg.backbone.unfreeze_layers:
         cache = LiveFeatures(backbone, grad=True)
     else:
-        cache = FeatureCache(built_dir(cfg) / "features", backbone, with_tokens=True)
-    unit_rows = cache.ensure(data.vocab.units, batch_size=cfg.feature_batch_size, progress=progress)
+        with distributed.main_first():  # under torchrun: rank 0 creates the folder, the others open it
+            cache = FeatureCache(built_dir(cfg) / "features", backbone, with_tokens=True)
+    # shard=True: under torchrun every rank computes its share of the missing features (a no-op alone)
+    kw = {"batch_size": cfg.feature_batch_size, "progress": progress, "shard": True}
+    unit_rows = cache.ensure(data.vocab.units, **kw)
     texts = [s.text for s in data.train_sentences]
     sent_rows = {
-        "text": cache.ensure(texts, batch_size=cfg.feature_batch_size, progress=progress),
-        "synonym": cache.ensure([s.synonym for s in data.train_sentences], batch_size=cfg.feature_batch_size, progress=progress),
-        "swapped": cache.ensure([s.swapped for s in data.train_sentences], batch_size=cfg.feature_batch_size, progress=progress),
+        "text": cache.ensure(texts, **kw),
+        "synonym": cache.ensure([s.synonym for s in data.train_sentences], **kw),
+        "swapped": cache.ensure([s.swapped for s in data.train_sentences], **kw),
     }
     return cache, unit_rows, sent_rows
 
@@ -352,34 +376,42 @@ def run_config_dict(cfg: EMConfig, backbone: HFBackbone, vocab_fingerprint: str)
 def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, float]:
     """Build data, cache features, train the head, write the run folder; returns the final dev metrics."""
     out = Path(out)
+    distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if out.exists() and (out / "metrics.jsonl").exists() and not resume:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    distributed.barrier()  # every rank checked before rank 0 writes
+    main = distributed.is_main()
     torch.manual_seed(cfg.train.seed)
     t0 = time.perf_counter()
-    backbone = HFBackbone(cfg.backbone).to_device("cpu")
+    backbone = HFBackbone(cfg.backbone).to_device()  # backbone.device: "auto" = CUDA when there is one
     cfg = cfg.replace(**{"head.hidden": backbone.hidden})
     if resume:
         saved = json.loads((out / "config.json").read_text())
         check_backbone_identity(saved["backbone_identity"], backbone.identity())
-    data = prepare(cfg, progress)
+    with distributed.main_first():  # rank 0 builds and caches corpus, vocabulary, lexicon; the others read them
+        data = prepare(cfg, progress and main)
     t_data = time.perf_counter()
-    cache, unit_rows, sent_rows = build_cache(cfg, backbone, data, progress)
+    cache, unit_rows, sent_rows = build_cache(cfg, backbone, data, progress and main)
     t_feat = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", run_config_dict(cfg, backbone, data.vocab.fingerprint()))
-    data.vocab.save(out / "vocab.json")
-    data.lexicon.save(out / "lexicon.json")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", run_config_dict(cfg, backbone, data.vocab.fingerprint()))
+        data.vocab.save(out / "vocab.json")
+        data.lexicon.save(out / "lexicon.json")
     head = TokenHead(cfg.head)
     task = EMTask(cfg, data, cache, head, unit_rows, sent_rows, progress)
     if cfg.backbone.unfreeze_layers:  # the loop then trains (and checkpoints) the top layers too
         task.model = EMTrainable(head, backbone)
     trainer = Trainer(task, cfg.train.replace(progress=progress), out)
-    if not resume:  # references: the raw backbone, and the untrained head
+    if not resume and main:  # references: the raw backbone, and the untrained head
         atomic_write_json(out / "backbone_metrics.json", backbone_dev_metrics(data, cache, unit_rows))
         atomic_write_json(out / "untrained_metrics.json", task.evaluate(-1))
     final = trainer.fit(resume=resume)
     t_train = time.perf_counter()
-    head.eval()
+    if not main:  # under torchrun only rank 0 writes the run's final files
+        return final
+    head.eval().cpu()
+    backbone.to_device("cpu")
     save_head(head, out)
     if cfg.backbone.unfreeze_layers:  # the run carries its fine-tuned backbone
         backbone.model.eval()

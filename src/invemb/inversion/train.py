@@ -32,7 +32,8 @@ from invemb.inversion.placer import PlacerConfig
 from invemb.inversion.segment import Segmenter
 from invemb.inversion.selector import SelectorConfig, multi_positive_infonce
 from invemb.inversion.summary import summarise
-from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches
+from invemb.training import distributed
+from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches, resolve_device
 from invemb.text.vocab import Vocab, tokenize
 
 
@@ -294,9 +295,13 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
 
     out = Path(out)
+    distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if not resume and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or pick a new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()  # every rank checked before rank 0 writes
+    main = distributed.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     encoder = encoder or invemb.load(em)
@@ -309,30 +314,35 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
         old = json.loads((out / "config.json").read_text())
         if (old["encoder_fingerprint"], old["vocab_fingerprint"]) != (fp, vocab.fingerprint()):
             raise ValueError(f"{out} was started with another encoder or vocabulary; refusing to resume")
-    atomic_write_json(out / "config.json", info)
-    if not (out / "vocab.json").exists():
-        vocab.save(out / "vocab.json")
-    vec_path = out / "unit_vectors.safetensors"
-    if unit_cache and Path(unit_cache).exists() and not vec_path.exists():
-        shutil.copyfile(unit_cache, vec_path)  # checked against encoder + vocab just below
-    unit_vectors = cached_unit_vectors(encoder, vocab, vec_path, fp, progress=cfg.train.progress)
-    index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
-    segmenter = Segmenter(vocab)
     seed = cfg.train.seed
     data_path, dev_path = out / "states_train", out / "states_dev"
-    if data_path.with_suffix(".json").exists() and dev_path.with_suffix(".json").exists():
-        data, dev = StateSet.load(data_path), StateSet.load(dev_path)
-    else:
-        dev = build_states(_sentences(cfg, "dev", cfg.dev_sentences, seed), segmenter, encoder, index, cfg, seed + 1,
-                           cfg.train.progress)
-        data = build_states(_sentences(cfg, "train", cfg.max_sentences, seed), segmenter, encoder, index, cfg, seed,
-                            cfg.train.progress)
-        dev.save(dev_path)
-        data.save(data_path)
+    # Under torchrun rank 0 encodes the units and builds the states; the others load its files.
+    with distributed.main_first():
+        if main:
+            atomic_write_json(out / "config.json", info)
+            if not (out / "vocab.json").exists():
+                vocab.save(out / "vocab.json")
+        vec_path = out / "unit_vectors.safetensors"
+        if main and unit_cache and Path(unit_cache).exists() and not vec_path.exists():
+            shutil.copyfile(unit_cache, vec_path)  # checked against encoder + vocab just below
+        unit_vectors = cached_unit_vectors(encoder, vocab, vec_path, fp, progress=cfg.train.progress and main)
+        if data_path.with_suffix(".json").exists() and dev_path.with_suffix(".json").exists():
+            data, dev = StateSet.load(data_path), StateSet.load(dev_path)
+        else:
+            index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
+            segmenter = Segmenter(vocab)
+            dev = build_states(_sentences(cfg, "dev", cfg.dev_sentences, seed), segmenter, encoder, index, cfg, seed + 1,
+                               cfg.train.progress)
+            data = build_states(_sentences(cfg, "train", cfg.max_sentences, seed), segmenter, encoder, index, cfg, seed,
+                                cfg.train.progress)
+            dev.save(dev_path)
+            data.save(data_path)
     torch.manual_seed(seed)
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     task = ControllerTask(model, data, dev, unit_vectors, cfg)
     final = Trainer(task, cfg.train, out).fit(resume=resume)
+    if not main:
+        return {"run": str(out), "rank": distributed.dist_info()[0]}
     from safetensors.torch import save_file
 
     from invemb.io import atomic_save_file

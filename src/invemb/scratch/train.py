@@ -22,7 +22,8 @@ from invemb.scratch.data import DataConfig, Pair, PairDataset, TripletDataset, b
 from invemb.scratch.losses import contrastive_loss, multiple_negatives_ranking_loss, triplet_loss
 from invemb.scratch.tokenizer import ScratchTokenizer, TokenizerConfig
 from invemb.scratch.transformer import MoEAux, SentenceEncoderModel, TransformerConfig, count_params
-from invemb.training.loop import StepContext, TrainConfig, Trainer
+from invemb.training import distributed
+from invemb.training.loop import StepContext, TrainConfig, Trainer, resolve_device
 
 LOSSES = ("mnrl", "triplet", "contrastive")
 
@@ -345,8 +346,12 @@ def _fit_config(cfg: ScratchConfig, tokenizer: ScratchTokenizer) -> ScratchConfi
 
 def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pairs: dict[str, list[Pair]] | None = None,
                   tokenizer: ScratchTokenizer | None = None) -> dict[str, Any]:
-    """Train into run folder ``out``; returns eval metrics, parameter counts and throughput."""
+    """Train into run folder ``out``; returns eval metrics, parameter counts and throughput.
+
+    Under ``torchrun`` rank 0 builds the pairs and trains the tokenizer, the other ranks load its
+    tokenizer.json; only rank 0 writes the run folder (the others return ``{"run", "rank"}``)."""
     out = Path(out)
+    distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if resume:
         meta_path = out / "config.json"
         if not meta_path.exists():
@@ -358,14 +363,18 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
             raise ValueError(f"{out / 'tokenizer.json'} does not match the run's config.json; refusing to resume")
     elif (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume or another --out")
-    pairs = pairs or build_pairs(cfg.data)
-    if tokenizer is None:
-        tokenizer = train_tokenizer(cfg, pairs)
-    cfg = _fit_config(cfg, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        tokenizer.save(out / "tokenizer.json")
-        atomic_write_json(out / "config.json", _run_config(cfg, tokenizer))
+    distributed.barrier()  # every rank checked before rank 0 writes
+    main = distributed.is_main()
+    with distributed.main_first():
+        pairs = pairs or build_pairs(cfg.data)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(cfg, pairs) if main else ScratchTokenizer.load(out / "tokenizer.json")
+        cfg = _fit_config(cfg, tokenizer)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                tokenizer.save(out / "tokenizer.json")
+                atomic_write_json(out / "config.json", _run_config(cfg, tokenizer))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = ScratchTask(cfg, tokenizer, pairs)
@@ -375,6 +384,8 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
     # CPU seconds of this process: on a machine shared with other jobs, wall time overstates
     # cost; CPU time (at threads=1) is close to what an idle core would take.
     train_cpu_seconds = time.process_time() - cpu0 - task.eval_cpu_seconds
+    if not main:
+        return {"run": str(out), "rank": distributed.dist_info()[0]}
     task.model.cpu()
     save_model(out, task.model, tokenizer, cfg)
     from invemb.training.metrics_log import read_metrics

@@ -26,7 +26,8 @@ from invemb.tiered.model import TieredEncoder, TieredModel, TieredModelConfig, b
 from invemb.tiered.objectives import (ObjectiveConfig, anneal_share, boundary_loss, char_mlm_loss, info_nce,
                                       mask_units, masked_chunk_loss, order_loss, phase_at, shuffle_chunks,
                                       spelling_variant, PHASES)
-from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches
+from invemb.training import distributed
+from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches, resolve_device
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 PAIR_SOURCES = ("simcse", "title", "adjacent")
@@ -287,24 +288,32 @@ def count_params(module: torch.nn.Module) -> int:
 
 def train_tiered(cfg: TieredConfig, out: str | Path, resume: bool = False,
                  sentences: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Train into run folder ``out``; returns dev metrics, probes, parameter counts and timing."""
+    """Train into run folder ``out``; returns dev metrics, probes, parameter counts and timing.
+    Under ``torchrun`` only rank 0 writes the run folder (the others return ``{"run", "rank"}``)."""
     out = Path(out)
+    distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if resume:
         if not (out / "config.json").exists():
             raise FileNotFoundError(f"--resume: {out} has no config.json")
         cfg = TieredConfig.from_dict(json.loads((out / "config.json").read_text())["config"])  # the run's own config
     elif (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a run; pass --resume or another --out")
+    distributed.barrier()  # every rank checked before rank 0 writes
+    main = distributed.is_main()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    sentences = sentences or load_sentences(cfg.data, cfg.model.char.max_chars)
+    with distributed.main_first():
+        sentences = sentences or load_sentences(cfg.data, cfg.model.char.max_chars)
     task = TieredTask(cfg, sentences)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if not resume and main:
         atomic_write_json(out / "config.json", _run_config(task.model, cfg))
     t0 = time.perf_counter()
     final = Trainer(task, cfg.train, out).fit(resume=resume)
     train_seconds = time.perf_counter() - t0 - task.eval_seconds
+    if not main:
+        return {"run": str(out), "rank": distributed.dist_info()[0]}
     task.model.cpu()
     save_model(out, task.model, cfg)
     summary: dict[str, Any] = {

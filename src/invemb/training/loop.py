@@ -6,16 +6,35 @@ to the bit: the data order of an epoch comes from a generator seeded by ``(seed,
 the global RNG is reseeded from ``(seed, micro-batch index)`` before every micro-batch, so a run
 resumed from a mid-epoch checkpoint replays exactly the steps an uninterrupted run would take.
 
-Under ``torchrun`` (WORLD_SIZE > 1) the loop wraps the model in DistributedDataParallel and rank
-``r`` takes micro-batches ``r, r + W, r + 2W, ...`` of the plan, so W processes with
-accumulation A follow the same trajectory as one process with accumulation W * A.
+Multi-process training (``torchrun --nproc_per_node W invemb train ...``; gloo on CPU, nccl on
+CUDA). The loop wraps the task's loss in PyTorch's DistributedDataParallel and shards the work
+of every optimizer step: the W*A micro-batches of a step are dealt out so that rank ``r`` takes
+micro-batches ``r, r + W, r + 2W, ...`` of the epoch's plan, runs the first A-1 of them under
+``no_sync()`` and lets DDP all-reduce (average) the gradients on its last one. Each loss is
+scaled by ``W / (W*A)``, so W processes with accumulation A take exactly the optimizer steps of
+one process with accumulation W*A (up to float summation order).
+
+This is what ``torch.utils.data.distributed.DistributedSampler`` does, done one level up: a
+DistributedSampler gives rank ``r`` the samples ``r, r + W, ...`` of a seeded permutation that
+every rank draws identically. Here every rank draws the identical seeded plan of micro-batches
+(index lists, a few KB; the loop checks at every epoch that the ranks agree) and takes every W-th
+micro-batch. Sharding whole micro-batches rather than samples keeps (a) the batch composition,
+hence in-batch negatives and every contrastive loss, identical to the single-process run, which a
+per-sample sampler would not (it would give each rank a different mix of samples per batch); (b)
+exact mid-epoch resume, since a checkpoint records the position in the plan, where a
+DistributedSampler can only restart at an epoch boundary; and (c) the same trajectory as one
+process with W-times the accumulation, which is what the tests check.
+
+Only rank 0 writes (metrics.jsonl, checkpoints, plots, evaluation); the logged loss terms of a
+step are the mean over all W*A micro-batches, gathered from every rank in micro-batch order, so
+the log of a W-process run equals the log of the equivalent one-process run. ``--resume`` refuses
+a checkpoint written under another world size (the plan position would mean something else).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
@@ -24,6 +43,7 @@ import torch
 from torch import nn
 
 from invemb.config import Config
+from invemb.training import distributed
 from invemb.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from invemb.training.metrics_log import MetricsLog
 from invemb.training.schedules import warmup_cosine
@@ -66,7 +86,8 @@ class TrainTask(Protocol):
         """The micro-batches of one epoch as cheap specs (e.g. index lists), in order."""
 
     def loss(self, model: nn.Module, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss and its named terms for one micro-batch (``model`` may be DDP-wrapped)."""
+        """Total loss and its named terms for one micro-batch (``model`` is the bare model; under
+        DDP the loop wraps this call as a whole)."""
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Held-out metrics at the end of an epoch (rank 0 only)."""
@@ -82,6 +103,9 @@ class TrainTask(Protocol):
     def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
         """Plots and reports (rank 0 only)."""
 
+    # Optional: ``after_step(step)`` runs on every rank after each optimizer step, for task state
+    # that must see the whole step (e.g. a negative queue gathered from every rank).
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name != "auto":
@@ -93,16 +117,38 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment, (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+dist_info = distributed.dist_info
 
 
-def _init_distributed(device: torch.device) -> None:
-    import torch.distributed as dist
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: bf16 on CUDA with ``amp="auto"`` (or anywhere with ``"bf16"``),
+    None (full fp32) otherwise."""
+    if amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"train.amp must be auto, bf16 or off, got {amp!r}")
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+class _LossModule(nn.Module):
+    """The task's loss as one module call. DDP wraps this, not the bare model: a task may call its
+    model several times per micro-batch (views, candidates, an extra head), and DDP's search for
+    unused parameters then starts from the loss, which every one of those calls feeds."""
+
+    def __init__(self, task: "TrainTask", model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._task = (task,)  # a tuple, so the task is not registered as a submodule
+
+    def forward(self, batch: Any, ctx: StepContext):
+        return self._task[0].loss(self.model, batch, ctx)
+
+
+def _plan_digest(plan: Sequence[Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(list(plan), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _set_seed(seed: int) -> None:
@@ -122,15 +168,15 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device)
         if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            self.device = torch.device("cuda", distributed.local_rank())
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=self.is_main)
 
     # -- helpers -----------------------------------------------------------------------------
     def _autocast(self):
-        use = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.device.type == "cuda")
-        if not use:
+        dtype = amp_dtype(self.cfg.amp, self.device)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         groups = self.task.param_groups() if hasattr(self.task, "param_groups") else [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -150,14 +196,16 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         if self.world > 1:
-            _init_distributed(self.device)
+            distributed.init_distributed(self.device)
         _set_seed(cfg.seed)
         model = task.model.to(self.device)
-        wrapped: nn.Module = model
+        wrapped: nn.Module = _LossModule(task, model)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            wrapped = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # find_unused_parameters: some steps leave parts of a model out (a tier in its warm-up
+            # phase, a head whose loss weight is still 0); their gradients stay None as in one process.
+            wrapped = DDP(wrapped, find_unused_parameters=True)
         opt = self._optimizer(model)
 
         plan0 = task.batch_plan(0, torch.Generator().manual_seed(cfg.seed))
@@ -171,12 +219,13 @@ class Trainer:
             if ckpt is None:
                 raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
             model_state, state = load_checkpoint(ckpt)
+            if state.get("world", 1) != self.world:
+                raise ValueError(f"checkpoint was written with world size {state.get('world', 1)}, now {self.world}: "
+                                 f"resume with the same number of processes")
             model.load_state_dict(model_state)
             opt.load_state_dict(state["optimizer"])
             task.load_state_dict(state.get("task", {}))
             step, start_epoch, skip_micro = state["step"], state["epoch"], state["micro_in_epoch"]
-            if state.get("world", 1) != self.world:
-                raise ValueError(f"checkpoint was written with world size {state.get('world')}, now {self.world}")
             self.log.truncate_after(step)
             last_eval = state.get("last_eval", {})
 
@@ -199,6 +248,9 @@ class Trainer:
         per_step = cfg.grad_accum * self.world
         for epoch in range(start_epoch, cfg.epochs):
             plan = task.batch_plan(epoch, torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            if self.world > 1 and len(set(distributed.all_gather_json(_plan_digest(plan)))) > 1:
+                raise RuntimeError(f"epoch {epoch}: the ranks built different batch plans; every rank must see "
+                                   "the same data (build and cache it on rank 0 first)")
             epoch_terms: dict[str, float] = {}
             epoch_steps = 0
             model.train()
@@ -207,8 +259,7 @@ class Trainer:
             for group_start in range(first, len(plan), per_step):
                 group = list(range(group_start, min(group_start + per_step, len(plan))))
                 mine = group[self.rank::self.world]
-                terms_sum: dict[str, float] = {}
-                n_items = 0
+                done: list[list[Any]] = []  # [micro, terms, items] of this rank's micro-batches
                 t0 = time.perf_counter()
                 for j, micro in enumerate(mine):
                     global_micro = epoch * len(plan) + micro
@@ -218,16 +269,15 @@ class Trainer:
                     no_sync = wrapped.no_sync() if (self.world > 1 and not sync) else contextlib.nullcontext()
                     with no_sync:
                         with self._autocast():
-                            loss, terms = task.loss(wrapped, plan[micro], ctx)
+                            loss, terms = wrapped(plan[micro], ctx)
                         # Scale by the global number of micro-batches so W ranks x A accumulation
                         # equals one rank with W*A accumulation (DDP averages over ranks).
                         (loss * (self.world / len(group))).backward()
-                    for k, v in terms.items():
-                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v)
-                    n_items += len(plan[micro]) if hasattr(plan[micro], "__len__") else 1
-                if not mine:  # a rank with no micro-batch in a short last group still syncs
+                    items = len(plan[micro]) if hasattr(plan[micro], "__len__") else 1
+                    done.append([micro, {k: float(v) for k, v in terms.items()}, items])
+                if not mine:  # a rank with no micro-batch in a short last group still joins the all-reduce
                     with self._autocast():
-                        loss, _ = task.loss(wrapped, plan[group[0]], StepContext(step, total_steps, epoch, -1, self.device))
+                        loss, _ = wrapped(plan[group[0]], StepContext(step, total_steps, epoch, -1, self.device))
                     (loss * 0.0).backward()
                 lr_mult = warmup_cosine(step, total_steps, cfg.warmup_steps, cfg.lr_floor)
                 for g in opt.param_groups:
@@ -239,13 +289,22 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 epoch_steps += 1
+                if hasattr(task, "after_step"):
+                    task.after_step(step)
+                if self.world > 1:  # every rank's terms, summed in micro-batch order like one process would
+                    done = [row for part in distributed.all_gather_json(done) for row in part]
+                    done.sort(key=lambda row: row[0])
                 dt = time.perf_counter() - t0
-                terms_mean = {k: v / max(1, len(mine)) for k, v in terms_sum.items()}
+                terms_sum: dict[str, float] = {}
+                for _, terms, _ in done:
+                    for k, v in terms.items():
+                        terms_sum[k] = terms_sum.get(k, 0.0) + v
+                terms_mean = {k: v / max(1, len(done)) for k, v in terms_sum.items()}
                 for k, v in terms_mean.items():
                     epoch_terms[k] = epoch_terms.get(k, 0.0) + v
                 if step % cfg.log_every == 0:
                     self.log.write("step", step=step, epoch=epoch, lr=cfg.lr * lr_mult, grad_norm=grad_norm,
-                                   items_per_s=n_items * self.world / max(dt, 1e-9), **terms_mean)
+                                   items_per_s=sum(row[2] for row in done) / max(dt, 1e-9), **terms_mean)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in list(terms_mean.items())[:6]}, refresh=False)
@@ -264,10 +323,7 @@ class Trainer:
             checkpoint(epoch + 1, 0)
             if self.is_main and hasattr(task, "on_epoch_end"):
                 task.on_epoch_end(self.run_dir, epoch)
-            if self.world > 1:
-                import torch.distributed as dist
-
-                dist.barrier()
+            distributed.barrier()
         if bar is not None:
             bar.close()
         model.eval()

@@ -22,7 +22,7 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows written after the checkpoint so the log has no duplicates."""
-        if not self.path.exists():
+        if not self.enabled or not self.path.exists():
             return
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         from invemb.io import write_jsonl
