@@ -8,6 +8,7 @@ import typer
 
 corpus_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the training corpus.")
 vocab_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the unit vocabulary and lexicon.")
+features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The frozen-backbone feature cache.")
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
@@ -15,6 +16,37 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
     app.add_typer(corpus_app, name="corpus")
     app.add_typer(vocab_app, name="vocab")
+    app.add_typer(features_app, name="features")
+
+    @features_app.command("build")
+    @user_errors
+    def features_build(
+        texts: Path = typer.Option(..., "--texts", help='JSONL file, one {"text": ...} a line'),
+        cache: Path = typer.Option(Path("data/built/features"), help="cache root (a sub-folder per backbone setting)"),
+        backbone: str = typer.Option("default", help="local HF encoder folder (default: bundled all-MiniLM-L6-v2)"),
+        pooling: str = typer.Option("mean", help="mean | cls"),
+        prompt: str = typer.Option("", help='prefix added to every text, e.g. "query: " for e5'),
+        max_length: int = typer.Option(128, help="token limit per text"),
+        shards: int = typer.Option(1, help="worker processes, each computing its share (merged into one cache)"),
+        batch_size: int = typer.Option(128, help="texts per backbone batch"),
+    ):
+        """Compute backbone features (pooled + token states) for texts into the on-disk cache.
+
+        With --shards N, N processes each compute their share of the batches and the result is the
+        cache one process writes, byte for byte. Under torchrun, call the library's
+        FeatureCache.ensure(texts, shard=True) in every rank instead (train em does).
+
+        Example: invemb features build --texts corpus.jsonl --cache data/built/features --shards 2
+        """
+        from invemb.backbone.cache import build_features
+        from invemb.backbone.hf import BackboneConfig
+        from invemb.io import read_jsonl_texts
+
+        items = read_jsonl_texts(texts)
+        if not items:
+            raise ValueError(f"{texts}: no texts")
+        cfg = BackboneConfig(path=backbone, pooling=pooling, prompt=prompt, max_length=max_length)
+        emit(build_features(items, cache, cfg, shards=shards, batch_size=batch_size))
 
     @corpus_app.command("build")
     @user_errors
