@@ -3,6 +3,16 @@
 Flat inner product by default (exact; vectors are L2-normalised so IP is cosine); HNSW or IVF-PQ
 when asked or above ``auto_threshold`` units. Saved as ``index.faiss`` (FAISS's own format, no
 pickle) + ``units.json`` + ``index.json`` (kind, parameters, dim, encoder fingerprint).
+
+Which kind for how many units (``bench/index_scale.py`` measures all three on 1M vectors):
+
+- ``flat``: exact, memory 4 * dim bytes a unit, search time linear in the units; fine to ~200k.
+- ``hnsw``: graph over the full vectors (memory 4 * dim + about 8 * M bytes a unit), fast and
+  high-recall search; the build is the expensive part (``hnsw_m``, ``hnsw_ef_construction``).
+  ``hnsw_ef_search`` trades latency for recall at query time.
+- ``ivfpq``: inverted lists of product-quantised codes (``pq_m`` bytes a unit at 8 bits), by far
+  the smallest; recall is bounded by the quantisation (``ivf_nprobe`` lists are scanned). The
+  coarse quantiser and the codebooks are trained on a seeded sample of ``ivf_train_size`` vectors.
 """
 from __future__ import annotations
 
@@ -28,9 +38,11 @@ class IndexConfig(Config):
     hnsw_ef_search: int = 128
     ivf_nlist: int = 0  # 0 = 4 * sqrt(N)
     ivf_nprobe: int = 16
-    pq_m: int = 0  # sub-quantisers; 0 = dim // 8 (must divide dim)
+    ivf_train_size: int = 0  # vectors the IVF / PQ training sees (seeded sample); 0 = min(N, 64 * nlist)
+    pq_m: int = 0  # sub-quantisers (bytes per code at 8 bits); 0 = dim // 8 (must divide dim)
     pq_bits: int = 8
-    threads: int = 0  # 0 = FAISS default
+    threads: int = 0  # 0 = FAISS default (all cores)
+    seed: int = 0  # the IVF training sample
 
     presets = {"tiny": {}, "default": {}, "full": {"kind": "hnsw"}}
 
@@ -66,6 +78,8 @@ class UnitIndex:
         if cfg.threads:
             faiss.omp_set_num_threads(cfg.threads)
         n, d = x.shape
+        if n == 0:
+            raise ValueError("no unit vectors to index")
         kind = cfg.kind if cfg.kind != "auto" else ("flat" if n < cfg.auto_threshold else "hnsw")
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
@@ -80,7 +94,12 @@ class UnitIndex:
                 raise ValueError(f"pq_m={m} must divide the dimension {d}")
             quantizer = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, cfg.pq_bits, faiss.METRIC_INNER_PRODUCT)
-            index.train(x)
+            n_train = min(n, cfg.ivf_train_size or 64 * nlist)
+            if n_train < max(nlist, 2 ** cfg.pq_bits):
+                raise ValueError(f"ivfpq needs at least {max(nlist, 2 ** cfg.pq_bits)} training vectors (nlist={nlist}, "
+                                 f"pq_bits={cfg.pq_bits}), got {n_train}: use --kind flat or hnsw for {n} units")
+            sample = x if n_train >= n else x[np.sort(np.random.default_rng(cfg.seed).choice(n, n_train, replace=False))]
+            index.train(sample)
             index.nprobe = cfg.ivf_nprobe
         index.add(x)
         return cls(index, units, cfg.replace(kind=kind), meta)

@@ -91,11 +91,25 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         model: str = typer.Option(..., help="encoder: a run folder, an HF folder or `backbone`; a controller run reuses its unit vectors"),
         out: Path = typer.Option(..., help="folder for index.faiss, units.json, index.json"),
         vocab: Optional[Path] = typer.Option(None, help="unit vocabulary (default: the run's vocab.json, else data/built/vocab.json)"),
-        kind: str = typer.Option("auto", help="flat | hnsw | ivfpq | auto"),
+        kind: str = typer.Option("auto", help="flat | hnsw | ivfpq | auto (flat below 200k units, else hnsw)"),
+        hnsw_m: int = typer.Option(32, "--hnsw-m", help="hnsw: graph neighbours per node (M)"),
+        ef_construction: int = typer.Option(200, help="hnsw: candidate list while building (efConstruction)"),
+        ef_search: int = typer.Option(128, help="hnsw: candidate list while searching (efSearch)"),
+        nlist: int = typer.Option(0, help="ivfpq: inverted lists (0: 4 * sqrt(units))"),
+        nprobe: int = typer.Option(16, help="ivfpq: lists scanned per query"),
+        pq_m: int = typer.Option(0, "--pq-m", help="ivfpq: sub-quantisers, bytes per code at 8 bits (0: dim / 8; divides dim)"),
+        pq_bits: int = typer.Option(8, "--pq-bits", help="ivfpq: bits per sub-quantiser code"),
+        train_size: int = typer.Option(0, help="ivfpq: training sample (0: min(units, 64 * nlist))"),
+        threads: int = typer.Option(0, help="FAISS threads (0: all cores)"),
     ):
         """Encode every vocabulary unit (once) and build the FAISS unit index.
 
-        Example: invemb index build --model runs/em-default --out runs/em-default/index
+        Examples:
+
+        \b
+          invemb index build --model runs/em-default --out runs/em-default/index
+          invemb index build --model runs/em-default --out idx-hnsw --kind hnsw --hnsw-m 16 --ef-construction 80 --ef-search 64
+          invemb index build --model runs/em-default --out idx-pq --kind ivfpq --nlist 1024 --nprobe 32 --pq-m 48
         """
         from invemb.api import run_kind
         from invemb.index import IndexConfig, UnitIndex
@@ -120,10 +134,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             vocab_obj = Vocab.load(vocab or default)
             fp = encoder_fingerprint(encoder)
             vecs = cached_unit_vectors(encoder, vocab_obj, out / "unit_vectors.safetensors", fp)
-        index = UnitIndex.build(vecs, vocab_obj.units, IndexConfig(kind=kind),
+        cfg = IndexConfig(kind=kind, hnsw_m=hnsw_m, hnsw_ef_construction=ef_construction, hnsw_ef_search=ef_search,
+                          ivf_nlist=nlist, ivf_nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, ivf_train_size=train_size,
+                          threads=threads)
+        index = UnitIndex.build(vecs, vocab_obj.units, cfg,
                                 meta={"model": str(model), "encoder_fingerprint": fp, "vocab_fingerprint": vocab_obj.fingerprint()})
         index.save(out)
-        emit({"units": len(vocab_obj), "kind": index.cfg.kind, "dim": index.dim, "out": str(out)})
+        emit({"units": len(vocab_obj), "kind": index.cfg.kind, "dim": index.dim, "out": str(out),
+              "config": index.cfg.to_dict()})
 
     @app.command("eval-inversion")
     @user_errors
