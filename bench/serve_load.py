@@ -58,7 +58,7 @@ def free_port() -> int:
 
 def start_server(args, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "invemb.cli", "serve", "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning"]
+           "--log-level", args.server_log_level]
     for kv in args.server_set:
         cmd += ["--set", kv]
     env = {k: v for k, v in os.environ.items() if k != "INVEMB_API_KEY"}
@@ -90,6 +90,12 @@ class Tally:
         self.sent = self.ok = self.failed = self.lost = self.texts = self.wrong = 0
         self.latencies: list[float] = []
         self.errors: dict[str, int] = {}
+        self.first_errors: list[str] = []  # when and what, for the first few
+
+    def error(self, key: str, t: float, detail: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(f"t={t:.1f}s {key}: {detail[:200]}")
 
 
 async def load(url: str, pool: list[str], ref: np.ndarray, args, seconds: float, pid: int | None) -> tuple[Tally, dict]:
@@ -116,12 +122,12 @@ async def load(url: str, pool: list[str], ref: np.ndarray, args, seconds: float,
                 r = await c.post("/v1/embeddings", json=body)
             except httpx.HTTPError as err:  # no answer at all: lost
                 tally.lost += 1
-                tally.errors[type(err).__name__] = tally.errors.get(type(err).__name__, 0) + 1
+                tally.error(type(err).__name__, t0 - t_start, f"after {time.perf_counter() - t0:.1f}s: {err!r}")
                 continue
             latency = time.perf_counter() - t0
             if r.status_code != 200:
                 tally.failed += 1
-                tally.errors[str(r.status_code)] = tally.errors.get(str(r.status_code), 0) + 1
+                tally.error(str(r.status_code), t0 - t_start, r.text)
                 continue
             rows = r.json()["data"]
             if args.encoding_format == "base64":
@@ -168,6 +174,7 @@ def main() -> None:
     ap.add_argument("--input", default=None, help='JSONL of {"text": ...} (default: Brown sentences)')
     ap.add_argument("--server-set", action="append", default=[], help="ServeConfig override for the server (repeat)")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout, seconds")
+    ap.add_argument("--server-log-level", default="warning")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -218,7 +225,7 @@ def main() -> None:
         "encoding_format": args.encoding_format, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "server_set": args.server_set,
         "requests": {"sent": tally.sent, "answered_ok": tally.ok, "failed": tally.failed, "lost": tally.lost,
-                     "wrong_vectors": tally.wrong, "errors": tally.errors},
+                     "wrong_vectors": tally.wrong, "errors": tally.errors, "first_errors": tally.first_errors},
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)), 1),
                        "p99": round(float(np.percentile(lat, 99)), 1), "max": round(float(lat.max()), 1)} if len(lat) else {},
         "served_texts_per_s": round(served, 1),

@@ -190,3 +190,16 @@ def test_usage_counts_tokens_with_a_hf_tokenizer(tiny_bert_dir):
     service = load_service(tiny_bert_dir)
     assert service.name == Path(tiny_bert_dir).name
     assert service.count_tokens(["the cat", "the cat sat on the mat"]) == [4, 8]  # with [CLS] and [SEP]
+
+
+def test_freed_memory_is_trimmed_at_most_once_per_interval(recording_encoder):
+    from invemb.serve.app import ServeConfig, Service, malloc_trim
+
+    assert malloc_trim() is None or callable(malloc_trim())
+    service = Service(recording_encoder, cfg=ServeConfig(trim_interval_s=3600))
+    calls = []
+    service._trim = calls.append
+    for _ in range(3):
+        service._encode_batch(["a", "b"])
+    assert calls == [0]  # the first call trims; the next ones fall inside the interval
+    assert Service(recording_encoder, cfg=ServeConfig(trim_interval_s=0))._trim is None

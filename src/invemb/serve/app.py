@@ -20,6 +20,7 @@ import dataclasses
 import hmac
 import ipaddress
 import threading
+import time
 from typing import Any, Callable
 
 import torch
@@ -42,6 +43,7 @@ class ServeConfig(Config):
     max_beam: int = 16
     max_pending_inversions: int = 4  # inversions take seconds: more waiting than this -> 503
     access_log: bool = False  # one log line per request costs real CPU under load
+    trim_interval_s: float = 1.0  # return freed heap to the OS at most this often (glibc malloc_trim); 0: never
 
     def check(self) -> "ServeConfig":
         if not 0 <= self.port <= 65535:
@@ -50,8 +52,9 @@ class ServeConfig(Config):
                      "max_chars_per_text", "max_body_bytes", "max_beam", "max_pending_inversions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name in ("max_wait_ms", "trim_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         return self
 
 
@@ -120,14 +123,22 @@ class Service:
                                     self.cfg.max_queued_texts)
         self._invert_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.inversions_pending = 0
+        self._trim = malloc_trim() if self.cfg.trim_interval_s > 0 else None
+        self._last_trim = 0.0
 
     def _encode_batch(self, texts: list[str]) -> tuple:
         """Runs in the batcher's worker thread: (N, D) float32 vectors and N token counts."""
         with self.lock, torch.inference_mode():
             vecs = self.encoder.encode(texts, batch_size=self.cfg.encode_batch_size)
             tokens = self.count_tokens(texts)
-        vecs = check_vectors(vecs, len(texts), self.dim, "encoder", "serve")
-        return vecs.detach().float().cpu().numpy(), tokens
+        vecs = check_vectors(vecs, len(texts), self.dim, "encoder", "serve").detach().float().cpu().numpy()
+        # glibc keeps the activations' freed memory in its arenas, and batches of ever-new shapes make
+        # the process grow for minutes (+25% RSS in a 60 s load run); a trim now and then keeps it flat
+        # for about 10 ms each time.
+        if self._trim is not None and time.monotonic() - self._last_trim >= self.cfg.trim_interval_s:
+            self._trim(0)
+            self._last_trim = time.monotonic()
+        return vecs, tokens
 
     def invert_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         # Inversions run in their own thread so a seconds-long beam search never holds up embeddings.
@@ -155,6 +166,17 @@ class Service:
                                param=param, code="text_too_long")
             if not t.strip():
                 raise APIError(422, f"text {i} is empty or whitespace only", param=param, code="empty_text")
+
+
+def malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (hand freed heap pages back to the OS), or None where there is none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
 
 
 def load_service(model: str, controller: str | None = None, cfg: ServeConfig | None = None,
