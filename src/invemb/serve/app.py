@@ -124,7 +124,7 @@ class Service:
         self._invert_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.inversions_pending = 0
         self._trim = malloc_trim() if self.cfg.trim_interval_s > 0 else None
-        self._last_trim = 0.0
+        self._last_trim = float("-inf")  # the first call trims
 
     def _encode_batch(self, texts: list[str]) -> tuple:
         """Runs in the batcher's worker thread: (N, D) float32 vectors and N token counts."""
