@@ -50,7 +50,7 @@ class CachedHeadEncoder:
         order = np.argsort(self.cache.lengths(rows), kind="stable")
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
-            out[idx] = head_forward(self.head, self.cache, rows[idx]).embedding
+            out[idx] = head_forward(self.head, self.cache, rows[idx]).embedding.float().cpu()
         self.head.train(was_training)
         return out
 
@@ -164,12 +164,12 @@ class EMTask:
             z_pos = head_forward(model, self.cache, self.unit_rows[np.array(anchors)], jitter=L.jitter).embedding  # (A, D)
             extra = mask = None
             if L.antonym:
-                ant_idx = torch.tensor([pool_index[ant_of[u]] if u in ant_of else -1 for u in anchors])
+                ant_idx = torch.tensor([pool_index[ant_of[u]] if u in ant_of else -1 for u in anchors], device=z.device)
                 cand = torch.cat([z_pos, z[A:]], dim=0)  # antonyms are looked up among the pool rows
                 extra, mask = losses.antonym_negatives(z[:A], cand, ant_idx, L.hard_k)
             qmask = None
             if L.queue and len(self.queue):
-                qmask = self.queue_ids.unsqueeze(0) == torch.tensor(anchors).unsqueeze(1)  # (A, Q)
+                qmask = (self.queue_ids.unsqueeze(0) == torch.tensor(anchors).unsqueeze(1)).to(z.device)  # (A, Q)
             terms["contrastive"] = losses.hard_negative_infonce(z[:A], z_pos, tau, L.hard_k, extra, mask,
                                                                 self.queue.to(z.device) if L.queue else None, qmask)
             total = total + w["contrastive"] * terms["contrastive"]
@@ -324,7 +324,7 @@ def head_dev_metrics(head: TokenHead, data: EMData, cache: FeatureCache, unit_ro
     head.eval()
     dev_rows = unit_rows[data.dev_units]
     out = head_forward(head, cache, dev_rows)
-    recon_cos = F.cosine_similarity(out.reconstruction, cache.pooled(dev_rows), dim=-1).mean().item()
+    recon_cos = F.cosine_similarity(out.reconstruction.float().cpu(), cache.pooled(dev_rows), dim=-1).mean().item()
     metrics = {"dev_recon_cos": recon_cos, **dev_metrics(CachedHeadEncoder(cache, head), data, all_unit_vectors(head, cache, unit_rows))}
     head.train(was)
     return metrics

@@ -62,13 +62,14 @@ class Placer(nn.Module):
             raise ValueError(f"buffer of {length} units is longer than the Placer's max_len {self.cfg.max_len}")
         n = s.mask.sum(1)  # (B,)
         seq = length + 4
-        vec = torch.zeros(b, seq, 2 * d, dtype=s.units.dtype)  # (B, S, 2D)
+        dev = s.units.device
+        vec = torch.zeros(b, seq, 2 * d, dtype=s.units.dtype, device=dev)  # (B, S, 2D)
         vec[:, 0, :d] = s.target
         vec[:, 0, d:] = s.residual
         vec[:, 1, :d] = candidate
         vec[:, 3:3 + length] = torch.cat([s.units, s.chunks], dim=-1)  # (B, L, 2D)
-        arange = torch.arange(seq)
-        types = torch.full((b, seq), PAD, dtype=torch.long)
+        arange = torch.arange(seq, device=dev)
+        types = torch.full((b, seq), PAD, dtype=torch.long, device=dev)
         types[:, 0], types[:, 1], types[:, 2] = TARGET, CANDIDATE, BOS
         in_buffer = (arange >= 3) & (arange < 3 + n.unsqueeze(1))  # (B, S)
         types[in_buffer] = UNIT
@@ -79,7 +80,7 @@ class Placer(nn.Module):
         left, right = h[:, 2:3 + length], h[:, 3:4 + length]  # (B, L + 1, M) tokens around each slot
         cand = h[:, 1:2].expand_as(left)  # (B, L + 1, M)
         slot_logits = self.slot(torch.cat([left, right, cand], dim=-1)).squeeze(-1)  # (B, L + 1)
-        slots = torch.arange(length + 1).unsqueeze(0)
+        slots = torch.arange(length + 1, device=dev).unsqueeze(0)
         slot_logits = slot_logits.masked_fill(slots > n.unsqueeze(1), float("-inf"))
         unit_scores = self.move(h[:, 3:3 + length]).squeeze(-1).masked_fill(~s.mask, float("-inf"))  # (B, L)
         move_logits = torch.cat([self.move(h[:, 0]), unit_scores], dim=1)  # (B, L + 1)

@@ -169,12 +169,15 @@ class ControllerTask:
         return list(iterate_minibatches(len(self.data.states), self.cfg.batch_size, generator))
 
     def _losses(self, model: ControllerModel, data: StateSet, batch: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summaries are built on the CPU (where the states live) and moved to the model's device."""
         cfg, uv = self.cfg, self.unit_vectors
+        dev = next(model.parameters()).device
+        to = lambda summary: type(summary)(*(t.to(dev) for t in summary))  # noqa: E731
         sents = [data.states[j][0] for j in batch]
         placed = [data.states[j][1] for j in batch]
         targets = data.targets[sents]  # (B, D)
         buffers = [[data.units[s][p] for p in pos] for s, pos in zip(sents, placed)]
-        s = summarise(targets, buffers, data.buffer_vecs[batch], uv, cfg.chunk)
+        s = to(summarise(targets, buffers, data.buffer_vecs[batch], uv, cfg.chunk))
         sel = model.selector(s)
         # Candidates: every gold unit of the batch's sentences plus their hard negatives.
         cand = torch.unique(torch.tensor([u for i in sents for u in data.units[i]] + data.hard[sents].flatten().tolist()))
@@ -184,8 +187,8 @@ class ControllerTask:
         for b, (si, miss) in enumerate(zip(sents, missing)):
             for p in miss:
                 positive[b, col[data.units[si][p]]] = True
-        loss_sel = multi_positive_infonce(sel.intention, uv[cand], positive, model.selector.cfg.temperature)
-        done = torch.tensor([float(not m) for m in missing])
+        loss_sel = multi_positive_infonce(sel.intention, uv[cand].to(dev), positive.to(dev), model.selector.cfg.temperature)
+        done = torch.tensor([float(not m) for m in missing], device=dev)
         loss_stop = F.binary_cross_entropy_with_logits(sel.stop_logit, done)
 
         # Placer on the states with something missing.
@@ -211,11 +214,12 @@ class ControllerTask:
                 gold_slot.append(sum(1 for p in pos if p < m))
             moved_bufs.append(buf)
         rows_t = torch.tensor(rows)
-        sp = summarise(targets[rows_t], moved_bufs, data.buffer_vecs[[batch[b] for b in rows]], uv, cfg.chunk)
-        out = model.placer(sp, uv[torch.tensor(cand_units)])
-        gold = torch.tensor(gold_slot)
+        sp = to(summarise(targets[rows_t], moved_bufs, data.buffer_vecs[[batch[b] for b in rows]], uv, cfg.chunk))
+        out = model.placer(sp, uv[torch.tensor(cand_units)].to(dev))
+        gold = torch.tensor(gold_slot, device=dev)
         loss_place = F.cross_entropy(out.slot_logits.masked_fill(torch.isinf(out.slot_logits), -1e4), gold, ignore_index=-100)
-        loss_move = F.cross_entropy(out.move_logits.masked_fill(torch.isinf(out.move_logits), -1e4), torch.tensor(move_gold))
+        loss_move = F.cross_entropy(out.move_logits.masked_fill(torch.isinf(out.move_logits), -1e4),
+                                    torch.tensor(move_gold, device=dev))
         valid = gold >= 0
         acc = (out.slot_logits.argmax(-1)[valid] == gold[valid]).float().mean().item() if valid.any() else float("nan")
         total = loss_sel + loss_place + cfg.stop_weight * loss_stop + cfg.move_weight * loss_move
@@ -236,7 +240,9 @@ class ControllerTask:
         sents = [dev.states[j][0] for j in batch]
         buffers = [[dev.units[s][p] for p in pos] for s, (_, pos) in zip(sents, dev.states)]
         s = summarise(dev.targets[sents], buffers, dev.buffer_vecs, self.unit_vectors, self.cfg.chunk)
-        sel = self.model.selector(s)
+        dev_ = next(self.model.parameters()).device
+        sel = self.model.selector(type(s)(*(t.to(dev_) for t in s)))
+        sel = type(sel)(*(t.float().cpu() for t in sel))
         missing = [{dev.units[si][p] for p in _missing(dev.units[si], pos)} for si, (_, pos) in zip(sents, dev.states)]
         rows = [i for i, m in enumerate(missing) if m]
 
