@@ -47,3 +47,19 @@ def test_features_build_with_two_shards_equals_one_process(tmp_path, tiny_bert_d
 def test_shard_count_is_checked(tmp_path, tiny_bert_dir):
     with pytest.raises(ValueError, match="at least 1"):
         build_features(["x"], tmp_path, BackboneConfig(path=tiny_bert_dir), shards=0)
+
+
+def test_two_processes_sharing_a_cache_never_duplicate_or_misalign_rows(tmp_path, tiny_bert_dir):
+    """Two handles on one folder (as two runs on one backbone would hold), each with a stale view:
+    an append first catches up with the other's rows, so rows stay aligned with their texts."""
+    backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir, max_length=32))
+    a, b = FeatureCache(tmp_path, backbone), FeatureCache(tmp_path, backbone)
+    ra = a.ensure(["the cat", "a dog", "the river bank"], progress=False)
+    rb = b.ensure(["a dog", "new york city", "the cat sat"], progress=False)  # b has not seen a's rows
+    assert list(ra) == [0, 1, 2] and list(rb) == [1, 3, 4]
+    again = FeatureCache(tmp_path, backbone)
+    assert again.texts == ["the cat", "a dog", "the river bank", "new york city", "the cat sat"]
+    expect = backbone.features(again.texts)
+    torch.testing.assert_close(again.pooled(range(5)), expect, rtol=1e-5, atol=1e-6)
+    states, mask = again.tokens([3, 4])
+    assert int(mask[0].sum()) == len(backbone.tokenize(["new york city"])["input_ids"][0])

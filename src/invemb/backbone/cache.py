@@ -10,7 +10,10 @@ backbone setting (``<root>/<cache_key>/``) holds:
 - ``texts.jsonl``: the texts in row order; ``meta.json``: backbone identity and row counts.
 
 Appends are crash-safe: data is appended and fsynced first, ``meta.json`` (the row count) is
-replaced atomically last, and on open anything past the recorded count is ignored.
+replaced atomically last, and on open anything past the recorded count is ignored. Two processes
+may share a cache (two runs on one backbone, a run and a bench): opening and every appended chunk
+hold an exclusive ``flock`` on ``<dir>/.lock``, and an append first catches up with rows another
+process added (texts it finds already there are not written twice).
 
 Sharded extraction: ``ensure(texts, shard=True)`` in every process of a torch.distributed group
 (``torchrun``, or :func:`build_features` with ``shards > 1``, which spawns the processes itself)
@@ -24,6 +27,7 @@ writes its batches of a chunk to a staging folder; rank 0 merges a chunk once al
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -46,16 +50,32 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.hidden = backbone.hidden
         meta_path = self.dir / "meta.json"
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            self.n, self.total_tokens = meta["n"], meta["total_tokens"]
-            self.texts = self._read_texts()
-        else:
-            self.n, self.total_tokens, self.texts = 0, 0, []
-            atomic_write_json(meta_path, self._meta())
-        self.rows = {t: i for i, t in enumerate(self.texts)}
-        self._truncate_to_meta()
+        with self._locked():
+            if meta_path.exists():
+                meta = json.loads(meta_path.read_text())
+                self.n, self.total_tokens = meta["n"], meta["total_tokens"]
+                self.texts = self._read_texts()
+            else:
+                self.n, self.total_tokens, self.texts = 0, 0, []
+                atomic_write_json(meta_path, self._meta())
+            self.rows = {t: i for i, t in enumerate(self.texts)}
+            self._truncate_to_meta()
         self._open()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive lock on the cache folder (``fcntl.flock``; a no-op where there is none)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        with open(self.dir / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _read_texts(self) -> list[str]:
         path = self.dir / "texts.jsonl"  # absent in a cache opened but never appended to
@@ -122,6 +142,19 @@ class FeatureCache:
 
     def _write_chunk(self, part: list[str], pooled: np.ndarray, tokens: list[np.ndarray]) -> None:
         """Append one chunk: data files first (fsynced), meta.json (the row count) last."""
+        with self._locked():
+            meta = json.loads((self.dir / "meta.json").read_text())
+            if meta["n"] != self.n:  # another process appended since this one looked: catch up first
+                self.n, self.total_tokens = meta["n"], meta["total_tokens"]
+                self.texts = self._read_texts()
+                self.rows = {t: i for i, t in enumerate(self.texts)}
+            keep = [i for i, t in enumerate(part) if t not in self.rows]
+            if len(keep) < len(part):
+                part, pooled, tokens = [part[i] for i in keep], pooled[keep], [tokens[i] for i in keep]
+            if part:
+                self._append_files(part, pooled, tokens)
+
+    def _append_files(self, part: list[str], pooled: np.ndarray, tokens: list[np.ndarray]) -> None:
         lengths = np.array([t.shape[0] for t in tokens], dtype=np.int64)
         with open(self.dir / "pooled.f32", "ab") as fh:
             pooled.astype(np.float32).tofile(fh)
