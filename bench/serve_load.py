@@ -9,7 +9,7 @@ Reports requests sent / answered / failed / lost (target: 0 failed, 0 lost), wro
 returned row is checked against the direct encode of its text), p50 / p99 latency, served texts/s,
 and the ratio served / direct texts/s (target >= 0.7; direct is timed before and after the load,
 mean of the two, so drifting machine load hits both sides alike), and the server's resident memory
-sampled every second over the run (target: flat within 10%; first / last / max reported). The load
+sampled every half second over the run (target: flat within 10%; first / last / max reported). The load
 generator shares the machine's cores with the server: its CPU time and the load average are
 reported beside the figures. Texts: Brown corpus sentences (`make data`) or ``--input F.jsonl``.
 Writes bench/out/serve_load.json (and the server's log beside it).
@@ -100,7 +100,7 @@ class Tally:
 
 async def load(url: str, pool: list[str], ref: np.ndarray, args, seconds: float, pid: int | None) -> tuple[Tally, dict]:
     """``args.clients`` workers, each posting one request after another until ``seconds`` pass;
-    requests in flight at the deadline are awaited and counted. Samples the server's RSS every second."""
+    requests in flight at the deadline are awaited and counted. Samples the server's RSS every --rss-every seconds."""
     import httpx
     import psutil
 
@@ -147,7 +147,7 @@ async def load(url: str, pool: list[str], ref: np.ndarray, args, seconds: float,
         proc = psutil.Process(pid) if pid else None
         while proc is not None and time.perf_counter() < stop_at:
             rss.append((round(time.perf_counter() - t_start, 1), proc.memory_info().rss / 2**20))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(args.rss_every)
 
     me = psutil.Process()
     cpu0 = sum(me.cpu_times()[:2])
@@ -175,6 +175,7 @@ def main() -> None:
     ap.add_argument("--server-set", action="append", default=[], help="ServeConfig override for the server (repeat)")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout, seconds")
     ap.add_argument("--server-log-level", default="warning")
+    ap.add_argument("--rss-every", type=float, default=0.5, help="seconds between server RSS samples")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -219,6 +220,12 @@ def main() -> None:
     served = tally.texts / run["elapsed_s"]
     direct = (direct_before + direct_after) / 2
     rss = [m for _, m in run["rss"]]
+    # RSS swings with each encode call's activations; a leak shows as a rising envelope, so the max
+    # and min of each 10 s window are reported beside first / last / max.
+    windows = {}
+    for t, m in run["rss"]:
+        windows.setdefault(int(t // 10), []).append(m)
+    envelope = [[round(min(v), 1), round(max(v), 1)] for _, v in sorted(windows.items())]
     payload = {
         "bench": "serve_load", "model": args.model, "dim": health["dim"], "clients": args.clients,
         "duration_s": round(run["elapsed_s"], 1), "texts_per_request": args.texts_per_request,
@@ -235,6 +242,8 @@ def main() -> None:
         "server_rss_mib": {"after_load": round(rss_loaded, 1), "first": round(rss[0], 1), "last": round(rss[-1], 1),
                            "max": round(max(rss), 1), "min": round(min(rss), 1),
                            "max_over_first": round(max(rss) / rss[0] - 1, 4), "last_over_first": round(rss[-1] / rss[0] - 1, 4),
+                           "window_10s_min_max": envelope,
+                           "last_window_max_over_first_window_max": round(envelope[-1][1] / envelope[0][1] - 1, 4),
                            "samples": [round(m, 1) for m in rss]} if rss else {},
         "cpu_s": {"server": round(server_cpu, 1), "load_generator": round(run["client_cpu_s"], 1)},
         "load_avg_1m": {"before_direct": load_before, "start": load_start, "end": load_end},
@@ -250,8 +259,10 @@ def main() -> None:
           f"after {direct_after:.1f}) -> ratio {served / direct:.3f} (target >= 0.7); "
           f"mean batch {stats['mean_batch_texts']} texts")
     if m:
-        print(f"server RSS MiB: first {m['first']}  last {m['last']}  max {m['max']}  (max/first - 1 = "
-              f"{m['max_over_first']:+.1%}, target within 10%)")
+        print(f"server RSS MiB: first {m['first']}  last {m['last']}  max {m['max']}  min {m['min']}  (max/first - 1 = "
+              f"{m['max_over_first']:+.1%}, target within 10%); per 10 s window min-max "
+              + " ".join(f"{lo:.0f}-{hi:.0f}" for lo, hi in m["window_10s_min_max"])
+              + f" (last/first window max - 1 = {m['last_window_max_over_first_window_max']:+.1%})")
     print(f"cpu s: server {payload['cpu_s']['server']}, load generator {payload['cpu_s']['load_generator']}; "
           f"load avg 1m {load_start:.2f} -> {load_end:.2f} on {os.cpu_count()} cores")
     print(f"wrote {path}")
