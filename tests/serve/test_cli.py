@@ -81,6 +81,14 @@ def test_public_host_without_key_warns(started):
     assert "without an API key" in res.output and started["host"] == "0.0.0.0"
 
 
+def test_a_controller_run_as_model_is_explained(trained_toy_run, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("must not start"))
+    res = runner.invoke(app, ["serve", "--model", str(trained_toy_run[0])])
+    assert res.exit_code == 2 and "pass it as --controller" in res.output
+
+
 def test_controller_of_another_encoder_is_refused(trained_toy_run, tiny_bert_dir, monkeypatch):
     import uvicorn
 

@@ -185,7 +185,10 @@ def load_service(model: str, controller: str | None = None, cfg: ServeConfig | N
     from pathlib import Path
 
     import invemb
+    from invemb.api import run_kind
 
+    if run_kind(model) == "controller":
+        raise ValueError(f"{model} is a controller run: pass it as --controller, and its encoder as --model")
     encoder = invemb.load(model)
     service = Service(encoder, None, cfg, name=name or _model_name(model))
     if controller:
