@@ -20,7 +20,9 @@ recall@10 against flat, over a sweep of efSearch (HNSW) and nprobe (IVF-PQ).
 HNSW at 1M x 384 is the slow build: on 2 shared cores M=32 / efConstruction=200 (the library
 defaults) takes well over the 10-minute budget, so this bench builds M=16, efConstruction=40
 (``--hnsw-m``, ``--ef-construction``) and lets efSearch buy the recall back at query time.
-IVF-PQ: 1024 lists, 48 sub-quantisers of 8 bits (48 bytes a vector), trained on 40,960 vectors.
+IVF-PQ: 1024 lists, 48 sub-quantisers of 8 bits (48 bytes a vector), trained on 40,960 vectors;
+its recall is bounded by the quantisation, so a second variant re-ranks 8 * k PQ candidates with
+the exact vectors (``refine_k_factor``; memory of flat plus the codes).
 """
 from __future__ import annotations
 
@@ -183,11 +185,12 @@ def main() -> None:
     ap.add_argument("--max-encode", type=int, default=20000, help="units the cache lacks that are encoded at most")
     ap.add_argument("--hnsw-m", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=40)
-    ap.add_argument("--ef-search", default="16,32,64,128")
+    ap.add_argument("--ef-search", default="16,32,64,128,256,512")
     ap.add_argument("--nlist", type=int, default=1024)
     ap.add_argument("--nprobe", default="8,16,32,64")
     ap.add_argument("--pq-m", type=int, default=48)
     ap.add_argument("--train-size", type=int, default=40960)
+    ap.add_argument("--refine", type=int, default=8, help="k_factor of the ivfpq+refine variant (0: skip it)")
     args = ap.parse_args()
 
     import faiss
@@ -196,6 +199,7 @@ def main() -> None:
     from invemb.backbone.hf import BackboneConfig, HFBackbone
     from invemb.eval.data import wiki_sentences
     from invemb.index import IndexConfig
+    from invemb.index.faiss_index import set_nprobe
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -226,6 +230,16 @@ def main() -> None:
         log(f"ivfpq nprobe={nprobe}: {sweep[f'nprobe={nprobe}']}")
     results["ivfpq"] = {**st, "search": sweep}
     del ivf
+
+    if args.refine:
+        ref, st = build("ivfpq_refine", x, ivf_cfg.replace(refine_k_factor=args.refine))
+        sweep = {}
+        for nprobe in (int(v) for v in args.nprobe.split(",")):
+            set_nprobe(ref, nprobe)
+            sweep[f"nprobe={nprobe}"], _ = search_stats(ref, q, exact, args.singles)
+            log(f"ivfpq+refine nprobe={nprobe}: {sweep[f'nprobe={nprobe}']}")
+        results["ivfpq_refine"] = {**st, "search": sweep}
+        del ref
 
     hnsw_cfg = IndexConfig(kind="hnsw", hnsw_m=args.hnsw_m, hnsw_ef_construction=args.ef_construction, threads=args.threads)
     hnsw, st = build("hnsw", x, hnsw_cfg)

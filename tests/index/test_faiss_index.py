@@ -58,6 +58,20 @@ def test_ivfpq_parameters_and_training_sample(data, tmp_path):
     assert _recall(idx.search(q, 10)[1], exact) >= _recall(back.search(q, 10)[1], exact)
 
 
+def test_ivfpq_with_exact_refinement(data, tmp_path):
+    x, units, q, exact = data
+    cfg = IndexConfig(kind="ivfpq", ivf_nlist=32, ivf_nprobe=16, pq_m=8, refine_k_factor=8)
+    idx = UnitIndex.build(x, units, cfg)
+    plain = UnitIndex.build(x, units, cfg.replace(refine_k_factor=0))
+    assert _recall(idx.search(q, 10)[1], exact) > max(0.9, _recall(plain.search(q, 10)[1], exact))
+    scores, ids = idx.search(q, 10)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", q, x[ids]), rtol=1e-5, atol=1e-5)  # exact cosines
+    idx.save(tmp_path / "r")
+    back = UnitIndex.load(tmp_path / "r")
+    assert back.index.k_factor == 8
+    np.testing.assert_array_equal(back.search(q, 10)[1], ids)
+
+
 def test_ivfpq_refuses_too_few_vectors_with_a_clear_message():
     x = _vectors(100)
     with pytest.raises(ValueError, match="ivfpq needs at least 256 training vectors"):
@@ -88,8 +102,9 @@ def test_cli_defaults_are_the_config_defaults():
     cfg = IndexConfig()
     assert (params["hnsw_m"], params["ef_construction"], params["ef_search"]) == \
         (cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search)
-    assert (params["nlist"], params["nprobe"], params["pq_m"], params["pq_bits"], params["train_size"], params["threads"]) == \
-        (cfg.ivf_nlist, cfg.ivf_nprobe, cfg.pq_m, cfg.pq_bits, cfg.ivf_train_size, cfg.threads)
+    assert (params["nlist"], params["nprobe"], params["pq_m"], params["pq_bits"], params["train_size"], params["refine"],
+            params["threads"]) == (cfg.ivf_nlist, cfg.ivf_nprobe, cfg.pq_m, cfg.pq_bits, cfg.ivf_train_size,
+                                   cfg.refine_k_factor, cfg.threads)
 
 
 def test_cli_index_build_passes_faiss_parameters(tmp_path, tiny_bert_dir):

@@ -13,6 +13,8 @@ Which kind for how many units (``bench/index_scale.py`` measures all three on 1M
 - ``ivfpq``: inverted lists of product-quantised codes (``pq_m`` bytes a unit at 8 bits), by far
   the smallest; recall is bounded by the quantisation (``ivf_nprobe`` lists are scanned). The
   coarse quantiser and the codebooks are trained on a seeded sample of ``ivf_train_size`` vectors.
+  ``refine_k_factor`` > 0 re-ranks ``k * refine_k_factor`` PQ candidates with the exact vectors
+  (FAISS's IndexRefineFlat): recall close to flat at IVF speed, memory of flat plus the codes.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class IndexConfig(Config):
     ivf_train_size: int = 0  # vectors the IVF / PQ training sees (seeded sample); 0 = min(N, 64 * nlist)
     pq_m: int = 0  # sub-quantisers (bytes per code at 8 bits); 0 = dim // 8 (must divide dim)
     pq_bits: int = 8
+    refine_k_factor: int = 0  # ivfpq: re-rank k * this many PQ candidates with the exact vectors (0: off)
     threads: int = 0  # 0 = FAISS default (all cores)
     seed: int = 0  # the IVF training sample
 
@@ -53,6 +56,13 @@ def _faiss():
     except ImportError:  # pragma: no cover - faiss-cpu is a dependency
         raise ImportError("faiss is not installed: `pip install faiss-cpu`") from None
     return faiss
+
+
+def set_nprobe(index, nprobe: int) -> None:
+    """nprobe of an IVF index, also when it sits under a refinement stage."""
+    faiss = _faiss()
+    base = faiss.downcast_index(index.base_index) if hasattr(index, "base_index") else index
+    base.nprobe = nprobe
 
 
 class UnitIndex:
@@ -101,6 +111,9 @@ class UnitIndex:
             sample = x if n_train >= n else x[np.sort(np.random.default_rng(cfg.seed).choice(n, n_train, replace=False))]
             index.train(sample)
             index.nprobe = cfg.ivf_nprobe
+            if cfg.refine_k_factor:
+                index = faiss.IndexRefineFlat(index)
+                index.k_factor = cfg.refine_k_factor
         index.add(x)
         return cls(index, units, cfg.replace(kind=kind), meta)
 
@@ -139,7 +152,9 @@ class UnitIndex:
         if cfg.kind == "hnsw":
             index.hnsw.efSearch = cfg.hnsw_ef_search
         elif cfg.kind == "ivfpq":
-            index.nprobe = cfg.ivf_nprobe
+            set_nprobe(index, cfg.ivf_nprobe)
+            if cfg.refine_k_factor:
+                index.k_factor = cfg.refine_k_factor
         units = json.loads((path / "units.json").read_text(encoding="utf-8"))
         info.pop("dim", None)
         info.pop("size", None)

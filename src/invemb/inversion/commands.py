@@ -100,6 +100,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         pq_m: int = typer.Option(0, "--pq-m", help="ivfpq: sub-quantisers, bytes per code at 8 bits (0: dim / 8; divides dim)"),
         pq_bits: int = typer.Option(8, "--pq-bits", help="ivfpq: bits per sub-quantiser code"),
         train_size: int = typer.Option(0, help="ivfpq: training sample (0: min(units, 64 * nlist))"),
+        refine: int = typer.Option(0, help="ivfpq: re-rank k * REFINE PQ candidates with the exact vectors (0: off)"),
         threads: int = typer.Option(0, help="FAISS threads (0: all cores)"),
     ):
         """Encode every vocabulary unit (once) and build the FAISS unit index.
@@ -136,7 +137,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             vecs = cached_unit_vectors(encoder, vocab_obj, out / "unit_vectors.safetensors", fp)
         cfg = IndexConfig(kind=kind, hnsw_m=hnsw_m, hnsw_ef_construction=ef_construction, hnsw_ef_search=ef_search,
                           ivf_nlist=nlist, ivf_nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, ivf_train_size=train_size,
-                          threads=threads)
+                          refine_k_factor=refine, threads=threads)
         index = UnitIndex.build(vecs, vocab_obj.units, cfg,
                                 meta={"model": str(model), "encoder_fingerprint": fp, "vocab_fingerprint": vocab_obj.fingerprint()})
         index.save(out)
