@@ -170,7 +170,8 @@ def main() -> None:
                     help="base64 is what the openai client asks for by default")
     ap.add_argument("--pool", type=int, default=2000, help="distinct texts the requests draw from")
     ap.add_argument("--direct-after", type=int, default=1000, help="texts re-timed directly after the load")
-    ap.add_argument("--batch-size", type=int, default=64, help="encode batch size of the direct peer")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="encode batch size of the direct peer (default: the server's encode_batch_size)")
     ap.add_argument("--input", default=None, help='JSONL of {"text": ...} (default: Brown sentences)')
     ap.add_argument("--server-set", action="append", default=[], help="ServeConfig override for the server (repeat)")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request client timeout, seconds")
@@ -184,6 +185,11 @@ def main() -> None:
 
     import invemb
 
+    from invemb.config import parse_overrides
+    from invemb.serve.app import ServeConfig
+
+    if args.batch_size is None:  # the direct peer encodes in the same chunks as the server
+        args.batch_size = ServeConfig().replace(**parse_overrides(args.server_set)).encode_batch_size
     OUT.mkdir(parents=True, exist_ok=True)
     pool = load_texts(args.input, args.pool, args.seed)
     port = free_port()
@@ -230,7 +236,7 @@ def main() -> None:
         "bench": "serve_load", "model": args.model, "dim": health["dim"], "clients": args.clients,
         "duration_s": round(run["elapsed_s"], 1), "texts_per_request": args.texts_per_request,
         "encoding_format": args.encoding_format, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "server_set": args.server_set,
+        "server_set": args.server_set, "direct_batch_size": args.batch_size,
         "requests": {"sent": tally.sent, "answered_ok": tally.ok, "failed": tally.failed, "lost": tally.lost,
                      "wrong_vectors": tally.wrong, "errors": tally.errors, "first_errors": tally.first_errors},
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)), 1),

@@ -35,7 +35,10 @@ class ServeConfig(Config):
     port: int = 8000  # 0 picks a free port
     max_batch_texts: int = 256  # texts merged into one encode call
     max_wait_ms: float = 5.0  # how long the oldest waiting request holds the batch open for others
-    encode_batch_size: int = 64  # the encoder's own batch size inside one call
+    # The encoder's own batch size inside one call. A call holds a few hundred texts of mixed lengths,
+    # sorted by length; smaller chunks pad less (MiniLM, Brown sentences, 131-text calls: 40.6 padded
+    # tokens a text at 64, 32.0 at 32; 22.7 vs 16.7 CPU ms a text) and cost CPUs little else.
+    encode_batch_size: int = 32
     max_queued_texts: int = 65536  # beyond this the server answers 503 at once
     max_texts_per_request: int = 2048  # as OpenAI's embeddings endpoint
     max_chars_per_text: int = 16384
