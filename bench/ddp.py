@@ -88,6 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--families", default="scratch,tiered,em,controller")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--single-threads", type=int, default=2, help="torch threads of the 1-process run (2: the same cores)")
     args = ap.parse_args()
     work = OUT / "ddp-work"
     shutil.rmtree(work, ignore_errors=True)
@@ -108,7 +109,8 @@ def main() -> None:
         two, one = work / f"{family}-two", work / f"{family}-one"
         wall_two = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", invemb, "train", *fam,
                         "--out", str(two)], 1, work / f"{family}-two.log")
-        wall_one = run([invemb, "train", *fam, "--set", "train.grad_accum=2", "--out", str(one)], 2, work / f"{family}-one.log")
+        wall_one = run([invemb, "train", *fam, "--set", "train.grad_accum=2", "--out", str(one)], args.single_threads,
+                       work / f"{family}-one.log")
         results[family] = {
             **compare(curves(one), curves(two)),
             "wall_s": {"two_processes": round(wall_two, 1), "one_process_accum2": round(wall_one, 1)},
@@ -116,7 +118,8 @@ def main() -> None:
                         "one_process_accum2": reported_train_seconds(family, one, work / f"{family}-one.log")},
         }
         print(family, json.dumps(results[family]), file=sys.stderr, flush=True)
-    write("ddp", {"preset": "tiny", "epochs": args.epochs, "threads": "2 processes x 1 thread vs 1 process x 2 threads",
+    write("ddp", {"preset": "tiny", "epochs": args.epochs,
+                  "threads": f"2 processes x 1 thread vs 1 process x {args.single_threads} thread(s)",
                   "total_s": round(time.perf_counter() - t_all, 1), "families": results})
 
 
