@@ -69,11 +69,17 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         preset: str = typer.Option("default", help="tiny | default | full"),
         out: Path = typer.Option(None, help="run folder (default: runs/em-PRESET)"),
         resume: bool = typer.Option(False, "--resume", help="continue a killed demo run"),
+        inversion: bool = typer.Option(True, "--inversion/--no-inversion",
+                                       help="go on to train an inversion controller and invert held-out sentences"),
+        controller_out: Path = typer.Option(None, help="controller run folder (default: runs/controller-PRESET)"),
     ):
-        """The main job: corpus -> vocabulary -> lexicon -> features -> train EM -> report.
+        """The main job: corpus -> vocabulary -> lexicon -> features -> train EM -> report,
+        then train the inversion controller on it and rebuild held-out sentences from their vectors.
 
         Example: invemb demo --preset default --out runs/em-default
+        Example: invemb demo --preset tiny --out runs/em-tiny --no-inversion
         """
         from invemb.em.probe import demo
 
-        demo(preset, out or Path(f"runs/em-{preset}"), resume=resume)
+        ctrl = (controller_out or Path(f"runs/controller-{preset}")) if inversion else None
+        demo(preset, out or Path(f"runs/em-{preset}"), resume=resume, controller_out=ctrl)

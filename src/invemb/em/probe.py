@@ -19,8 +19,9 @@ def neighbours(run: str | Path, texts: list[str], k: int = 10) -> dict[str, list
     return dict(zip(texts, index.neighbours(vecs, k)))
 
 
-def demo(preset: str, out: Path, resume: bool = False) -> dict:
-    """Train (or finish) the EM of ``preset`` into ``out`` and print a short report."""
+def demo(preset: str, out: Path, resume: bool = False, controller_out: Path | None = None, n_invert: int = 6) -> dict:
+    """Train (or finish) the EM of ``preset`` into ``out`` and print a short report; with
+    ``controller_out``, go on to train an inversion controller on it and invert held-out sentences."""
     import typer
 
     from invemb.em.config import EMConfig
@@ -44,4 +45,34 @@ def demo(preset: str, out: Path, resume: bool = False) -> dict:
     typer.echo(f"\ntimings: data {final['data_s']:.0f}s, features {final['features_s']:.0f}s, train {final['train_s']:.0f}s, "
                f"total {final['total_s']:.0f}s")
     typer.echo(f"run folder: {out} (report.md, metrics.jsonl, plots/, index/, st/)")
+    if controller_out is not None:
+        final["inversion"] = demo_inversion(EMConfig.preset(preset), out, Path(controller_out), preset, n_invert)
     return final
+
+
+def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int = 6) -> dict:
+    """Train (or finish) a controller on the EM run, then invert ``n`` held-out Wikipedia sentences
+    and print them beside the originals."""
+    import typer
+
+    from invemb.em.data import corpus_dir
+    from invemb.inversion import load_run
+    from invemb.inversion.harness import eval_sentences
+    from invemb.inversion.metrics import summarise
+    from invemb.inversion.train import ControllerTrainConfig, train_controller
+
+    corpus = corpus_dir(cfg)  # the corpus the EM was trained from; its test split is held out from both
+    if not (controller_out / "final_metrics.json").exists():
+        ccfg = ControllerTrainConfig.preset(preset).replace(corpus=str(corpus))
+        resume = (controller_out / "checkpoints" / "latest.json").exists()
+        train_controller(str(em_run), ccfg, controller_out, resume=resume)
+    ctrl = load_run(controller_out, em=str(em_run))
+    rows = ctrl.invert_texts(eval_sentences(corpus, "wiki", n), progress=False)
+    typer.echo("\n== inversion of held-out sentences (from the sentence vector only) ==")
+    for r in rows:
+        typer.echo(f"  original: {r['text']}\n   rebuilt: {r['reconstruction']}   (cos {r['cosine']:.3f})")
+    summary = summarise(rows)
+    typer.echo(f"token F1 {summary['token_f1']:.1f}, BLEU {summary['bleu']:.1f}, cosine {summary['cosine']:.3f}, "
+               f"{summary['encoder_calls']:.0f} encoder calls and {summary['seconds']:.2f} s per sentence")
+    typer.echo(f"controller run: {controller_out}; `invemb eval-inversion` measures it on more sentences")
+    return summary
