@@ -39,7 +39,7 @@ def main() -> None:
             with torch.no_grad():
                 res = ev(enc)
             table[ename][f"{vname}/{ev.primary_metric}"] = res[ev.primary_metric]
-            for extra in ("synonym_minus_antonym", "cos_swap_mean", "cos_synonym_mean"):
+            for extra in ("synonym_minus_antonym", "cos_swap_mean", "cos_substituted_mean", "cos_synonym_mean"):
                 if extra in res:
                     table[ename][f"{vname}/{extra}"] = res[extra]
     final = json.loads((run / "final_metrics.json").read_text())

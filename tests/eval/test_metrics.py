@@ -57,3 +57,28 @@ def test_embedding_statistics_known_values():
     # identical vectors: anisotropy 1; +/- pairs: mean pairwise cosine -1/3
     assert anisotropy(torch.ones(5, 3)) == pytest.approx(1.0)
     assert anisotropy(v) == pytest.approx(-1 / 3)
+
+
+def test_spearman_hand_computed_with_ties():
+    # x ranks (ties averaged): 1, 2.5, 2.5, 4; y ranks: 2, 1, 3, 4 -> Pearson of the rank vectors
+    rx, ry = np.array([1, 2.5, 2.5, 4]), np.array([2, 1, 3, 4.0])
+    expected = float(((rx - rx.mean()) * (ry - ry.mean())).sum() / np.sqrt(((rx - rx.mean()) ** 2).sum() * ((ry - ry.mean()) ** 2).sum()))
+    assert expected == pytest.approx(0.6324555, abs=1e-6)
+    assert spearman([0.1, 0.5, 0.5, 0.9], [2.0, 1.0, 3.0, 4.0]) == pytest.approx(expected)
+
+
+def test_bleu_and_rouge_l_hand_computed():
+    """Fixed inputs worked out by hand: corpus BLEU from n-gram precisions and the brevity penalty,
+    ROUGE-L from the longest common subsequence (what sacrebleu / rouge-score must agree with)."""
+    from invemb.inversion.metrics import bleu, rouge_l
+
+    ref = "the cat sat on the red mat today"  # 8 tokens
+    hyp = "the cat sat on a red mat"  # 7 tokens
+    # matched n-grams: 1-grams 6/7, 2-grams 4/6 (the cat, cat sat, sat on, red mat), 3-grams 2/5, 4-grams 1/4
+    precisions = [6 / 7, 4 / 6, 2 / 5, 1 / 4]
+    bp = math.exp(1 - 8 / 7)
+    expected = 100 * bp * math.exp(sum(math.log(p) for p in precisions) / 4)
+    assert bleu([hyp], [ref]) == pytest.approx(expected, abs=1e-6)
+    # LCS = "the cat sat on red mat" (6): P = 6/7, R = 6/8
+    p, r = 6 / 7, 6 / 8
+    assert rouge_l([hyp], [ref]) == pytest.approx(100 * 2 * p * r / (p + r), abs=1e-6)

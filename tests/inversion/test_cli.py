@@ -94,3 +94,32 @@ def test_index_build(cli_run, tmp_path):
                               "--kind", "hnsw"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["kind"] == "hnsw"
+
+
+def test_eval_inversion_cli_writes_metrics_rows_and_plots(cli_run, tmp_path):
+    """`invemb eval inversion` on a hand-made corpus folder: held-out (test split) sentences per set,
+    every method's metrics side by side, rows and the F1-against-length plot."""
+    root, em = cli_run
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    sentences = toy_sentences(8, seed=11)
+    rows = [{"text": s, "split": "test", "source": "wiki", "doc": f"d{i}"} for i, s in enumerate(sentences)]
+    rows += [{"text": "a gloss that is skipped", "split": "test", "source": "wordnet", "doc": "syn1"},
+             {"text": sentences[0], "split": "test", "source": "wordnet", "doc": "syn1"}]
+    (corpus / "sentences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (corpus / "manifest.json").write_text("{}")
+    out = tmp_path / "rep"
+    res = runner.invoke(app, ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus),
+                              "--n", "4", "--method", "controller", "--method", "bag", "--preset", "tiny",
+                              "--set", "wiki", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"wiki"} and set(results["wiki"]) == {"controller", "bag"}
+    summary = results["wiki"]["controller"]["summary"]
+    assert {"token_f1", "bleu", "rouge_l", "exact_match", "cosine", "encoder_calls", "seconds"} <= set(summary)
+    assert summary["encoder_calls"] > 0 and results["wiki"]["bag"]["summary"]["encoder_calls"] == 0
+    assert len((out / "rows_wiki_controller.jsonl").read_text().splitlines()) == 4
+    assert (out / "f1_vs_length_wiki.png").stat().st_size > 0
+    res = runner.invoke(app, ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus),
+                              "--method", "oracle"])
+    assert res.exit_code == 2 and "unknown method(s) oracle" in res.output

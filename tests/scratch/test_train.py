@@ -51,6 +51,7 @@ def test_tiny_training_loss_falls_and_run_folder(moe_run):
     assert len(epochs) == 3 and summary["steps"] == len(steps)
     assert {"moe/l0/drop_rate", "moe/l1/entropy", "moe/l0/load_e3", "loss_balance", "loss_z", "data/truncated"} <= set(steps[0])
     assert abs(sum(steps[-1][f"moe/l0/load_e{e}"] for e in range(4)) - 1) < 1e-5
+    assert all(steps[-1][f"moe/l0/tokens_e{e}"] >= 0 for e in range(4)) and sum(steps[-1][f"moe/l0/tokens_e{e}"] for e in range(4)) > 0
     assert "dev_moe/l1/load_max_over_mean" in epochs[-1] and "dev_title/mrr" in epochs[-1]
     for f in ("config.json", "model.safetensors", "tokenizer.json", "report.md", "plots/moe_expert_load.png", "plots/train_curves.png"):
         assert (out / f).exists(), f
@@ -135,6 +136,9 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert res.exit_code == 2 and "bpe or word" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["train", "scratch", "--preset", "tiny", "--set", "model.nope=1", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "unknown" in res.output
+    res = runner.invoke(app, ["compare", "moe", "--preset", "tiny", "--set", "model.moe.top_k=2", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "not a fair comparison" in res.output and "model.moe.expert_hidden=32" in res.output
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow
@@ -157,6 +161,7 @@ def test_cli_compare_moe_tiny_on_real_corpus(tmp_path):
     assert {"dense", "moe", "bm25"} <= set(result["suite"]["gloss_to_lemma"])
     report = (out / "report.md").read_text()
     assert "inference tokens/s" in report and "dev_title/mrr" in report and "beats BM25 on" in report
+    assert f"dense {dense['params']['active']:,}, MoE {moe['params']['active']:,}" in report
     assert invemb.load(out / "moe").dim == 32
 
 

@@ -76,6 +76,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """The main job: corpus -> vocabulary -> lexicon -> features -> train EM -> report,
         then train the inversion controller on it and rebuild held-out sentences from their vectors.
 
+        \b
         Example: invemb demo --preset default --out runs/em-default
         Example: invemb demo --preset tiny --out runs/em-tiny --no-inversion
         """
@@ -83,3 +84,40 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         ctrl = (controller_out or Path(f"runs/controller-{preset}")) if inversion else None
         demo(preset, out or Path(f"runs/em-{preset}"), resume=resume, controller_out=ctrl)
+
+    ablate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                             help="Ablations: what each objective buys, one short run per dropped term.")
+    app.add_typer(ablate_app, name="ablate")
+
+    @ablate_app.command("em")
+    @user_errors
+    def ablate_em_cmd(
+        drop: List[str] = typer.Option(["recon,sem,syn,ant,order,unit,queue"], "--drop",
+                                       help="objectives to drop, one run each: contrastive, ant, syn, recon, sem "
+                                            "(semantic anchor), queue, order, unit (comma list or repeat)"),
+        epochs: int = typer.Option(1, help="epochs of every run (the full one included)"),
+        preset: str = typer.Option("default", help="tiny | default | full"),
+        out: Path = typer.Option(Path("runs/ablate-em"), help="folder for one run per term, eval/, ablation.md"),
+        suite: str = typer.Option("word,order", help="evaluation suite run over all the runs (see `invemb eval`)"),
+        eval_preset: str = typer.Option(None, help="data sizes of the suite (default: the same preset)"),
+        set_: List[str] = typer.Option([], "--set", help="EM config override KEY=VALUE for every run"),
+        quiet: bool = typer.Option(False, help="no progress bars"),
+        plain: bool = typer.Option(False, "--plain", help="print the markdown table instead of JSON"),
+    ):
+        """Train the full EM and one EM per dropped objective (same data, seed, steps), evaluate them
+        together and tabulate every metric against the full model. Run it again to finish a killed one.
+
+        \b
+        Example: invemb ablate em --drop recon,sem,syn,ant,order,unit,queue --epochs 1 --out runs/ablate-em
+        Example: invemb ablate em --preset tiny --drop order --epochs 2 --suite order --out runs/ablate-tiny
+        """
+        from invemb.config import parse_overrides
+        from invemb.em.ablate import ablate_em, parse_drop
+
+        names = parse_drop(drop)
+        result = ablate_em(preset, names, epochs, out, suite, eval_preset or preset, parse_overrides(set_),
+                           progress=not quiet)
+        if plain:
+            typer.echo(Path(result["files"]["markdown"]).read_text())
+        else:
+            emit(result)

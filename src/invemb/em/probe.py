@@ -74,5 +74,5 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
     summary = summarise(rows)
     typer.echo(f"token F1 {summary['token_f1']:.1f}, BLEU {summary['bleu']:.1f}, cosine {summary['cosine']:.3f}, "
                f"{summary['encoder_calls']:.0f} encoder calls and {summary['seconds']:.2f} s per sentence")
-    typer.echo(f"controller run: {controller_out}; `invemb eval-inversion` measures it on more sentences")
+    typer.echo(f"controller run: {controller_out}; `invemb eval inversion` measures it on more sentences")
     return summary

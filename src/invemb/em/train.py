@@ -59,7 +59,26 @@ class CachedHeadEncoder:
 
 
 def head_forward(head: TokenHead, cache: FeatureCache, rows: np.ndarray, jitter: float = 0.0) -> HeadOutput:
-    """Run the head on cached features of ``rows`` (optionally with Gaussian feature jitter)."""
+    """Run the head on cached features of ``rows`` (optionally with Gaussian feature jitter).
+
+    A token head runs once per length bucket (1-2, 3-4, 5-8, ... tokens) and the rows are put back
+    in order: a batch of short words and long sentences then pads each group to its own length,
+    not to the longest text (the aggregator's cost grows with the padded length)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not head.uses_tokens or len(rows) < 2:
+        return _head_forward(head, cache, rows, jitter)
+    lengths = np.minimum(cache.lengths(rows), head.cfg.max_tokens)
+    buckets = np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64)  # (B,)
+    groups = [np.flatnonzero(buckets == b) for b in np.unique(buckets)]
+    if len(groups) == 1:
+        return _head_forward(head, cache, rows, jitter)
+    parts = [_head_forward(head, cache, rows[g], jitter) for g in groups]
+    inverse = torch.from_numpy(np.argsort(np.concatenate(groups), kind="stable"))
+    dev = parts[0].embedding.device
+    return HeadOutput(*(torch.cat(fields)[inverse.to(dev)] for fields in zip(*parts)))
+
+
+def _head_forward(head: TokenHead, cache: FeatureCache, rows: np.ndarray, jitter: float = 0.0) -> HeadOutput:
     pooled = cache.pooled(rows)  # (B, H)
     states = mask = None
     if head.uses_tokens:
@@ -197,11 +216,12 @@ class EMTask:
         # Sentences: (viii) order and (ix) unit recall
         if sentences and (w["order"] or w["unit"]):
             idx = np.array(batch["sentences"])
-            s_out = head_forward(model, self.cache, self.sent_rows["text"][idx])
-            zs = s_out.embedding  # (S, D)
+            S = len(idx)
+            kinds = ("text", "synonym", "swapped") if w["order"] else ("text",)
+            z_all = head_forward(model, self.cache, np.concatenate([self.sent_rows[k][idx] for k in kinds])).embedding
+            zs = z_all[:S]  # (S, D)
             if w["order"]:
-                z_syn = head_forward(model, self.cache, self.sent_rows["synonym"][idx]).embedding  # (S, D)
-                z_swap = head_forward(model, self.cache, self.sent_rows["swapped"][idx]).embedding  # (S, D)
+                z_syn, z_swap = z_all[S:2 * S], z_all[2 * S:]  # (S, D) each
                 terms["order"] = losses.order_contrast(zs, z_syn, z_swap.unsqueeze(1),
                                                        torch.ones(len(idx), 1, dtype=torch.bool, device=zs.device), tau)
                 total = total + w["order"] * terms["order"]

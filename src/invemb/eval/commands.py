@@ -7,13 +7,21 @@ from typing import List, Optional
 import typer
 
 
+# `invemb eval --encoder X ...` runs the suite; `invemb eval inversion ...` (registered by the
+# inversion family) compares the controller with its baselines.
+eval_app = typer.Typer(invoke_without_command=True, rich_markup_mode=None)
+
+
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     from invemb.cli import emit, user_errors
 
-    @app.command("eval")
+    app.add_typer(eval_app, name="eval")
+
+    @eval_app.callback()
     @user_errors
     def eval_cmd(
-        encoder: List[str] = typer.Option(..., "--encoder", "-e", help="run folder, backbone folder, or `backbone` (repeat)"),
+        ctx: typer.Context,
+        encoder: List[str] = typer.Option([], "--encoder", "-e", help="run folder, backbone folder, or `backbone` (repeat)"),
         suite: str = typer.Option("all", help="all | word | retrieval | order | relations | classification | typo | "
                                               "stats | inversion, an evaluator name, or a comma list"),
         out: Optional[Path] = typer.Option(None, help="folder for results.json, report.md and plots/"),
@@ -23,10 +31,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         controller: Optional[Path] = typer.Option(None, help="a controller run for the inversion evaluator"),
         plain: bool = typer.Option(False, "--plain", help="print a table of primary metrics instead of JSON"),
     ):
-        """Evaluate encoders side by side; prints the primary metrics.
+        """Evaluate encoders side by side; prints the primary metrics. `invemb eval inversion` measures
+        an inversion controller against its baselines.
 
+        \b
         Example: invemb eval --encoder backbone --encoder runs/em --suite all --out reports/em-vs-backbone
+        Example: invemb eval inversion --em runs/em-default --controller runs/controller-default --n 50
         """
+        if ctx.invoked_subcommand is not None:
+            return
         from invemb.config import parse_overrides
         from invemb.eval.suite import EvalConfig, evaluate, name_encoders, suite_names
 

@@ -160,9 +160,14 @@ def gloss_lemma_task(n: int = 300, seed: int = 0, split: str = "test", wn=None):
 
 
 def topic_articles(n: int = 1000, seed: int = 0, wiki_path: str | None = None,
-                   exclude: tuple[str, ...] = ("Uncategorized",)) -> tuple[list[str], list[str]]:
+                   exclude: tuple[str, ...] = ("Uncategorized",), min_per_label: int = 5) -> tuple[list[str], list[str]]:
     """(summaries, topic labels) of ``n`` sampled Wikipedia articles (all splits: the labels are
-    never trained on), leaving out catch-all topics."""
+    never trained on), leaving out catch-all topics and topics with fewer than ``min_per_label``
+    articles in the sample (a stratified k-fold needs at least k of each)."""
+    from collections import Counter
+
     rows = [r for r in wiki_articles(None, wiki_path) if r.get("topic") and r["topic"] not in exclude]
     rows = _sample(rows, n, seed)
+    counts = Counter(r["topic"] for r in rows)
+    rows = [r for r in rows if counts[r["topic"]] >= min_per_label]
     return [r["extract"] for r in rows], [r["topic"] for r in rows]

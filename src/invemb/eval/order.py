@@ -171,7 +171,7 @@ class OrderEvaluator:
             "synonym_minus_swap_mean": float((cos_syn - cos_swap).mean()),
             **quantiles(cos_swap, "cos_swap"),
             **quantiles(cos_shuf, "cos_shuffle"),
-            **quantiles(cos_syn, "cos_synonym"),
+            **quantiles(cos_syn, "cos_substituted"),  # s with one word replaced by a synonym
             "n_probes": float(n),
             "n_skipped": float(len(self.sentences) - n),
         }

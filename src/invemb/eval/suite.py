@@ -88,8 +88,9 @@ def _factories(cfg: EvalConfig) -> dict[str, Callable[[], object]]:
                                                      batch_size=bs, name="gloss_to_lemma"),
         "first_sentence_to_rest": lambda: RetrievalEvaluator(
             loader=lambda: data.first_sentence_rest_task(n_q, seed, wiki_path=wiki), batch_size=bs, name="first_sentence_to_rest"),
-        "knn_topic": lambda: KNNClassificationEvaluator(loader=lambda: data.topic_articles(cfg.knn_texts, seed, wiki),
-                                                        k=cfg.knn_k, folds=cfg.knn_folds, seed=seed, batch_size=bs),
+        "knn_topic": lambda: KNNClassificationEvaluator(
+            loader=lambda: data.topic_articles(cfg.knn_texts, seed, wiki, min_per_label=cfg.knn_folds),
+            k=cfg.knn_k, folds=cfg.knn_folds, seed=seed, batch_size=bs),
         "typo": lambda: TypoEvaluator(loader=sentences(cfg.typo_sentences), rates=tuple(cfg.typo_rates), seed=seed,
                                       batch_size=bs),
         "stats": lambda: EmbeddingStatsEvaluator(loader=sentences(cfg.stats_texts), batch_size=bs),

@@ -55,7 +55,10 @@ class TypoEvaluator:
                 variants[level_name(rate)] = [typo(s) for s in self.sentences]
             try:
                 table = noise.load_codespell_table()
-            except FileNotFoundError:  # codespell's dictionary missing: the synthetic levels still run
+            except FileNotFoundError as err:  # codespell's dictionary missing: the synthetic levels still run
+                import warnings
+
+                warnings.warn(f"{self.name}: the real-misspelling level is not run ({err})")
                 table = None
             if table is not None:
                 real = [noise.real_misspellings(s, table, self.real_rate, self.seed) for s in self.sentences]

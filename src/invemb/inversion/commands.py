@@ -144,7 +144,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         emit({"units": len(vocab_obj), "kind": index.cfg.kind, "dim": index.dim, "out": str(out),
               "config": index.cfg.to_dict()})
 
-    @app.command("eval-inversion")
+    from invemb.eval.commands import eval_app
+
+    @eval_app.command("inversion")
     @user_errors
     def eval_inversion_cmd(
         em: str = typer.Option(..., help="the encoder the controller was trained on"),
@@ -161,7 +163,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """Inversion metrics (BLEU, ROUGE-L, token F1, exact match, cosine, encoder calls, seconds)
         of the controller and the baselines side by side, with a per-length breakdown.
 
-        Example: invemb eval-inversion --em backbone --controller runs/controller --n 50 --out reports/inversion
+        Example: invemb eval inversion --em backbone --controller runs/controller --n 50 --out reports/inversion
         """
         from invemb.inversion import load_run
         from invemb.inversion.harness import compare_methods, eval_sentences

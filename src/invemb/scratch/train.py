@@ -204,6 +204,7 @@ def routing_terms(aux: MoEAux, prefix: str = "moe") -> dict[str, float]:
         terms[f"{key}/entropy"] = float(st.entropy)
         terms[f"{key}/load_max_over_mean"] = float(st.load.max() / st.load.mean())
         terms.update({f"{key}/load_e{e}": float(v) for e, v in enumerate(st.load.tolist())})
+        terms.update({f"{key}/tokens_e{e}": float(v) for e, v in enumerate(st.kept.tolist())})  # after capacity
     return terms
 
 
@@ -271,7 +272,7 @@ class ScratchTask:
         ids, mask = self.tokenizer.encode(texts)
         self.tokenizer.take_stats()
         aux = self.model(ids.to(device), mask.to(device)).aux
-        return {k.replace("moe/", "dev_moe/"): v for k, v in routing_terms(aux).items() if not k.split("/")[-1].startswith("load_e")}
+        return {k.replace("moe/", "dev_moe/"): v for k, v in routing_terms(aux).items() if not k.split("/")[-1].startswith(("load_e", "tokens_e"))}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -438,6 +439,11 @@ def compare_moe(preset: str, out: str | Path, overrides: dict[str, Any] | None =
     if (out / "compare.json").exists():
         raise FileExistsError(f"{out} already holds a comparison; pick another --out")
     base = make_config(preset, False, tokenizer_kind, overrides)
+    moe_cfg = base.model.moe
+    if moe_cfg.expert_hidden * moe_cfg.top_k != base.model.ffn_hidden:
+        raise ValueError(f"not a fair comparison: top-{moe_cfg.top_k} experts of width {moe_cfg.expert_hidden} give "
+                         f"{moe_cfg.expert_hidden * moe_cfg.top_k} active FFN units per token against the dense "
+                         f"{base.model.ffn_hidden}; set model.moe.expert_hidden={base.model.ffn_hidden // moe_cfg.top_k}")
     pairs = build_pairs(base.data)
     tokenizer = train_tokenizer(base, pairs)
     results: dict[str, Any] = {"preset": preset, "models": {}}
@@ -498,10 +504,12 @@ def _compare_report(r: dict[str, Any], cfg: ScratchConfig) -> str:
     models = r["models"]
     dense, moe = models["dense"], models["moe"]
     keys = list(dense["retrieval"])
+    gap = moe["params"]["active"] - dense["params"]["active"]
     lines = [f"# dense vs MoE (preset {r['preset']})", "",
              "Same tokenizer, training pairs, batch plan and number of steps; MoE experts have "
              f"hidden width {cfg.model.moe.expert_hidden} with top-{cfg.model.moe.top_k} routing against a dense FFN of "
-             f"{cfg.model.ffn_hidden}, so active parameters per token match (up to the router).", ""]
+             f"{cfg.model.ffn_hidden}. Active parameters per token: dense {dense['params']['active']:,}, "
+             f"MoE {moe['params']['active']:,} ({gap:+,}: the routers).", ""]
     suite = r.get("suite", {})
     if suite:
         names = list(dict.fromkeys(n for by_model in suite.values() for n in by_model))

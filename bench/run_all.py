@@ -1,0 +1,116 @@
+"""Every benchmark, in an order that trains what the later ones read, one after another (they
+share the machine's cores, so nothing runs in parallel). ``make bench`` runs this.
+
+    .venv/bin/python bench/run_all.py [--only em_quality,eval_suite] [--skip index_scale] [--list]
+
+Each step is a subprocess (``bench/NAME.py`` or an ``invemb`` command that trains a run the
+benches read); a run folder that is already finished is not trained again, so a killed
+``make bench`` continues where it stopped. Every bench writes ``bench/out/NAME.json``; at the end
+the RATIO lines and the peak memory of each step are printed together, with the wall time of
+each step and whether it failed. Steps whose inputs are missing are reported as skipped, with why.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RUNS = {
+    "em": "runs/em-default", "controller": "runs/controller-default", "tiered": "runs/tiered-default",
+    "compare": "runs/compare-moe-default",
+}
+
+
+def invemb(*args: str) -> list[str]:
+    return [str(BIN / "invemb"), *args]
+
+
+def bench(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args]
+
+
+def finished(path: str, marker: str) -> bool:
+    return (ROOT / path / marker).exists()
+
+
+# name -> (command, needs: (run folder, file that marks it finished) or None, what produces it)
+STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
+    ("demo", invemb("demo", "--preset", "default", "--out", RUNS["em"], "--controller-out", RUNS["controller"]), None),
+    ("em_features", bench("em_features"), None),
+    ("em_cache", bench("em_cache"), (RUNS["em"], "final_metrics.json")),
+    ("em_quality", bench("em_quality", "--run", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
+    ("eval_suite", bench("eval_suite", "--encoder", "backbone", "--encoder", RUNS["em"],
+                         "--out", "bench/out/eval_suite_report"), (RUNS["em"], "final_metrics.json")),
+    ("inversion_eval", bench("inversion_eval", "--controller", RUNS["controller"], "--em", RUNS["em"], "--n", "50",
+                             "--n-blackbox", "6"), (RUNS["controller"], "model.safetensors")),
+    ("moe_layer", bench("moe_layer"), None),
+    ("moe_train", bench("moe_train", "--preset", "default", "--out", RUNS["compare"]), None),
+    ("train_tiered", invemb("train", "tiered", "--preset", "default", "--out", RUNS["tiered"]), None),
+    ("tiered_typo", bench("tiered_typo", "--tiered", RUNS["tiered"], "--bpe", RUNS["compare"] + "/dense"),
+     (RUNS["tiered"], "model.safetensors")),
+    ("tiered_speed", bench("tiered_speed", "--tiered", RUNS["tiered"], "--bpe", RUNS["compare"] + "/dense"),
+     (RUNS["tiered"], "model.safetensors")),
+    ("serve_load", bench("serve_load", "--model", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
+    ("index_scale", bench("index_scale"), None),
+    ("ddp", bench("ddp"), None),
+]
+# Training steps that are skipped when their run is already finished.
+DONE = {"demo": (RUNS["controller"], "model.safetensors"), "train_tiered": (RUNS["tiered"], "model.safetensors"),
+        "moe_train": (RUNS["compare"], "compare.json")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma list of step names")
+    ap.add_argument("--skip", default="", help="comma list of step names")
+    ap.add_argument("--list", action="store_true", help="print the steps and exit")
+    args = ap.parse_args()
+    names = [s[0] for s in STEPS]
+    only = [n for n in args.only.split(",") if n]
+    skip = [n for n in args.skip.split(",") if n]
+    for n in only + skip:
+        if n not in names:
+            sys.exit(f"error: unknown step {n!r}; steps: {', '.join(names)}")
+    if args.list:
+        for name, cmd, _ in STEPS:
+            print(f"{name:15s} {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}")
+        return
+    summary = []
+    for name, cmd, needs in STEPS:
+        if (only and name not in only) or name in skip:
+            continue
+        if name in DONE and finished(*DONE[name]):
+            summary.append({"step": name, "status": "already trained", "seconds": 0.0})
+            continue
+        if needs and not finished(*needs):
+            summary.append({"step": name, "status": f"skipped: {needs[0]}/{needs[1]} missing", "seconds": 0.0})
+            continue
+        print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None, text=True)
+        sys.stdout.write(proc.stdout)
+        ratios = re.findall(r"^.*RATIO.*$|^.*ratio.*=.*$", proc.stdout, flags=re.M)
+        out = ROOT / "bench" / "out" / f"{name}.json"
+        peak = json.loads(out.read_text()).get("peak_rss_mb") if out.exists() else None
+        summary.append({"step": name, "status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
+                        "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": peak, "ratios": ratios})
+    print("\n=== summary")
+    for row in summary:
+        print(f"{row['step']:15s} {row['status']:40s} {row['seconds']:8.1f} s"
+              + (f"  peak {row['peak_rss_mb']:.0f} MB" if row.get("peak_rss_mb") else ""))
+        for line in row.get("ratios", []):
+            print(f"    {line.strip()}")
+    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "out" / "run_all.json").write_text(json.dumps(summary, indent=2))
+    if any(r["status"].startswith("failed") for r in summary):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
