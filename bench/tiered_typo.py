@@ -57,8 +57,11 @@ def main() -> None:
         rows[name] = metrics
         print(name, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
     ratio = rows["tiered"]["mrr_drop_noise10"] / max(rows["bpe"]["mrr_drop_noise10"], 1e-9)
+    size = rows["tiered"]["params"] / max(rows["bpe"]["params"], 1)
+    print(f"RATIO mrr_drop@10% tiered/bpe = {ratio:.3f} (target <= 0.5); params tiered/bpe = {size:.2f}")
     write("tiered_typo", {"sentences": len(sentences), "threads": args.threads,
                           "ratio_mrr_drop10_tiered_over_bpe": round(ratio, 4), "target_ratio_at_most": 0.5,
+                          "ratio_params_tiered_over_bpe": round(size, 3),
                           "models": rows, "tiered_run": args.tiered, "bpe_run": args.bpe})
 
 

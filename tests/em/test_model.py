@@ -5,7 +5,7 @@ from invemb.backbone.hf import BackboneConfig, HFBackbone
 from invemb.em.model import HeadConfig, TokenEmbeddingModel, TokenHead, load_head, save_head
 
 
-@pytest.mark.parametrize("kind", ["mlp", "attention", "transformer"])
+@pytest.mark.parametrize("kind", ["mlp", "attention", "transformer", "bind"])
 def test_head_shapes_norm_and_mean_pool_init(kind):
     torch.manual_seed(0)
     cfg = HeadConfig.preset("tiny", head=kind, hidden=16)
@@ -21,9 +21,10 @@ def test_head_shapes_norm_and_mean_pool_init(kind):
     assert head.last_projection.bias is None
 
 
-def test_order_aware_heads_see_order_after_perturbation():
+@pytest.mark.parametrize("kind", ["transformer", "bind"])
+def test_order_aware_heads_see_order_after_perturbation(kind):
     torch.manual_seed(0)
-    head = TokenHead(HeadConfig.preset("tiny", head="transformer", hidden=16, dropout=0.0))
+    head = TokenHead(HeadConfig.preset("tiny", head=kind, hidden=16, dropout=0.0))
     for p in head.parameters():
         p.data += torch.randn_like(p) * 0.1
     head.eval()
@@ -86,7 +87,7 @@ class _ArrayCache:
         return out, mask
 
 
-@pytest.mark.parametrize("kind", ["attention", "transformer"])
+@pytest.mark.parametrize("kind", ["attention", "transformer", "bind"])
 def test_length_buckets_give_the_same_vectors_in_the_same_order(kind):
     """head_forward runs a token head once per length bucket; rows come back in the given order,
     equal to one padded call, and gradients flow through the regrouping."""
@@ -108,3 +109,18 @@ def test_length_buckets_give_the_same_vectors_in_the_same_order(kind):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
     (bucketed.embedding[2].sum() + bucketed.reconstruction[2].sum()).backward()
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
+
+
+def test_bind_swap_moves_the_vector_by_the_bound_difference():
+    """Two tokens trading places move the bind aggregator's output by O((V(LN a) - V(LN b)) * (P_j - P_i)) / n."""
+    from invemb.em.model import BindAggregator
+
+    torch.manual_seed(0)
+    agg = BindAggregator(HeadConfig.preset("tiny", head="bind", hidden=8, bind_width=6))
+    torch.nn.init.normal_(agg.out.weight)
+    states = torch.randn(1, 4, 8)
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    swapped = states[:, [2, 1, 0, 3]]
+    v = agg.value(agg.norm(states[0]))  # (4, W)
+    expected = agg.out.weight @ ((v[2] - v[0]) * (agg.pos[0] - agg.pos[2])) / 4
+    torch.testing.assert_close(agg(swapped, mask)[0] - agg(states, mask)[0], expected, rtol=1e-4, atol=1e-5)

@@ -124,3 +124,34 @@ def test_short_training_on_real_minilm_beats_untrained_head(tmp_path):
     assert final["dev_unit_recall@10"] > untrained["dev_unit_recall@10"]
     assert final["dev_order_discrimination"] >= untrained["dev_order_discrimination"]
     assert 0.0 <= backbone["dev_order_discrimination"] <= 1.0
+
+
+def test_run_keeps_unit_vectors_a_controller_reuses(tiny_em_run):
+    """unit_vectors.safetensors: every unit's vector (from the cached features), tagged with the
+    encoder's and the vocabulary's fingerprints, equal to encoding the units live."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
+    from invemb.text.vocab import Vocab
+
+    run, _, _ = tiny_em_run
+    vocab = Vocab.load(run / "vocab.json")
+    model = invemb.load(run)
+    path = run / "unit_vectors.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta == {"encoder": encoder_fingerprint(model), "vocab": vocab.fingerprint()}
+    units = load_file(str(path))["units"]
+    assert units.shape == (len(vocab), model.dim)
+    torch.testing.assert_close(units[:20], model.encode(vocab.units[:20]), atol=2e-3, rtol=0)
+    # the controller's loader takes it as is (no encoder call) when fingerprints match
+    class NoCalls:
+        dim = model.dim
+
+        def encode(self, texts, batch_size=64):
+            raise AssertionError("re-encoded the vocabulary")
+
+    copy = run.parent / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    assert torch.equal(cached_unit_vectors(NoCalls(), vocab, copy, meta["encoder"], progress=False), units)

@@ -67,8 +67,9 @@ class FakeWordNet:
     def __init__(self, table: dict[str, list[FakeSynset]], bases: dict[str, str] | None = None):
         self.table, self.bases = table, bases or {}
 
-    def synsets(self, word):
-        return self.table.get(self.bases.get(word, word), [])
+    def synsets(self, word, pos=None):
+        word = self.bases.get(word, word)
+        return self.table.get((word, pos), self.table.get(word, []))
 
     def _morphy(self, word, pos):
         return [self.bases.get(word, word)]
@@ -83,4 +84,6 @@ def fake_wn() -> FakeWordNet:
         "cat": [FakeSynset(L("cat", 9), L("true_cat", 1))],
         "chase": [FakeSynset(L("chase", 4), L("pursue", 3), L("dog", 8))],
         "quick": [FakeSynset(L("quick", 4), L("fast", 6))],
+        ("home", "n"): [FakeSynset(L("home", 4), L("house", 6))],
+        ("home", "r"): [FakeSynset(L("home", 4), L("homeward", 1))],
     }, bases={"chased": "chase", "cats": "cat", "dogs": "dog"})

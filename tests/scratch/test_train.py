@@ -187,3 +187,25 @@ def test_cli_train_scratch_on_real_corpus(tmp_path):
     assert invemb.load(out).tokenizer.kind == "word"
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "--resume" in res.output
+
+
+def test_inversion_controller_trains_on_a_scratch_encoder_unchanged(moe_run, tmp_path):
+    """The controller only needs the Encoder protocol: train one on the MoE scratch run, load it back
+    against the run folder (fingerprint check) and invert a sentence."""
+    from invemb.io import write_jsonl
+    from invemb.inversion import load_run as load_controller
+    from invemb.inversion.train import ControllerTrainConfig, train_controller
+    from invemb.text.vocab import Vocab
+
+    out, _ = moe_run
+    words = sorted({w for a in _articles() for w in a["extract"].lower().replace(".", " .").split()})
+    Vocab(words, ["word"] * len(words), [1] * len(words)).save(tmp_path / "vocab.json")
+    sentences = [s for a in _articles()[:40] for s in a["extract"].split(". ")[:2]]
+    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in sentences])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
+                                       max_sentences=len(sentences)).replace(**{"train.epochs": 1})
+    summary = train_controller(str(out), cfg, tmp_path / "ctrl")
+    assert summary["sentences"] > 10
+    ctrl = load_controller(tmp_path / "ctrl", em=str(out))
+    row = ctrl.invert_texts(["The red cat is an animal of colour red"])[0]
+    assert row["reconstruction"] and -1.0 <= row["cosine"] <= 1.0 and row["encoder_calls"] > 0

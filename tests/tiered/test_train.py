@@ -100,3 +100,35 @@ def test_sentence_pairs_drive_the_batch_plan_and_bad_sources_are_refused(make_cf
     assert TieredTask(make_cfg(), toy_corpus).pairs[0] == (toy_corpus["train"][0],) * 2  # SimCSE by default
     with pytest.raises(ValueError, match="pair source"):
         TieredDataConfig(pair_sources=["title", "paraphrase"])
+
+
+def test_bpe_boundary_labels_train_a_tokenizer_and_the_run_moves(tmp_path, make_cfg, toy_corpus):
+    """labels=bpe: the run trains a byte-level BPE tokenizer on its sentences, the boundary head
+    learns its piece starts, and the folder still loads after it is moved."""
+    import shutil
+
+    from invemb.tiered.chunker import ChunkerConfig, bpe_spans, label_spans
+    from invemb.tiered.model import make_batch
+
+    cfg = make_cfg(**{"model.chunker.mode": "learned", "model.chunker.labels": "bpe", "model.chunker.bpe_vocab": 300})
+    train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
+    tok = tmp_path / "run" / "boundary_tokenizer.json"
+    assert tok.exists()
+    spans = bpe_spans("The cat walks quickly.", str(tok))
+    assert "".join("The cat walks quickly."[a:b] for a, b in spans) == "Thecatwalksquickly."  # no spaces, nothing lost
+    chunker = ChunkerConfig(mode="learned", labels="bpe", bpe_tokenizer=str(tok))
+    assert label_spans("The cat walks quickly.", chunker) == spans
+    batch = make_batch(["The cat walks quickly."], json_cfg(tmp_path / "run").replace(**{"chunker.bpe_tokenizer": str(tok)}))
+    starts = [i for i, s in enumerate(batch.starts[0].tolist()) if s]
+    assert starts == [a for a, _ in spans]  # byte units = characters for ASCII
+    v = invemb.load(tmp_path / "run").encode(["The cat walks quickly."])
+    shutil.move(str(tmp_path / "run"), str(tmp_path / "moved"))
+    torch.testing.assert_close(invemb.load(tmp_path / "moved").encode(["The cat walks quickly."]), v)
+    with pytest.raises(ValueError, match="labels must be one of"):
+        ChunkerConfig(labels="sentencepiece")
+
+
+def json_cfg(run):
+    from invemb.tiered.model import TieredModelConfig
+
+    return TieredModelConfig.from_dict(json.loads((run / "config.json").read_text())["model"])

@@ -80,10 +80,11 @@ def _sample_sentences(corpus: Corpus, split: str, n: int, words: list[int], seed
 
 def sentence_items(cfg: EMConfig, corpus: Corpus, vocab: Vocab, split: str, n: int) -> list[SentenceItem]:
     """Sentences with their order probes and unit segmentation, cached as JSON."""
-    from invemb.eval.order import make_order_probes
+    from invemb.eval.order import PROBES_VERSION, make_order_probes
     from invemb.inversion.segment import Segmenter
 
-    path = built_dir(cfg) / f"sentences-{split}-{_key(cfg.corpus.to_dict(), cfg.vocab.to_dict(), n, cfg.sentence_words, cfg.train.seed)}.json"
+    key = _key(cfg.corpus.to_dict(), cfg.vocab.to_dict(), n, cfg.sentence_words, cfg.train.seed, PROBES_VERSION)
+    path = built_dir(cfg) / f"sentences-{split}-{key}.json"
     if path.exists():
         return [SentenceItem(**r) for r in json.loads(path.read_text(encoding="utf-8"))]
     pool = _sample_sentences(corpus, split, n, cfg.sentence_words, cfg.train.seed)

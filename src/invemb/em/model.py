@@ -7,11 +7,16 @@ space. The head has three parts:
   ``attention`` pools the token states with learned, position-aware weights; ``transformer``
   runs one or two pre-norm transformer layers with learned positions over the token states and
   mean-pools them (order-aware: the research notes' remedy for pooled vectors losing word order);
+  ``bind`` adds to the mean-pooled states the mean of position-bound token features,
+  ``V(LN(s_t)) * P_t`` (each token's features multiplied elementwise by a learned vector of its
+  position), so two words that trade places change the vector by ``V(s_a - s_b) * (P_j - P_i)``:
+  order is carried by a product of word and position, which a sum of the two inside a
+  transformer layer learns only slowly;
 - a projection MLP (H -> proj_hidden -> embed_dim, GELU, LayerNorm, no bias on the last layer),
   L2-normalised;
 - a reconstruction MLP back to the backbone's pooled hidden vector.
 
-Both order-aware aggregators start out as plain mean pooling (zero-initialised deltas), so
+All order-aware aggregators start out as plain mean pooling (zero-initialised deltas), so
 training begins from the backbone's own geometry.
 
 Shapes: B items, T tokens, H backbone hidden, P proj hidden, D embed dim.
@@ -29,12 +34,12 @@ from torch import nn
 
 from invemb.config import Config
 
-HEADS = ("mlp", "attention", "transformer")
+HEADS = ("mlp", "attention", "transformer", "bind")
 
 
 @dataclasses.dataclass
 class HeadConfig(Config):
-    head: str = "transformer"  # mlp | attention | transformer
+    head: str = "transformer"  # mlp | attention | transformer | bind
     hidden: int = 384  # backbone hidden size H (set from the backbone)
     proj_hidden: int = 768
     embed_dim: int = 256
@@ -43,6 +48,8 @@ class HeadConfig(Config):
     agg_ff: int = 768
     max_tokens: int = 64
     dropout: float = 0.1
+    pos_std: float = 0.02  # init std of the aggregators' learned position embeddings
+    bind_width: int = 768  # width W of the bind aggregator's position-bound features
 
     presets = {
         "tiny": {"proj_hidden": 64, "embed_dim": 32, "agg_heads": 2, "agg_ff": 64, "max_tokens": 32},
@@ -60,10 +67,10 @@ class HeadOutput(NamedTuple):
 class AttentionPool(nn.Module):
     """Position-aware attention pooling; zero-initialised scorer = mean pooling at the start."""
 
-    def __init__(self, hidden: int, max_tokens: int):
+    def __init__(self, hidden: int, max_tokens: int, pos_std: float = 0.02):
         super().__init__()
         self.pos = nn.Embedding(max_tokens, hidden)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=pos_std)
         self.key = nn.Linear(hidden, hidden)
         self.score = nn.Linear(hidden, 1)
         nn.init.zeros_(self.score.weight)
@@ -88,7 +95,7 @@ class TransformerAggregator(nn.Module):
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         self.pos = nn.Embedding(cfg.max_tokens, cfg.hidden)
-        nn.init.normal_(self.pos.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=cfg.pos_std)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(cfg.hidden, cfg.agg_heads, cfg.agg_ff, cfg.dropout, activation="gelu",
                                        batch_first=True, norm_first=True)
@@ -111,6 +118,26 @@ class TransformerAggregator(nn.Module):
         return mean_states + delta  # (B, H)
 
 
+class BindAggregator(nn.Module):
+    """Mean-pooled token states plus the mean of position-bound features ``V(LN(s_t)) * P_t``."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.value = nn.Linear(cfg.hidden, cfg.bind_width)
+        self.pos = nn.Parameter(torch.randn(cfg.max_tokens, cfg.bind_width))  # (T, W): ~ random +-1 codes
+        self.out = nn.Linear(cfg.bind_width, cfg.hidden)
+        nn.init.zeros_(self.out.weight)  # start as mean pooling
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        T = states.shape[1]
+        m = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+        n = m.sum(1).clamp_min(1.0)  # (B, 1)
+        bound = self.value(self.norm(states)) * self.pos[:T]  # (B, T, W)
+        return (states * m).sum(1) / n + self.out((bound * m).sum(1) / n)  # (B, H)
+
+
 class TokenHead(nn.Module):
     """Aggregator + projection + reconstruction: backbone output -> EM vector."""
 
@@ -120,9 +147,11 @@ class TokenHead(nn.Module):
             raise ValueError(f"unknown head {cfg.head!r}; choose from {', '.join(HEADS)}")
         self.cfg = cfg
         if cfg.head == "attention":
-            self.aggregator: nn.Module | None = AttentionPool(cfg.hidden, cfg.max_tokens)
+            self.aggregator: nn.Module | None = AttentionPool(cfg.hidden, cfg.max_tokens, cfg.pos_std)
         elif cfg.head == "transformer":
             self.aggregator = TransformerAggregator(cfg)
+        elif cfg.head == "bind":
+            self.aggregator = BindAggregator(cfg)
         else:
             self.aggregator = None
         self.proj = nn.Sequential(

@@ -440,7 +440,9 @@ def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: boo
         atomic_write_json(out / "config.json", run_config_dict(cfg, HFBackbone(cfg.backbone), data.vocab.fingerprint()))
     units = all_unit_vectors(head, cache, unit_rows)
     build_unit_index(units, data.vocab.units, cfg, out)
-    export_sentence_transformers(TokenEmbeddingModel(backbone, head), out / "st")
+    model = TokenEmbeddingModel(backbone, head)
+    save_unit_vectors(units, model, data.vocab, out / "unit_vectors.safetensors")
+    export_sentence_transformers(model, out / "st")
     timings = {"data_s": t_data - t0, "features_s": t_feat - t_data, "train_s": t_train - t_feat,
                "total_s": time.perf_counter() - t0}
     atomic_write_json(out / "final_metrics.json", {**final, **timings})
@@ -454,6 +456,18 @@ def build_unit_index(units: torch.Tensor, names: list[str], cfg: EMConfig, out: 
     index = UnitIndex.build(units, names, cfg.index)
     index.save(out / "index")
     return index
+
+
+def save_unit_vectors(units: torch.Tensor, model: TokenEmbeddingModel, vocab, path: Path) -> None:
+    """Every unit's EM vector, tagged with the encoder's fingerprint and the vocabulary's, in the
+    form a controller run reuses instead of encoding the whole vocabulary again."""
+    from safetensors.torch import save_file
+
+    from invemb.inversion.units import encoder_fingerprint
+    from invemb.io import atomic_save_file
+
+    meta = {"encoder": encoder_fingerprint(model), "vocab": vocab.fingerprint()}
+    atomic_save_file(path, lambda p: save_file({"units": units.contiguous()}, p, metadata=meta))
 
 
 def export_sentence_transformers(model: TokenEmbeddingModel, path: Path) -> None:

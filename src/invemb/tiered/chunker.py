@@ -5,14 +5,16 @@ Shape legend
     ``unit_chunk`` is (B, L) long: the chunk index of each unit, -1 for spaces and padding.
 
 Boundaries come from (a) fixed stride windows, (b) words and single punctuation / symbol
-characters, or (c) a learned boundary head over H trained with BCE on the word boundaries of (b)
-and annealed towards its own predictions. Within a chunk the units are pooled with learned
+characters, or (c) a learned boundary head over H trained with BCE on the word boundaries of (b),
+or on the piece boundaries of a byte-level BPE tokenizer (``labels="bpe"``), and annealed towards
+its own predictions. Within a chunk the units are pooled with learned
 weights (a masked softmax of a linear score), a type embedding marks all-caps, numeric,
 punctuation and emoji chunks, and Linear + LayerNorm maps into E2's width.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import unicodedata
 from typing import NamedTuple
@@ -23,6 +25,7 @@ from torch import nn
 from invemb.config import Config
 
 MODES = ("stride", "words", "learned")
+LABELS = ("words", "bpe")
 CHUNK_TYPES = ("word", "caps", "numeric", "punct", "emoji")
 _WORD_OR_SYMBOL = re.compile(r"\w+|\S", re.UNICODE)
 _NON_SPACE = re.compile(r"\S+")
@@ -33,10 +36,15 @@ class ChunkerConfig(Config):
     mode: str = "words"  # "stride", "words" or "learned"
     stride: int = 6  # characters per chunk in "stride" mode
     threshold: float = 0.5  # start probability above which the learned head opens a chunk
+    labels: str = "words"  # the boundary head's targets: "words" (rule b) or "bpe" (BPE piece starts)
+    bpe_tokenizer: str = ""  # tokenizer.json for labels="bpe"; "" = train tiered trains one on its sentences
+    bpe_vocab: int = 4000  # vocabulary of that tokenizer
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"chunker mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.labels not in LABELS:
+            raise ValueError(f"chunker labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
 
 
 def chunk_type(chunk: str) -> int:
@@ -73,6 +81,33 @@ def stride_spans(text: str, stride: int) -> list[Span]:
 def rule_spans(text: str, cfg: ChunkerConfig) -> list[Span]:
     """Chunks from the rules: stride windows, or words (also the learned head's labels)."""
     return stride_spans(text, cfg.stride) if cfg.mode == "stride" else word_spans(text)
+
+
+@functools.lru_cache(maxsize=4)
+def _bpe_tokenizer(path: str):
+    from invemb.scratch.tokenizer import ScratchTokenizer
+
+    return ScratchTokenizer.load(path).tok
+
+
+def bpe_spans(text: str, tokenizer_path: str) -> list[Span]:
+    """The pieces a byte-level BPE tokenizer (a scratch run's ``tokenizer.json``) cuts ``text``
+    into, as character spans without their leading spaces."""
+    if not tokenizer_path:
+        raise ValueError("chunker.labels='bpe' needs chunker.bpe_tokenizer (a tokenizer.json)")
+    spans: list[Span] = []
+    for a, b in _bpe_tokenizer(tokenizer_path).encode(text, add_special_tokens=False).offsets:
+        a = max(a, spans[-1][1] if spans else 0)  # a lone prefix-space piece overlaps the next one
+        while a < b and text[a].isspace():
+            a += 1
+        if a < b:
+            spans.append((a, b))
+    return spans
+
+
+def label_spans(text: str, cfg: ChunkerConfig) -> list[Span]:
+    """The spans whose starts the boundary head learns: BPE pieces, or the rule's chunks."""
+    return bpe_spans(text, cfg.bpe_tokenizer) if cfg.labels == "bpe" else rule_spans(text, cfg)
 
 
 def spans_from_starts(text: str, starts: list[bool]) -> list[Span]:

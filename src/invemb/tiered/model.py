@@ -23,8 +23,8 @@ from torch.nn.utils.rnn import pad_sequence
 from invemb.config import Config
 from invemb.encoder import check_texts, check_vectors
 from invemb.tiered.char_encoder import N_SPECIAL, PAD_ID, CharEncoder, CharEncoderConfig, clean_text
-from invemb.tiered.chunker import (ChunkerConfig, ChunkProjector, Chunks, chunks_from_spans, rule_spans, spans_from_starts,
-                                   starts_of)
+from invemb.tiered.chunker import (ChunkerConfig, ChunkProjector, Chunks, chunks_from_spans, label_spans, rule_spans,
+                                   spans_from_starts, starts_of)
 from invemb.tiered.semantic_encoder import SemanticEncoder, SemanticEncoderConfig, SemanticOutput
 
 
@@ -93,7 +93,7 @@ def make_batch(texts: list[str], cfg: TieredModelConfig, starts: list[list[bool]
         ids, unit_char = _units_of(text, cfg.char)
         first = np.ones(len(ids), dtype=bool)
         first[1:] = unit_char[1:] != unit_char[:-1]
-        labels = np.asarray(starts_of(text, rule), dtype=bool)
+        labels = np.asarray(starts_of(text, rule if cfg.chunker.labels == "words" else label_spans(text, cfg.chunker)), dtype=bool)
         per_text.append((ids, np.asarray(char_chunk, dtype=np.int64)[unit_char], chunk_types, labels[unit_char] & first, first, unit_char))
     b, length = len(texts), max(len(t[0]) for t in per_text)
     n_chunks = max(1, max(len(t[2]) for t in per_text))

@@ -255,8 +255,25 @@ def save_model(path: Path, model: TieredModel, cfg: TieredConfig | None = None) 
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_save_file(path / "model.safetensors", lambda p: save_file(state, p))
+    bpe = model.cfg.chunker.bpe_tokenizer if model.cfg.chunker.labels == "bpe" else ""
+    if bpe and Path(bpe).resolve() != (path / "boundary_tokenizer.json").resolve():
+        atomic_write_text(path / "boundary_tokenizer.json", Path(bpe).read_text(encoding="utf-8"))  # the folder stands alone
     if cfg is not None or not (path / "config.json").exists():
         atomic_write_json(path / "config.json", _run_config(model, cfg))
+
+
+def with_boundary_tokenizer(cfg: TieredConfig, out: Path, texts: list[str], main: bool = True) -> TieredConfig:
+    """For BPE boundary labels without a tokenizer: train one on the training sentences into
+    ``out/boundary_tokenizer.json`` (rank 0) and point the config at it."""
+    chunker = cfg.model.chunker
+    if chunker.labels != "bpe" or chunker.bpe_tokenizer:
+        return cfg
+    from invemb.scratch.tokenizer import ScratchTokenizer, TokenizerConfig
+
+    path = out / "boundary_tokenizer.json"
+    if main and not path.exists():
+        ScratchTokenizer.train(texts, TokenizerConfig(kind="bpe", vocab_size=chunker.bpe_vocab)).save(path)
+    return cfg.replace(**{"model.chunker.bpe_tokenizer": str(path.resolve())})
 
 
 def load_run(path: str | Path, cache_e1: bool = False, **_: Any) -> TieredEncoder:
@@ -269,7 +286,11 @@ def load_run(path: str | Path, cache_e1: bool = False, **_: Any) -> TieredEncode
     meta = json.loads((path / "config.json").read_text())
     if meta.get("kind") != "tiered":
         raise ValueError(f"{path}: not a tiered run (kind={meta.get('kind')!r})")
-    model = TieredModel(TieredModelConfig.from_dict(meta["model"]))
+    model_cfg = TieredModelConfig.from_dict(meta["model"])
+    own = path / "boundary_tokenizer.json"  # the run's own BPE boundary tokenizer, wherever the folder moved
+    if model_cfg.chunker.labels == "bpe" and own.exists() and not Path(model_cfg.chunker.bpe_tokenizer).exists():
+        model_cfg = model_cfg.replace(**{"chunker.bpe_tokenizer": str(own.resolve())})
+    model = TieredModel(model_cfg)
     if (path / "model.safetensors").exists():
         state = load_file(str(path / "model.safetensors"))
     else:
@@ -304,9 +325,10 @@ def train_tiered(cfg: TieredConfig, out: str | Path, resume: bool = False,
         torch.set_num_threads(cfg.threads)
     with distributed.main_first():
         sentences = sentences or load_sentences(cfg.data, cfg.model.char.max_chars)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        cfg = with_boundary_tokenizer(cfg, out, sentences["train"], main)
     task = TieredTask(cfg, sentences)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
     if not resume and main:
         atomic_write_json(out / "config.json", _run_config(task.model, cfg))
     t0 = time.perf_counter()
