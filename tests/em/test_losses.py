@@ -103,3 +103,16 @@ def test_losses_give_gradients():
     loss = losses.hard_negative_infonce(z, z.detach().roll(1, 0), 0.1) + losses.unit_recall(z, z, torch.eye(4, dtype=torch.bool), 0.1)
     loss.backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
+
+
+def test_weighted_extra_negative_counts_w_times():
+    """An extra negative with log-weight log w equals w copies of it in the partition function."""
+    a = _unit([1, 0], [0, 1])
+    close = _unit([0.8, 0.6], [0.6, 0.8]).unsqueeze(1)  # (B, 1, D)
+    ok = torch.ones(2, 1, dtype=torch.bool)
+    weighted = losses.hard_negative_infonce(a, a, 0.5, extra_negatives=close, extra_mask=ok,
+                                            extra_log_weight=torch.full((2, 1), math.log(3.0)))
+    copies = losses.hard_negative_infonce(a, a, 0.5, extra_negatives=close.expand(2, 3, 2), extra_mask=ok.expand(2, 3))
+    assert weighted.item() == pytest.approx(copies.item(), rel=1e-6)
+    plain = losses.hard_negative_infonce(a, a, 0.5, extra_negatives=close, extra_mask=ok)
+    assert weighted > plain

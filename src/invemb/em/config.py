@@ -23,14 +23,15 @@ class LossConfig(Config):
     contrastive: float = 1.0  # (i) in-batch InfoNCE, jittered self-positive, top-k hardest negatives
     hard_k: int = 32
     jitter: float = 0.1  # std of the Gaussian jitter relative to the features' RMS
-    antonym: float = 1.0  # (ii) >0: antonyms (fallback next-hardest) join the contrastive negatives
+    antonym: float = 1.0  # (ii) >0: antonyms (fallback next-hardest) join the contrastive negatives, a real
+    # antonym counting as this many negatives (its logit + log w)
     synonym: float = 0.5  # (iii) synonym attraction with a margin
     synonym_margin: float = 0.75
-    recon: float = 1.0  # (iv) reconstruction MSE
+    recon: float = 5.0  # (iv) reconstruction MSE (its raw value is small: 5 keeps dev reconstruction cosine >= 0.9)
     anchor: float = 1.0  # (v) semantic anchor: batch similarity matrices, EM vs backbone
     ortho: float = 0.0  # (vi) orthogonality of the last projection (off by default)
     queue: int = 4096  # (vii) MoCo-style queue of negatives; 0 = off
-    order: float = 1.0  # (viii) word order: swapped copies as hard negatives
+    order: float = 2.0  # (viii) word order: swapped copies as hard negatives
     unit: float = 1.0  # (ix) unit recall: sentences rank their units above others
     temperature_start: float = 0.07
     temperature_end: float = 0.03
@@ -74,7 +75,7 @@ class EMConfig(Config):
     presets = {
         "tiny": {"max_train_sentences": 200, "max_dev_sentences": 40, "dev_units": 50, "batch_units": 32,
                  "batch_sentences": 8, "units_per_sentence": 4, "train": {"epochs": 2, "warmup_steps": 2, "lr": 2e-3}},
-        "default": {"train": {"epochs": 4, "warmup_steps": 50, "lr": 1e-3}},
+        "default": {"train": {"epochs": 3, "warmup_steps": 50, "lr": 1e-3}},
         "full": {"max_train_sentences": 200000, "max_dev_sentences": 2000, "dev_units": 5000, "batch_units": 1024,
                  "batch_sentences": 256, "backbone": {"max_length": 256, "prompt": "query: "},
                  "train": {"epochs": 6, "warmup_steps": 500, "lr": 5e-4, "amp": "auto"}},

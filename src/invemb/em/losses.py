@@ -11,11 +11,14 @@ import torch.nn.functional as F
 
 def hard_negative_infonce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float, top_k: int = 0,
                           extra_negatives: torch.Tensor | None = None, extra_mask: torch.Tensor | None = None,
-                          queue: torch.Tensor | None = None, queue_mask: torch.Tensor | None = None) -> torch.Tensor:
+                          queue: torch.Tensor | None = None, queue_mask: torch.Tensor | None = None,
+                          extra_log_weight: torch.Tensor | None = None) -> torch.Tensor:
     """In-batch InfoNCE: row i's positive is ``positives[i]``; negatives are the other rows'
     positives, reduced to the ``top_k`` hardest (0 = all), plus optional per-row extra negatives
     (B, E, D) with a validity mask (B, E), plus a queue (Q, D) of older vectors (``queue_mask``
-    (B, Q) marks entries that must not count as negatives, e.g. the anchor's own item)."""
+    (B, Q) marks entries that must not count as negatives, e.g. the anchor's own item).
+    ``extra_log_weight`` (B, E) adds log w to an extra negative's logit: it counts as w negatives
+    in the partition function, so its gradient is w times as strong."""
     B = anchors.shape[0]
     sim = anchors @ positives.T / temperature  # (B, B)
     pos = sim.diagonal()  # (B,)
@@ -26,6 +29,8 @@ def hard_negative_infonce(anchors: torch.Tensor, positives: torch.Tensor, temper
     cols = [pos.unsqueeze(1), neg]
     if extra_negatives is not None:
         ex = torch.einsum("bd,bed->be", anchors, extra_negatives) / temperature  # (B, E)
+        if extra_log_weight is not None:
+            ex = ex + extra_log_weight
         if extra_mask is not None:
             ex = ex.masked_fill(~extra_mask, float("-inf"))
         cols.append(ex)

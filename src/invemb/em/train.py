@@ -181,16 +181,18 @@ class EMTask:
         # (i) + (ii) + (vii): contrastive with jittered self-positive, hard negatives, antonyms, queue
         if w["contrastive"]:
             z_pos = head_forward(model, self.cache, self.unit_rows[np.array(anchors)], jitter=L.jitter).embedding  # (A, D)
-            extra = mask = None
+            extra = mask = log_w = None
             if L.antonym:
                 ant_idx = torch.tensor([pool_index[ant_of[u]] if u in ant_of else -1 for u in anchors], device=z.device)
                 cand = torch.cat([z_pos, z[A:]], dim=0)  # antonyms are looked up among the pool rows
                 extra, mask = losses.antonym_negatives(z[:A], cand, ant_idx, L.hard_k)
+                log_w = ((ant_idx >= 0).float() * math.log(L.antonym)).unsqueeze(1)  # (A, 1): real antonyms weigh more
             qmask = None
             if L.queue and len(self.queue):
                 qmask = (self.queue_ids.unsqueeze(0) == torch.tensor(anchors).unsqueeze(1)).to(z.device)  # (A, Q)
             terms["contrastive"] = losses.hard_negative_infonce(z[:A], z_pos, tau, L.hard_k, extra, mask,
-                                                                self.queue.to(z.device) if L.queue else None, qmask)
+                                                                self.queue.to(z.device) if L.queue else None, qmask,
+                                                                extra_log_weight=log_w)
             total = total + w["contrastive"] * terms["contrastive"]
             if L.queue and ctx.micro_index >= 0:  # -1: a rank's filler pass in a short last DDP step
                 self._pending.append((ctx.micro_index, z_pos.detach().float().cpu(), torch.tensor(anchors)))
