@@ -42,8 +42,11 @@ def _rows(s: BufferSummary, rows: torch.Tensor) -> BufferSummary:
 class ModelPolicy:
     """Selector -> unit index -> Placer, batched over the live hypotheses of one beam step."""
 
-    def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index):
+    def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index, frequent: list[int] | None = None):
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
+        # Function words sit far from any sentence vector, so the index rarely returns them; the
+        # most frequent units are offered to every hypothesis and the cosine re-scoring decides.
+        self.frequent = list(frequent or [])
 
     def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
         h, d = len(hyps), target.shape[0]
@@ -53,12 +56,17 @@ class ModelPolicy:
         stop = torch.sigmoid(sel.stop_logit).tolist()
         max_len = max(len(x.units) for x in hyps)
         scores, ids = self.index.search(sel.intention, cfg.units_k + max_len)
+        frequent = torch.tensor(self.frequent[: cfg.frequent_units], dtype=torch.long)
+        freq_scores = (sel.intention @ self.unit_vectors[frequent].T).tolist() if len(frequent) else [[] for _ in hyps]  # (H, F)
         temp = self.model.selector.cfg.temperature
         pair_hyp, pair_unit, pair_logp = [], [], []
         for i, x in enumerate(hyps):
             placed = set(x.units)
-            ranked = sorted(((float(sc) - (cfg.repeat_penalty if u in placed else 0.0), int(u)) for sc, u in zip(scores[i], ids[i]) if u >= 0),
+            found = [(float(sc), int(u)) for sc, u in zip(scores[i], ids[i]) if u >= 0]
+            ranked = sorted(((sc - (cfg.repeat_penalty if u in placed else 0.0), u) for sc, u in found),
                             key=lambda p: -p[0])[: cfg.units_k]
+            seen = {u for _, u in ranked}
+            ranked += [(sc, u) for sc, u in zip(freq_scores[i], frequent.tolist()) if u not in seen]
             logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]) / temp, 0).tolist()
             for (_, u), lp in zip(ranked, logp):
                 pair_hyp.append(i)
@@ -124,7 +132,8 @@ class Controller:
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.info = info or {}
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
-        self.policy = ModelPolicy(model, unit_vectors, self.index)
+        by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
+        self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256])
 
     @classmethod
     def load(cls, run: str | Path, em: str | Path | Encoder | None = None, **decode_overrides) -> "Controller":

@@ -33,6 +33,7 @@ class DecodeConfig(Config):
     expand: int = 8  # children kept per hypothesis before encoding
     model_weight: float = 0.05  # weight of the model's mean log-probability next to the cosine
     repeat_penalty: float = 0.05  # cosine taken off units already in the buffer
+    frequent_units: int = 20  # the N most frequent vocabulary units (the, of, a, ...) join every hypothesis's candidates
     stop_threshold: float = 0.5
     move_threshold: float = 0.5
     patience: int = 3  # steps without a better score before a hypothesis ends (0: off)
@@ -41,7 +42,7 @@ class DecodeConfig(Config):
     max_steps: int = 48
     seed: int = 0
 
-    presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12}, "default": {},
+    presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
                "full": {"beam": 8, "units_k": 16, "slots": 3, "expand": 24}}
 
 

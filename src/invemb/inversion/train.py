@@ -55,7 +55,7 @@ class ControllerTrainConfig(Config):
     move_share: float = 0.2  # states whose buffer gets one misplaced unit for the move head
     stop_weight: float = 0.5
     move_weight: float = 0.2
-    threads: int = 1  # torch CPU threads while training (0: torch's default); 1 wins on a busy shared CPU
+    threads: int = 1  # torch CPU threads of the training loop (0: torch's default; encoding uses all); 1 wins on 2 shared cores
     selector: SelectorConfig = dataclasses.field(default_factory=SelectorConfig)
     placer: PlacerConfig = dataclasses.field(default_factory=PlacerConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
@@ -64,7 +64,7 @@ class ControllerTrainConfig(Config):
     presets = {
         "tiny": {"max_sentences": 48, "dev_sentences": 8, "min_words": 3, "states_per_sentence": 2, "hard_negatives": 4,
                  "batch_size": 16, "train": {"epochs": 2, "lr": 3e-3, "warmup_steps": 2, "progress": False}},
-        "default": {"max_sentences": 16000, "states_per_sentence": 3, "train": {"epochs": 6, "lr": 1e-3, "warmup_steps": 100}},
+        "default": {"max_sentences": 32000, "states_per_sentence": 3, "train": {"epochs": 5, "lr": 1e-3, "warmup_steps": 100}},
         "full": {"max_sentences": 200000, "dev_sentences": 2000, "states_per_sentence": 4, "batch_size": 256,
                  "hard_negatives": 64, "train": {"epochs": 10, "lr": 5e-4, "warmup_steps": 500}},
     }
@@ -308,8 +308,6 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     main = distributed.is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     encoder = encoder or invemb.load(em)
     fp = encoder_fingerprint(encoder)
     vocab_path = resolve_vocab(cfg, em)
@@ -348,7 +346,13 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     torch.manual_seed(seed)
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     task = ControllerTask(model, data, dev, unit_vectors, cfg)
-    final = Trainer(task, cfg.train, out).fit(resume=resume)
+    encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        final = Trainer(task, cfg.train, out).fit(resume=resume)
+    finally:
+        torch.set_num_threads(encode_threads)
     if not main:
         return {"run": str(out), "rank": distributed.dist_info()[0]}
     from safetensors.torch import save_file
