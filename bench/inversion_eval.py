@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--controller", default="runs/controller-default")
     ap.add_argument("--em", default="backbone")
-    ap.add_argument("--corpus", default="data/built/corpus")
+    ap.add_argument("--corpus", default="data/built/corpus", help="built corpus (default, else the EM run's own)")
     ap.add_argument("--n", type=int, default=12, help="sentences per set for the controller, bag and oracle")
     ap.add_argument("--n-blackbox", type=int, default=6, help="sentences per set for the (slow) black-box search")
     ap.add_argument("--blackbox", default="default", help="black-box preset: tiny | default | full")
@@ -36,7 +36,7 @@ def main() -> None:
     from invemb.inversion import load_run, metrics
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
     from invemb.inversion.decode import DecodeConfig, OraclePolicy, beam_decode
-    from invemb.inversion.harness import eval_sentences, run_methods
+    from invemb.inversion.harness import eval_sentences, resolve_corpus, run_methods
     from invemb.inversion.segment import Segmenter
     from invemb.io import atomic_write_json, write_jsonl
 
@@ -48,7 +48,7 @@ def main() -> None:
     report = {"controller": args.controller, "em": args.em, "decode": ctrl.decode_cfg.to_dict(),
               "blackbox": BlackBoxConfig.preset(args.blackbox).to_dict(), "load_seconds": t_load, "sets": {}}
     for which in args.sets or ["wiki", "wordnet"]:
-        sentences = eval_sentences(args.corpus, which, args.n)
+        sentences = eval_sentences(resolve_corpus(args.corpus, args.em), which, args.n)
         gold = iter([segmenter.segment(s).unit_ids for s in sentences])
         methods = {
             "controller": lambda t: ctrl.invert_vector(t),

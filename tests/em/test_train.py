@@ -155,3 +155,14 @@ def test_run_keeps_unit_vectors_a_controller_reuses(tiny_em_run):
     copy = run.parent / "copy.safetensors"
     copy.write_bytes(path.read_bytes())
     assert torch.equal(cached_unit_vectors(NoCalls(), vocab, copy, meta["encoder"], progress=False), units)
+
+
+def test_inversion_finds_the_corpus_an_em_run_was_trained_from(tiny_em_run, tmp_path):
+    from invemb.em.data import corpus_dir
+    from invemb.inversion.harness import resolve_corpus
+
+    run, cfg, _ = tiny_em_run
+    assert resolve_corpus("data/no-such-corpus", run) == corpus_dir(cfg)
+    assert resolve_corpus(corpus_dir(cfg), "backbone") == corpus_dir(cfg)  # a built corpus given wins
+    with pytest.raises(FileNotFoundError, match="no built corpus here"):
+        resolve_corpus(tmp_path / "nothing", "backbone")

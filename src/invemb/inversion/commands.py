@@ -155,7 +155,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         n: int = typer.Option(50, help="sentences per set"),
         method: List[str] = typer.Option(["controller", "bag", "blackbox"], "--method",
                                          help="controller | greedy | bag | blackbox (repeat)"),
-        corpus: Path = typer.Option(Path("data/built/corpus"), help="built corpus folder"),
+        corpus: Optional[Path] = typer.Option(None, help="built corpus folder (default: data/built/corpus, else the EM run's)"),
         preset: str = typer.Option("default", help="baseline sizes: tiny | default | full"),
         out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
@@ -166,9 +166,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         Example: invemb eval inversion --em backbone --controller runs/controller --n 50 --out reports/inversion
         """
         from invemb.inversion import load_run
-        from invemb.inversion.harness import compare_methods, eval_sentences
+        from invemb.inversion.harness import compare_methods, eval_sentences, resolve_corpus
 
         ctrl = load_run(controller, em=em)
+        corpus = resolve_corpus(corpus or Path("data/built/corpus"), em)
         sets = {s: eval_sentences(corpus, s, n) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset)
         if plain:

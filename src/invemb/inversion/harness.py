@@ -18,6 +18,27 @@ from invemb.text.vocab import tokenize
 EVAL_SETS = ("wiki", "wordnet")
 
 
+def resolve_corpus(corpus: str | Path | None, em: str | Path | None = None) -> Path:
+    """The built corpus to draw sentences from: ``corpus`` when it is a built corpus folder; else,
+    for an EM run folder, the corpus that run was trained from (its test split is held out)."""
+    if corpus and (Path(corpus) / "sentences.jsonl").exists():
+        return Path(corpus)
+    cfg_file = Path(str(em)) / "config.json" if em else None
+    if cfg_file is not None and cfg_file.exists():
+        import json
+
+        info = json.loads(cfg_file.read_text())
+        if info.get("kind") == "em":
+            from invemb.em.config import EMConfig
+            from invemb.em.data import corpus_dir
+
+            found = corpus_dir(EMConfig.from_dict(info["em"]))
+            if (found / "sentences.jsonl").exists():
+                return found
+    raise FileNotFoundError(f"{corpus or 'no corpus given'}: no built corpus here (run `invemb corpus build --out "
+                            f"{corpus or 'data/built/corpus'}`, or give --corpus / an EM run that has one)")
+
+
 def eval_sentences(corpus: str | Path, which: str, n: int, min_words: int = 5, max_words: int = 32,
                    seed: int = 0) -> list[str]:
     """``n`` held-out (test split) sentences: Wikipedia, or WordNet *example* sentences (glosses,

@@ -294,8 +294,10 @@ def resolve_vocab(cfg: ControllerTrainConfig, em: str) -> Path:
 
 def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resume: bool = False,
                      encoder: Encoder | None = None, unit_cache: str | Path | None = None) -> dict:
-    """Train a controller for the encoder ``em`` (a run folder, HF folder or "backbone") into ``out``."""
+    """Train a controller for the encoder ``em`` (a run folder, HF folder or "backbone") into ``out``.
+    Sentences come from ``cfg.train_file``, else ``cfg.corpus``, else the EM run's own corpus."""
     import invemb
+    from invemb.inversion.harness import resolve_corpus
     from invemb.index import IndexConfig, UnitIndex
     from invemb.io import atomic_write_json, atomic_write_text
     from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
@@ -304,6 +306,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if not resume and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or pick a new --out")
+    if not cfg.train_file:
+        cfg = cfg.replace(corpus=str(resolve_corpus(cfg.corpus, em)))
     distributed.barrier()  # every rank checked before rank 0 writes
     main = distributed.is_main()
     if main:
@@ -350,7 +354,11 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        final = Trainer(task, cfg.train, out).fit(resume=resume)
+        # A run killed before its first checkpoint still has its built states: --resume reuses them
+        # and starts the loop from step 0.
+        from invemb.training.checkpoint import latest_checkpoint
+
+        final = Trainer(task, cfg.train, out).fit(resume=resume and latest_checkpoint(out) is not None)
     finally:
         torch.set_num_threads(encode_threads)
     if not main:
