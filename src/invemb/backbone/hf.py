@@ -174,7 +174,10 @@ class HFBackbone(torch.nn.Module):
 
             it = tqdm(batches, desc="backbone features", unit="batch", dynamic_ncols=True, mininterval=0.5)
         for idx in it:
-            p, states, mask = self(self.tokenize([texts[i] for i in idx]))
+            # inference_mode skips autograd's bookkeeping (as SentenceTransformer.encode does); what
+            # leaves it is copied into ordinary tensors, so callers may still train on the features.
+            with torch.inference_mode():
+                p, states, mask = self(self.tokenize([texts[i] for i in idx]))
             pooled[idx] = p.float().cpu()
             if with_tokens:
                 lengths = mask.sum(1).tolist()
