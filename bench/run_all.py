@@ -36,6 +36,16 @@ def bench(name: str, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args]
 
 
+def step_peak_mb(name: str, since: float) -> float | None:
+    """Peak memory a step's bench wrote: bench/out/NAME.json, or NAME_<variant>.json (em_cache_bind,
+    moe_train_default), whichever this step wrote last."""
+    outs = [p for p in (ROOT / "bench" / "out").glob(f"{name}*.json") if p.stat().st_mtime >= since]
+    if not outs:
+        return None
+    payload = json.loads(max(outs, key=lambda p: p.stat().st_mtime).read_text())
+    return payload.get("peak_rss_mb") or payload.get("peak_rss_mib")
+
+
 def finished(path: str, marker: str) -> bool:
     return (ROOT / path / marker).exists()
 
@@ -97,12 +107,11 @@ def main() -> None:
             summary.append({"step": name, "status": f"skipped: {needs[0]}/{needs[1]} missing", "seconds": 0.0})
             continue
         print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
-        start = time.perf_counter()
+        start, start_wall = time.perf_counter(), time.time()
         proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None, text=True)
         sys.stdout.write(proc.stdout)
         ratios = re.findall(r"^.*RATIO.*$|^.*ratio.*=.*$", proc.stdout, flags=re.M)
-        out = ROOT / "bench" / "out" / f"{name}.json"
-        peak = json.loads(out.read_text()).get("peak_rss_mb") if out.exists() else None
+        peak = step_peak_mb(name, start_wall)
         summary.append({"step": name, "status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
                         "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": peak, "ratios": ratios})
     print("\n=== summary")
