@@ -431,6 +431,8 @@ def lexname_probe(encoder: TieredEncoder, limit: int = 1500) -> dict[str, float]
         # The regularisation strength is chosen by cross-validation on the train split: ~1k examples
         # over ~40 classes overfit an unregularised probe below the majority baseline.
         probe = LogisticRegressionCV(Cs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0], cv=3, max_iter=3000)
-        clf = make_pipeline(StandardScaler(), probe).fit(feats[train].numpy(), y_train)
+        with warnings.catch_warnings():  # sklearn 1.8 announces a change of LogisticRegressionCV's attributes
+            warnings.simplefilter("ignore", FutureWarning)
+            clf = make_pipeline(StandardScaler(), probe).fit(feats[train].numpy(), y_train)
         result[name] = float(clf.score(feats[test].numpy(), y_test))
     return result
