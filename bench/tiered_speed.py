@@ -71,7 +71,7 @@ def main() -> None:
     for name, row in rows.items():
         print(name, row, flush=True)
     ratio = rows["tiered"]["seconds"] / rows["bpe_equal_params"]["seconds"]
-    write("tiered_speed", {"texts": len(texts), "chars": sum(len(t) for t in texts), "batch_size": args.batch_size,
+    write("tiered_speed", {"texts": len(texts), "chars": chars, "batch_size": args.batch_size,
                            "threads": args.threads, "ratio_time_tiered_over_bpe_equal_params": round(ratio, 3),
                            "target_ratio_at_most": 1.5, "models": rows})
 

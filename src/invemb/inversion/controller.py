@@ -46,7 +46,8 @@ class ModelPolicy:
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
         # Function words sit far from any sentence vector, so the index rarely returns them; the
         # most frequent units are offered to every hypothesis and the cosine re-scoring decides.
-        self.frequent = list(frequent or [])
+        self.frequent = torch.tensor(list(frequent or []), dtype=torch.long)  # (F,) most frequent first
+        self.frequent_vectors = unit_vectors[self.frequent]  # (F, D), gathered once, not per step
 
     def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
         h, d = len(hyps), target.shape[0]
@@ -56,8 +57,8 @@ class ModelPolicy:
         stop = torch.sigmoid(sel.stop_logit).tolist()
         max_len = max(len(x.units) for x in hyps)
         scores, ids = self.index.search(sel.intention, cfg.units_k + max_len)
-        frequent = torch.tensor(self.frequent[: cfg.frequent_units], dtype=torch.long)
-        freq_scores = (sel.intention @ self.unit_vectors[frequent].T).tolist() if len(frequent) else [[] for _ in hyps]  # (H, F)
+        frequent = self.frequent[: cfg.frequent_units].tolist()
+        freq_scores = (sel.intention @ self.frequent_vectors[: len(frequent)].T).tolist()  # (H, F)
         temp = self.model.selector.cfg.temperature
         pair_hyp, pair_unit, pair_logp = [], [], []
         for i, x in enumerate(hyps):
@@ -66,7 +67,7 @@ class ModelPolicy:
             ranked = sorted(((sc - (cfg.repeat_penalty if u in placed else 0.0), u) for sc, u in found),
                             key=lambda p: -p[0])[: cfg.units_k]
             seen = {u for _, u in ranked}
-            ranked += [(sc, u) for sc, u in zip(freq_scores[i], frequent.tolist()) if u not in seen]
+            ranked += [(sc, u) for sc, u in zip(freq_scores[i], frequent) if u not in seen]
             logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]) / temp, 0).tolist()
             for (_, u), lp in zip(ranked, logp):
                 pair_hyp.append(i)

@@ -5,6 +5,7 @@ then encoded once more to report cos(encode(reconstruction), target) the same wa
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,8 +26,6 @@ def resolve_corpus(corpus: str | Path | None, em: str | Path | None = None) -> P
         return Path(corpus)
     cfg_file = Path(str(em)) / "config.json" if em else None
     if cfg_file is not None and cfg_file.exists():
-        import json
-
         info = json.loads(cfg_file.read_text())
         if info.get("kind") == "em":
             from invemb.em.config import EMConfig
