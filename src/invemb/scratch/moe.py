@@ -84,14 +84,18 @@ def switch_balance_loss(probs: torch.Tensor, first_choice: torch.Tensor, num_exp
     fraction of tokens whose first choice is expert i, ``P_i`` the mean router probability of i.
     Equals 1 when routing is uniform.
     """
-    f = F.one_hot(first_choice, num_experts).to(probs.dtype).mean(0)  # (E,)
-    p = probs.mean(0)  # (E,)
-    return num_experts * (f * p).sum()
+    f = torch.bincount(first_choice, minlength=num_experts).to(probs.dtype) / max(1, first_choice.numel())  # (E,)
+    return num_experts * (f * probs.mean(0)).sum()
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss: mean over tokens of logsumexp(logits)^2; keeps logits small."""
-    return torch.logsumexp(logits, dim=-1).pow(2).mean()
+    return z_loss_from_logsumexp(torch.logsumexp(logits, dim=-1))
+
+
+def z_loss_from_logsumexp(lse: torch.Tensor) -> torch.Tensor:
+    """The z-loss from each token's logsumexp (N,), which the gate has already computed."""
+    return lse.pow(2).mean()
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, factor: float, minimum: int) -> int:
@@ -107,35 +111,40 @@ class TopKGate(nn.Module):
         self.proj = nn.Linear(dim, cfg.num_experts, bias=False)
 
     def forward(self, x: torch.Tensor) -> Routing:  # x (N, D)
-        cfg, n, e = self.cfg, x.shape[0], self.cfg.num_experts
+        # Every line here is a kernel launch on a few thousand numbers, so on CPU the gate's cost
+        # is the number of ops, not their size: each quantity is derived once and reused.
+        cfg, n, e, k = self.cfg, x.shape[0], self.cfg.num_experts, self.cfg.top_k
         if self.training and cfg.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - cfg.jitter, 1.0 + cfg.jitter)
         # The router runs in float32 even under autocast: softmax of bf16 logits routes badly.
         logits = F.linear(x.float(), self.proj.weight.float())  # (N, E)
-        probs = logits.softmax(-1)
-        top_p, top_e = probs.topk(cfg.top_k, dim=-1)  # (N, K)
-        combine = top_p / top_p.sum(-1, keepdim=True) if cfg.top_k > 1 else top_p
+        lse = logits.logsumexp(-1)  # (N,)
+        log_probs = logits - lse.unsqueeze(-1)  # (N, E)
+        probs = log_probs.exp()
+        top_p, top_e = probs.topk(k, dim=-1) if k > 1 else probs.max(-1, keepdim=True)  # (N, K); max is 4x cheaper
+        combine = top_p / top_p.sum(-1, keepdim=True) if k > 1 else top_p
         factor = cfg.capacity_factor_train if self.training else cfg.capacity_factor_eval
         # Position of each assignment in its expert's queue; all first choices queue before any
         # second choice (GShard), tokens in order within a choice.
-        onehot = F.one_hot(top_e.t().reshape(-1), e)  # (K*N, E)
+        choice_major = top_e.t().reshape(-1, 1)  # (K*N, 1)
+        queue = F.one_hot(choice_major.squeeze(1), e).cumsum(0)  # (K*N, E)
+        demand = queue[-1] if n else queue.new_zeros(e)  # (E,) assignments per expert
         # The buffer is no larger than the busiest expert needs: with balanced routing and the
         # eval capacity factor (2.0) a full-capacity buffer would be mostly empty slots.
-        cap = min(expert_capacity(n, e, cfg.top_k, factor, cfg.min_capacity), int(onehot.sum(0).max()) if n else 0)
-        position = ((onehot.cumsum(0) - 1) * onehot).sum(-1).view(cfg.top_k, n).t()  # (N, K)
+        cap = min(expert_capacity(n, e, k, factor, cfg.min_capacity), int(demand.max()) if n else 0)
+        position = (queue.gather(1, choice_major) - 1).view(k, n).t()  # (N, K)
         keep = position < cap
-        dispatch = torch.where(keep, top_e * cap + position, torch.full_like(position, -1))
-        combine = combine * keep
-        kept = (onehot.view(cfg.top_k, n, e) * keep.t().unsqueeze(-1)).sum((0, 1))  # (E,)
+        dispatch = torch.where(keep, top_e * cap + position, -1)
         with torch.no_grad():
+            kept = demand.clamp(max=cap).float()  # an expert keeps its first `cap` assignments
             stats = RoutingStats(
-                load=onehot.sum(0).float() / max(1, n * cfg.top_k),
-                kept=kept.float(),
-                drop_rate=1.0 - keep.float().mean() if n else torch.zeros(()),
-                entropy=-(probs * probs.clamp_min(1e-9).log()).sum(-1).mean() if n else torch.zeros(()),
+                load=demand.float() / max(1, n * k),
+                kept=kept,
+                drop_rate=1.0 - kept.sum() / max(1, n * k),
+                entropy=-(probs * log_probs).sum(-1).mean() if n else torch.zeros(()),
             )
-        return Routing(dispatch, combine.to(x.dtype), cap, switch_balance_loss(probs, top_e[:, 0], e),
-                       router_z_loss(logits), stats)
+        return Routing(dispatch, (combine * keep).to(x.dtype), cap, switch_balance_loss(probs, top_e[:, 0], e),
+                       z_loss_from_logsumexp(lse), stats)
 
 
 class Experts(nn.Module):
@@ -175,25 +184,25 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> MoEOutput:
         """x (B, T, D); mask (B, T) bool, True for real tokens (padding is not routed)."""
         b, t, d = x.shape
-        if mask is None:
-            mask = torch.ones(b, t, dtype=torch.bool, device=x.device)
-        tokens = x[mask]  # (N, D)
+        flat_x = x.reshape(b * t, d)
+        # index_select with explicit positions: boolean-mask indexing x[mask] costs ~5x more on CPU.
+        positions = (torch.arange(b * t, device=x.device) if mask is None
+                     else mask.reshape(-1).nonzero().squeeze(1))  # (N,) flat positions of real tokens
+        tokens = flat_x.index_select(0, positions)  # (N, D)
         n, e, k = tokens.shape[0], self.cfg.num_experts, self.cfg.top_k
         routing = self.gate(tokens)
         slots = e * routing.capacity
-        # Both moves are gathers (scatters are slow on CPU): each buffer slot names its token,
-        # and each (token, choice) names its slot; the extra last row is zeros for empty or
-        # dropped entries.
+        # Both moves are gathers (scatters are slow on CPU): each buffer slot names its token, and
+        # each (token, choice) names its slot. Empty slots read token 0 and dropped assignments
+        # read slot 0: neither is ever used, since no assignment points at an empty slot and a
+        # dropped one has combine weight 0. That spares concatenating zero rows to both sides.
         flat_dispatch = routing.dispatch.reshape(-1)  # (N*K,)
-        token_of_assignment = torch.arange(n, device=x.device).repeat_interleave(k)  # (N*K,)
-        token_of_slot = torch.full((slots + 1,), n, dtype=torch.long, device=x.device)  # (E*C + 1,)
-        token_of_slot[flat_dispatch.where(flat_dispatch >= 0, slots)] = token_of_assignment
-        padded_tokens = torch.cat([tokens, tokens.new_zeros(1, d)])  # (N + 1, D)
-        buffer = padded_tokens[token_of_slot[:slots]].view(e, routing.capacity, d)  # (E, C, D)
-        expert_out = self.experts(buffer).reshape(slots, d)  # (E*C, D)
-        expert_out = torch.cat([expert_out, expert_out.new_zeros(1, d)])  # (E*C + 1, D)
-        picked = expert_out[routing.dispatch.where(routing.dispatch >= 0, slots)]  # (N, K, D)
-        routed = torch.einsum("nkd,nk->nd", picked, routing.combine.to(picked.dtype))  # (N, D)
-        out = x.new_zeros(b, t, d)
-        out[mask] = routed.to(out.dtype)
+        token_of_slot = torch.zeros(slots + 1, dtype=torch.long, device=x.device)  # (E*C + 1,) last: dropped
+        token_of_slot[flat_dispatch.where(flat_dispatch >= 0, slots)] = torch.arange(n * k, device=x.device) // k
+        buffer = tokens.index_select(0, token_of_slot[:slots]).view(e, routing.capacity, d)  # (E, C, D)
+        expert_out = self.experts(buffer).view(slots, d)  # (E*C, D)
+        picked = expert_out.index_select(0, flat_dispatch.clamp_min(0)).view(n, k, d)  # (N, K, D)
+        combine = routing.combine.to(picked.dtype).unsqueeze(-1)  # (N, K, 1)
+        routed = (picked * combine).squeeze(1) if k == 1 else (picked * combine).sum(1)  # (N, D)
+        out = x.new_zeros(b * t, d).index_copy(0, positions, routed.to(x.dtype)).view(b, t, d)
         return MoEOutput(out, routing.balance_loss, routing.z_loss, routing.stats)
