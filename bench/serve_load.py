@@ -250,6 +250,9 @@ def main() -> None:
                            "max_over_first": round(max(rss) / rss[0] - 1, 4), "last_over_first": round(rss[-1] / rss[0] - 1, 4),
                            "window_10s_min_max": envelope,
                            "last_window_max_over_first_window_max": round(envelope[-1][1] / envelope[0][1] - 1, 4),
+                           # The floor between encode calls: it rises if memory leaks, while the peaks
+                           # carry each call's transient activations (a sawtooth, not growth).
+                           "window_floor_spread": round(max(lo for lo, _ in envelope) / min(lo for lo, _ in envelope) - 1, 4),
                            "samples": [round(m, 1) for m in rss]} if rss else {},
         "cpu_s": {"server": round(server_cpu, 1), "load_generator": round(run["client_cpu_s"], 1)},
         "load_avg_1m": {"before_direct": load_before, "start": load_start, "end": load_end},
@@ -268,7 +271,8 @@ def main() -> None:
         print(f"server RSS MiB: first {m['first']}  last {m['last']}  max {m['max']}  min {m['min']}  (max/first - 1 = "
               f"{m['max_over_first']:+.1%}, target within 10%); per 10 s window min-max "
               + " ".join(f"{lo:.0f}-{hi:.0f}" for lo, hi in m["window_10s_min_max"])
-              + f" (last/first window max - 1 = {m['last_window_max_over_first_window_max']:+.1%})")
+              + f" (last/first window max - 1 = {m['last_window_max_over_first_window_max']:+.1%}; "
+              f"window floors within {m['window_floor_spread']:.1%} of each other)")
     print(f"cpu s: server {payload['cpu_s']['server']}, load generator {payload['cpu_s']['load_generator']}; "
           f"load avg 1m {load_start:.2f} -> {load_end:.2f} on {os.cpu_count()} cores")
     print(f"wrote {path}")
