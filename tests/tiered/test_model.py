@@ -79,9 +79,11 @@ def test_conv_e1_and_stride_and_learned_chunkers_encode(make_cfg):
 
 def test_e1_cache_gives_the_same_vectors_and_counts_hits(make_cfg):
     enc = tiny_encoder(make_cfg)
-    enc.cache_e1 = True
     texts = ["The cat sat.", "A dog runs fast."]
+    plain = enc.encode(texts)  # uncached encode runs E1 -> E2 in one pass; cached, E2 on stored chunks
+    enc.cache_e1 = True
     first = enc.encode(texts)
+    torch.testing.assert_close(first, plain)
     second = enc.encode(texts + ["new text"])
     torch.testing.assert_close(second[:2], first)
     assert enc.cache_hits == 2 and len(enc.cache) == 3
@@ -121,7 +123,8 @@ def test_boundary_head_learns_word_boundaries_on_a_toy_corpus(make_cfg, make_sen
     corpus = [s.replace(" ", rng.choice([" ", ",", "-", " "]), 2) for s in make_sentences(200, seed=1)]
     train, test = corpus[:160], corpus[160:]
     opt = torch.optim.AdamW(list(model.e1.parameters()) + list(model.bridge.parameters()), lr=1e-2)
-    for step in range(150):
+    # 300 steps: at 150 the whole-sentence match below swings 0.6-0.95 with the seed and float rounding.
+    for step in range(300):
         batch = make_batch(train[(step * 16) % 160:(step * 16) % 160 + 16], cfg)
         logits = model.bridge.boundary_logits(model.e1(batch.ids, batch.mask))
         loss = boundary_loss(logits, batch.starts, batch.first_unit & batch.mask)

@@ -12,6 +12,7 @@ whitespace becomes one space, and lower-casing is optional (:func:`clean_text`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import unicodedata
@@ -24,6 +25,7 @@ from invemb.config import Config
 
 PAD_ID, MASK_ID, N_SPECIAL = 0, 1, 2
 _WS = re.compile(r"\s+")
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x7f]")  # ASCII Cc that str.isspace() does not keep
 _KEEP_FORMAT = {"\u200d"}  # zero-width joiner: part of emoji sequences (family, flags of people)
 
 
@@ -54,9 +56,15 @@ class CharEncoderConfig(Config):
 
 def clean_text(text: str, lowercase: bool = False) -> str:
     """NFC, control/format characters removed (whitespace kept as one space), optional lower-case."""
-    text = unicodedata.normalize("NFC", text)
-    kept = [ch for ch in text if ch.isspace() or ch in _KEEP_FORMAT or unicodedata.category(ch) not in ("Cc", "Cf", "Cs")]
-    text = _WS.sub(" ", "".join(kept)).strip()
+    if text.isascii():
+        # ASCII is already NFC and has no format characters; its only controls to drop are the
+        # non-whitespace ones. One regex instead of a Python-level check of every character.
+        text = _ASCII_CONTROL.sub("", text)
+    else:
+        text = unicodedata.normalize("NFC", text)
+        text = "".join(ch for ch in text if ch.isspace() or ch in _KEEP_FORMAT
+                       or unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
+    text = _WS.sub(" ", text).strip()
     return text.lower() if lowercase else text
 
 
@@ -67,14 +75,24 @@ def char_units(ch: str, cfg: CharEncoderConfig) -> list[int]:
     return [N_SPECIAL + ord(ch) % (cfg.vocab_size - N_SPECIAL)]
 
 
+@functools.lru_cache(maxsize=128)
+def _rotary_phases(length: int, hd: int, device: torch.device) -> torch.Tensor:
+    """exp(i * position * frequency), (L, HD/2) complex64; cached, as every batch of a length reuses it."""
+    with torch.inference_mode(False):  # a normal tensor, usable by autograd even if first built under inference
+        inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
+        angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv[None]  # (L, HD/2)
+        return torch.polar(torch.ones_like(angles), angles)
+
+
 def rotary(x: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding on (B, NH, L, HD); HD must be even."""
-    _, _, length, hd = x.shape
-    inv = 1.0 / (10000 ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd))
-    angles = torch.arange(length, device=x.device, dtype=torch.float32)[:, None] * inv[None]  # (L, HD/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)  # (B, NH, L, HD)
+    """Rotary position embedding on (B, NH, L, HD); HD must be even.
+
+    Each pair of channels (2j, 2j+1) is one complex number rotated by position * frequency_j, so
+    the rotation is a single complex multiply: (x1 + i x2)(cos + i sin).
+    """
+    *lead, length, hd = x.shape
+    pairs = torch.view_as_complex(x.float().reshape(*lead, length, hd // 2, 2))  # (B, NH, L, HD/2)
+    return torch.view_as_real(pairs * _rotary_phases(length, hd, x.device)).flatten(-2).to(x.dtype)  # (B, NH, L, HD)
 
 
 class RotaryBlock(nn.Module):
@@ -109,8 +127,13 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.norm(x) * mask[..., None]  # padding contributes nothing to its neighbours
-        h = self.depthwise(h.transpose(1, 2)).transpose(1, 2)  # (B, L, D)
-        return x + self.pointwise(h)
+        # The depthwise conv as a 2-D conv on a (B, D, 1, L) channels-last view of h: the same
+        # memory as (B, L, D), so no transposed copies on the way in or out, and oneDNN's
+        # channels-last depthwise kernel (~10x faster on CPU than Conv1d on a transposed input).
+        k = self.depthwise.kernel_size[0]
+        h = F.conv2d(h.unsqueeze(1).permute(0, 3, 1, 2), self.depthwise.weight.unsqueeze(2), self.depthwise.bias,
+                     padding=(0, k // 2), groups=self.depthwise.groups)  # (B, D, 1, L), channels-last
+        return x + self.pointwise(h.permute(0, 2, 3, 1).squeeze(1))  # (B, L, D)
 
 
 class CharEncoder(nn.Module):

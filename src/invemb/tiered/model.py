@@ -202,23 +202,19 @@ class TieredEncoder:
 
     @torch.no_grad()
     def chunk_vectors(self, windows_: list[str]) -> list[torch.Tensor]:
-        """Per window its (C, S) chunk vectors, from the cache where possible."""
+        """Per window its (C, S) chunk vectors from the E1 cache, running E1 + bridge on the missing ones."""
         device = next(self.model.parameters()).device
-        todo = [w for w in dict.fromkeys(windows_) if w not in self.cache] if self.cache_e1 else list(dict.fromkeys(windows_))
-        fresh: dict[str, torch.Tensor] = {}
+        todo = [w for w in dict.fromkeys(windows_) if w not in self.cache]
         if todo:
             batch = batch_to(make_batch(todo, self.cfg), device)
             out = self.model(batch, predicted=self.cfg.chunker.mode == "learned", run_e2=False)
             for k, w in enumerate(todo):
-                fresh[w] = out.chunks.vectors[k, out.chunks.mask[k]]  # (C_k, S)
-        if self.cache_e1:
-            self.cache_hits += len(windows_) - len(todo)
-            for w, v in fresh.items():
-                self.cache[w] = v.cpu()
-            while len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
-            return [self.cache[w].to(device) if w in self.cache else fresh[w] for w in windows_]
-        return [fresh[w] for w in windows_]
+                self.cache[w] = out.chunks.vectors[k, out.chunks.mask[k]].cpu()  # (C_k, S)
+        self.cache_hits += len(windows_) - len(todo)
+        vectors = [self.cache[w].to(device) for w in windows_]
+        while len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return vectors
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -234,13 +230,20 @@ class TieredEncoder:
         order = sorted(range(len(rows)), key=lambda r: len(rows[r]))  # similar lengths share a batch: less padding
         row_vec = torch.zeros(len(rows), self.dim)
         row_weight = torch.zeros(len(rows))
+        device = next(self.model.parameters()).device
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            vecs = self.chunk_vectors([rows[r] for r in idx])
-            padded = pad_sequence(vecs, batch_first=True)  # (B, C, S)
-            lengths = torch.tensor([len(v) for v in vecs], device=padded.device)
-            mask = torch.arange(padded.shape[1], device=padded.device)[None] < lengths[:, None]  # (B, C)
-            row_vec[idx] = self.model.e2(padded, mask).embedding.float().cpu()
+            if self.cache_e1:
+                vecs = self.chunk_vectors([rows[r] for r in idx])
+                chunks = pad_sequence(vecs, batch_first=True)  # (B, C, S)
+                lengths = torch.tensor([len(v) for v in vecs], device=chunks.device)
+                mask = torch.arange(chunks.shape[1], device=chunks.device)[None] < lengths[:, None]  # (B, C)
+                semantic = self.model.e2(chunks, mask)
+            else:  # one pass, E1 -> bridge -> E2 on the padded batch: no per-window unpad and re-pad
+                batch = batch_to(make_batch([rows[r] for r in idx], self.cfg), device)
+                out = self.model(batch, predicted=self.cfg.chunker.mode == "learned")
+                semantic, lengths = out.semantic, out.chunks.mask.sum(1)
+            row_vec[idx] = semantic.embedding.float().cpu()
             row_weight[idx] = lengths.float().cpu()
         out = torch.zeros(len(texts), self.dim).index_add_(0, torch.tensor(owner), row_vec * row_weight[:, None])
         out = torch.nn.functional.normalize(out, dim=-1)

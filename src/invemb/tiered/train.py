@@ -73,8 +73,8 @@ class TieredConfig(Config):
             "batch_size": 16, "probe_examples": 0,
         },
         "default": {
-            # A depthwise-separable conv E1 (receptive field 19 characters): the rotary-transformer E1 at this
-            # size costs 2.1x a BPE encoder of equal parameters at inference, the conv stack about 1.2x.
+            # A depthwise-separable conv E1 (receptive field 19 characters): a rotary-transformer E1 of this
+            # size costs about twice as much at inference (attention over ~130 characters per window).
             "model": {"char": {"vocab_size": 4096, "max_chars": 256, "kind": "conv", "dim": 64, "depth": 3,
                                "conv_kernel": 7, "heads": 4},
                       "semantic": {"dim": 128, "depth": 2, "heads": 4}},
