@@ -132,3 +132,17 @@ def json_cfg(run):
     from invemb.tiered.model import TieredModelConfig
 
     return TieredModelConfig.from_dict(json.loads((run / "config.json").read_text())["model"])
+
+
+def test_reference_probe_reads_the_word_tokens_state(tiny_bert_dir):
+    from invemb.backbone.hf import BackboneConfig, HFBackbone
+    from invemb.tiered.train import reference_probe_features
+
+    items = [("the cat sat on the mat", 4, "noun.animal", "cat.n.01"), ("a dog runs fast", 2, "noun.animal", "dog.n.01")]
+    got = reference_probe_features(items, tiny_bert_dir)
+    assert got.shape == (2, 32)
+    backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
+    enc = backbone.tokenizer(["the cat sat on the mat"], return_tensors="pt")
+    tokens = backbone.tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
+    _, states, _ = backbone(enc)
+    torch.testing.assert_close(got[0], states[0, tokens.index("cat")].float())

@@ -37,12 +37,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def probe_cmd(
         model: Path = typer.Option(..., "--model", help="a tiered run folder"),
         examples: int = typer.Option(1500, "--examples", help="WordNet example sentences to probe on"),
+        reference: str = typer.Option("", "--reference",
+                                      help="also probe this HF encoder's word states (`default`: the bundled MiniLM)"),
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
     ) -> None:
         """Linear probes for the WordNet lexname of a word on E1 and on E2 states.
 
-        Example: invemb tiered probe --model runs/tiered --examples 1500
+        Example: invemb tiered probe --model runs/tiered --examples 1500 --reference default
         """
         from invemb.tiered.train import lexname_probe, load_run
 
-        emit(lexname_probe(load_run(model), examples), plain)
+        emit(lexname_probe(load_run(model), examples, reference or None), plain)

@@ -87,7 +87,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, keys: list | 
     a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
     logits = a @ b.T / temperature  # (N, N)
     if keys is not None:
-        same = torch.tensor([[x == y for y in keys] for x in keys], device=a.device)
+        index: dict = {}
+        ids = torch.tensor([index.setdefault(k, len(index)) for k in keys], device=a.device)  # (N,)
+        same = ids[:, None] == ids[None, :]  # (N, N)
         logits = logits.masked_fill(same & ~torch.eye(len(keys), dtype=torch.bool, device=a.device), float("-inf"))
     target = torch.arange(len(a), device=a.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

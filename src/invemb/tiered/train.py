@@ -408,8 +408,30 @@ def probe_features(encoder: TieredEncoder, items: list[tuple[str, int, str, str]
     return torch.stack(e1), torch.stack(e2)
 
 
-def lexname_probe(encoder: TieredEncoder, limit: int = 1500) -> dict[str, float]:
-    """Linear probes for the WordNet lexname of a word, on E1 and on E2 features; split by synset hash."""
+@torch.no_grad()
+def reference_probe_features(items: list[tuple[str, int, str, str]], backbone: str = "default") -> torch.Tensor:
+    """Per item a pretrained HF encoder's contextual state of the word (mean of its tokens), (B, H):
+    what the probe reads from a model known to carry word meaning."""
+    from invemb.backbone.hf import BackboneConfig, HFBackbone
+
+    encoder = HFBackbone(BackboneConfig(path=backbone))
+    prompt = len(encoder.cfg.prompt)
+    rows = []
+    for text, offset, *_ in items:
+        word = re.match(r"\w+", text[offset:])
+        end = offset + (len(word.group(0)) if word else 1)
+        enc = encoder.tokenizer([encoder.cfg.prompt + text], truncation=True, max_length=encoder.cfg.max_length,
+                                return_offsets_mapping=True, return_tensors="pt")
+        spans = enc.pop("offset_mapping")[0].tolist()
+        _, states, _ = encoder(enc)  # (1, T, H)
+        inside = torch.tensor([e > s and s >= offset + prompt and e <= end + prompt for s, e in spans])
+        rows.append(states[0, inside].float().mean(0) if inside.any() else states[0, 0].float())
+    return torch.stack(rows)
+
+
+def lexname_probe(encoder: TieredEncoder, limit: int = 1500, reference: str | None = None) -> dict[str, float]:
+    """Linear probes for the WordNet lexname of a word, on E1 and on E2 features; split by synset hash.
+    ``reference``: an HF encoder folder (or "default", the bundled MiniLM) probed the same way beside them."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -419,7 +441,9 @@ def lexname_probe(encoder: TieredEncoder, limit: int = 1500) -> dict[str, float]
     items = lexname_examples(limit)
     if len({lex for _, _, lex, _ in items}) < 2:
         raise ValueError(f"lexname probe: the {len(items)} WordNet examples found hold fewer than 2 lexnames")
-    e1, e2 = probe_features(encoder, items)
+    features = dict(zip(("e1_accuracy", "e2_accuracy"), probe_features(encoder, items)))
+    if reference:
+        features["reference_accuracy"] = reference_probe_features(items, reference)
     labels = [lex for _, _, lex, _ in items]
     train = [i for i, it in enumerate(items) if split_of(it[3], 0.0, 0.25) == "train"]
     test = [i for i in range(len(items)) if i not in set(train)]
@@ -427,7 +451,7 @@ def lexname_probe(encoder: TieredEncoder, limit: int = 1500) -> dict[str, float]
     majority = max(set(y_train), key=y_train.count)
     result = {"examples": len(items), "classes": len(set(labels)),
               "majority_baseline": float(sum(y == majority for y in y_test) / max(1, len(y_test)))}
-    for name, feats in (("e1_accuracy", e1), ("e2_accuracy", e2)):
+    for name, feats in features.items():
         # The regularisation strength is chosen by cross-validation on the train split: ~1k examples
         # over ~40 classes overfit an unregularised probe below the majority baseline.
         probe = LogisticRegressionCV(Cs=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0], cv=3, max_iter=3000)
