@@ -26,18 +26,26 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def matched_bpe(bpe_run: ScratchEncoder, target: int) -> ScratchEncoder:
-    """The scratch encoder config (depth 2..4, width a multiple of 32) whose size is closest to ``target``."""
-    best = None
-    for depth in (2, 3, 4):
-        for dim in range(32, 513, 32):
+def bracketing_bpe(bpe_run: ScratchEncoder, target: int) -> tuple[dict[str, ScratchEncoder], str]:
+    """The scratch encoder configs (depth 2..6, width a multiple of 8) just below and just above
+    ``target`` parameters, and which of the two is closer. Most of a small BPE encoder's parameters
+    sit in its embedding table, so near-equal sizes can differ in depth, and speed, by a lot: both
+    sides of the target are timed."""
+    below = above = None
+    for depth in range(2, 7):
+        for dim in range(32, 513, 8):
             cfg = bpe_run.cfg.replace(**{"model.dim": dim, "model.depth": depth, "model.heads": 4, "model.ffn_hidden": 2 * dim})
             size = n_params(SentenceEncoderModel(cfg.model))
-            if best is None or abs(size - target) < abs(best[0] - target):
-                best = (size, cfg)
-    torch.manual_seed(0)
-    model = SentenceEncoderModel(best[1].model).eval()
-    return ScratchEncoder(model, bpe_run.tokenizer, best[1])
+            if size <= target and (below is None or size > below[0]):
+                below = (size, cfg)
+            if size > target and (above is None or size < above[0]):
+                above = (size, cfg)
+    out = {}
+    for name, (size, cfg) in (("bpe_equal_params_below", below), ("bpe_equal_params_above", above)):
+        torch.manual_seed(0)
+        out[name] = ScratchEncoder(SentenceEncoderModel(cfg.model).eval(), bpe_run.tokenizer, cfg)
+    closest = min((below, above), key=lambda t: abs(t[0] - target))
+    return out, "bpe_equal_params_below" if closest is below else "bpe_equal_params_above"
 
 
 def main() -> None:
@@ -57,7 +65,8 @@ def main() -> None:
     # Parameters used at inference only: E1, bridge and E2, not the training-only heads (chunk
     # order, masked chunk), which would let the BPE peer grow for free.
     inference_params = sum(n_params(m) for m in (tiered.model.e1, tiered.model.bridge, tiered.model.e2))
-    encoders = {"tiered": tiered, "bpe_equal_params": matched_bpe(bpe_run, inference_params), "bpe_trained_run": bpe_run}
+    peers, closest = bracketing_bpe(bpe_run, inference_params)
+    encoders = {"tiered": tiered, **peers, "bpe_trained_run": bpe_run}
     cached = invemb.load(args.tiered, cache_e1=True)
     cached.encode(texts, batch_size=args.batch_size)  # fill the E1 cache
     encoders["tiered_e1_cache_warm"] = cached
@@ -74,9 +83,14 @@ def main() -> None:
             for name, enc in encoders.items()}
     for name, row in rows.items():
         print(name, row, flush=True)
-    ratio = rows["tiered"]["seconds"] / rows["bpe_equal_params"]["seconds"]
+    for name, enc in encoders.items():
+        if name.startswith("bpe_equal"):
+            rows[name]["config"] = {k: getattr(enc.cfg.model, k) for k in ("dim", "depth", "ffn_hidden")}
+    ratios = {name: round(rows["tiered"]["seconds"] / rows[name]["seconds"], 3) for name in peers}
     write("tiered_speed", {"texts": len(texts), "chars": chars, "batch_size": args.batch_size,
-                           "threads": args.threads, "ratio_time_tiered_over_bpe_equal_params": round(ratio, 3),
+                           "threads": args.threads, "closest_peer": closest,
+                           "ratio_time_tiered_over_bpe_equal_params": ratios[closest],
+                           "ratio_time_tiered_over_bpe_below_above": [ratios["bpe_equal_params_below"], ratios["bpe_equal_params_above"]],
                            "target_ratio_at_most": 1.5, "models": rows})
 
 
