@@ -115,3 +115,10 @@ def test_bad_moe_config_is_refused():
         MoEConfig(top_k=3)
     with pytest.raises(ValueError, match="num_experts"):
         MoEConfig(num_experts=1, top_k=2)
+
+
+def test_an_all_padding_batch_routes_nothing():
+    moe = _moe().eval()
+    out = moe(torch.randn(2, 3, 16), torch.zeros(2, 3, dtype=torch.bool))
+    assert out.out.shape == (2, 3, 16) and torch.all(out.out == 0)
+    assert out.stats.drop_rate.item() == 0.0 and torch.all(out.stats.load == 0)

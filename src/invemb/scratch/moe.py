@@ -140,7 +140,7 @@ class TopKGate(nn.Module):
             stats = RoutingStats(
                 load=demand.float() / max(1, n * k),
                 kept=kept,
-                drop_rate=1.0 - kept.sum() / max(1, n * k),
+                drop_rate=1.0 - kept.sum() / (n * k) if n else torch.zeros(()),
                 entropy=-(probs * log_probs).sum(-1).mean() if n else torch.zeros(()),
             )
         return Routing(dispatch, (combine * keep).to(x.dtype), cap, switch_balance_loss(probs, top_e[:, 0], e),
