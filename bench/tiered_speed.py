@@ -79,13 +79,11 @@ def main() -> None:
     chars = sum(len(t) for t in texts)
     rows = {name: {"params": inference_params if name.startswith("tiered") else n_params(enc.model),
                    "seconds": round(best[name], 3),
-                   "sentences_per_s": round(len(texts) / best[name], 1), "chars_per_s": round(chars / best[name], 1)}
+                   "sentences_per_s": round(len(texts) / best[name], 1), "chars_per_s": round(chars / best[name], 1),
+                   **({"config": {k: getattr(enc.cfg.model, k) for k in ("dim", "depth", "ffn_hidden")}} if name in peers else {})}
             for name, enc in encoders.items()}
     for name, row in rows.items():
         print(name, row, flush=True)
-    for name, enc in encoders.items():
-        if name.startswith("bpe_equal"):
-            rows[name]["config"] = {k: getattr(enc.cfg.model, k) for k in ("dim", "depth", "ffn_hidden")}
     ratios = {name: round(rows["tiered"]["seconds"] / rows[name]["seconds"], 3) for name in peers}
     write("tiered_speed", {"texts": len(texts), "chars": chars, "batch_size": args.batch_size,
                            "threads": args.threads, "closest_peer": closest,

@@ -141,6 +141,18 @@ class HFBackbone(torch.nn.Module):
         prompted = [self.cfg.prompt + t for t in texts]
         return self.tokenizer(prompted, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
 
+    @torch.no_grad()
+    def span_states(self, sentence: str, start: int, end: int) -> torch.Tensor:
+        """Token states (t, H) of the tokens inside characters ``start:end`` of ``sentence``, read in
+        the context of the whole sentence; t = 0 when the span covers no token (e.g. truncated)."""
+        prompt = len(self.cfg.prompt)
+        enc = self.tokenizer([self.cfg.prompt + sentence], truncation=True, max_length=self.cfg.max_length,
+                             return_offsets_mapping=True, return_tensors="pt")
+        offsets = enc.pop("offset_mapping")[0].tolist()  # (T, 2)
+        _, states, _ = self(enc)  # (1, T, H)
+        inside = torch.tensor([e > s and s >= start + prompt and e <= end + prompt for s, e in offsets], dtype=torch.bool)
+        return states[0, inside.to(states.device)]
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokenised batch -> (pooled (B, H), token states (B, T, H), mask (B, T))."""
         batch = {k: v.to(self.device) for k, v in batch.items()}

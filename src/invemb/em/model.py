@@ -222,17 +222,9 @@ class TokenEmbeddingModel(nn.Module):
             if start < 0:
                 raise ValueError(f"span {span!r} not found in the sentence")
             span = (start, start + len(span))
-        start, end = span
-        prompt_len = len(self.backbone.cfg.prompt)
-        enc = self.backbone.tokenizer([self.backbone.cfg.prompt + sentence], truncation=True,
-                                      max_length=self.backbone.cfg.max_length, return_offsets_mapping=True, return_tensors="pt")
-        offsets = enc.pop("offset_mapping")[0]  # (T, 2)
-        _, states, mask = self.backbone(enc)
-        inside = [(s >= start + prompt_len and e <= end + prompt_len and e > s) for s, e in offsets.tolist()]
-        keep = torch.tensor(inside)
-        if not keep.any():
+        span_states = self.backbone.span_states(sentence, *span).float().unsqueeze(0)  # (1, t, H)
+        if not span_states.shape[1]:
             raise ValueError(f"span {span} covers no token of the sentence")
-        span_states = states[0, keep].float().unsqueeze(0)  # (1, t, H)
         span_mask = torch.ones(1, span_states.shape[1], dtype=torch.bool)
         pooled = span_states.mean(1)  # (1, H)
         self.eval()

@@ -203,6 +203,6 @@ class MoEFeedForward(nn.Module):
         expert_out = self.experts(buffer).view(slots, d)  # (E*C, D)
         picked = expert_out.index_select(0, flat_dispatch.clamp_min(0)).view(n, k, d)  # (N, K, D)
         combine = routing.combine.to(picked.dtype).unsqueeze(-1)  # (N, K, 1)
-        routed = (picked * combine).squeeze(1) if k == 1 else (picked * combine).sum(1)  # (N, D)
+        routed = (picked * combine).sum(1)  # (N, D)
         out = x.new_zeros(b * t, d).index_copy(0, positions, routed.to(x.dtype)).view(b, t, d)
         return MoEOutput(out, routing.balance_loss, routing.z_loss, routing.stats)

@@ -415,17 +415,11 @@ def reference_probe_features(items: list[tuple[str, int, str, str]], backbone: s
     from invemb.backbone.hf import BackboneConfig, HFBackbone
 
     encoder = HFBackbone(BackboneConfig(path=backbone))
-    prompt = len(encoder.cfg.prompt)
     rows = []
     for text, offset, *_ in items:
         word = re.match(r"\w+", text[offset:])
-        end = offset + (len(word.group(0)) if word else 1)
-        enc = encoder.tokenizer([encoder.cfg.prompt + text], truncation=True, max_length=encoder.cfg.max_length,
-                                return_offsets_mapping=True, return_tensors="pt")
-        spans = enc.pop("offset_mapping")[0].tolist()
-        _, states, _ = encoder(enc)  # (1, T, H)
-        inside = torch.tensor([e > s and s >= offset + prompt and e <= end + prompt for s, e in spans])
-        rows.append(states[0, inside].float().mean(0) if inside.any() else states[0, 0].float())
+        states = encoder.span_states(text, offset, offset + (len(word.group(0)) if word else 1))  # (t, H)
+        rows.append(states.float().mean(0) if len(states) else torch.zeros(encoder.hidden))
     return torch.stack(rows)
 
 
