@@ -2,7 +2,7 @@
 
 The dense FFN has hidden width H; the MoE has E experts of width H / top_k, so each token meets
 the same number of expert weights. All run the same (B, T, D) batch with padding, interleaved,
-median of repeats; throughput counts real (non-padding) tokens. Two dense references:
+median of repeats (each ratio the median of per-repeat ratios); throughput counts real (non-padding) tokens. Two dense references:
 
 - ``dense_real_tokens`` (the target's reference, the strict one): the dense FFN on the real
   tokens only, gathered the same way the MoE gathers them (and not scattered back), i.e. a dense
@@ -13,7 +13,10 @@ median of repeats; throughput counts real (non-padding) tokens. Two dense refere
 Prints the ratio MoE tokens/s / dense tokens/s against both (target >= 0.7 against the strict
 one) and peak memory.
 
-    .venv/bin/python bench/moe_layer.py [--batch 64 --seq 40 --dim 128 --hidden 384 --experts 4 --top-k 1]
+    .venv/bin/python bench/moe_layer.py [--preset default|full] [--batch 64 --seq 40 --top-k 1]
+
+At the ``default`` preset's width (128) the layer's cost is mostly per-op overhead of the
+router and the moves, not arithmetic; at the ``full`` preset's (512, 8 experts) it is the experts.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 
 from invemb.scratch.moe import MoEConfig, MoEFeedForward
+from invemb.scratch.train import ScratchConfig
 from invemb.scratch.transformer import FeedForward
 
 
@@ -38,16 +42,22 @@ def peak_rss_mib() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default", choices=sorted(ScratchConfig.presets),
+                    help="take dim, hidden width and experts from this `train scratch` preset")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq", type=int, default=40)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--hidden", type=int, default=384, help="dense hidden width; experts get hidden / top_k")
-    ap.add_argument("--experts", type=int, default=4)
+    ap.add_argument("--dim", type=int, help="model width (default: the preset's)")
+    ap.add_argument("--hidden", type=int, help="dense hidden width; experts get hidden / top_k (default: the preset's)")
+    ap.add_argument("--experts", type=int, help="(default: the preset's)")
     ap.add_argument("--top-k", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/out/moe_layer.json")
     args = ap.parse_args()
+    model = ScratchConfig.preset(args.preset).model
+    args.dim = args.dim or model.dim
+    args.hidden = args.hidden or model.ffn_hidden
+    args.experts = args.experts or model.moe.num_experts
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -74,12 +84,19 @@ def main() -> None:
                 for _ in range(3):
                     fn()  # warm-up
                 rss[name] = peak_rss_mib()
-            for _ in range(args.repeats):
-                for name, fn in runs.items():  # interleaved, so machine load hits both alike
+            names = list(runs)
+            for i in range(args.repeats):
+                # Interleaved, so machine load hits all alike, in a rotating order, so none always
+                # runs first (on a warm or a cold cache).
+                for name in names[i % len(names):] + names[: i % len(names)]:
                     t0 = time.perf_counter()
-                    fn()
+                    runs[name]()
                     times[name].append(time.perf_counter() - t0)
         tps = {k: n_tokens / statistics.median(v) for k, v in times.items()}
+        # The machine's speed drifts within a run; the ratio of two layers timed back to back
+        # does not, so each ratio is the median of the per-repeat ratios.
+        paired = {ref: statistics.median(r / m for r, m in zip(times[ref], times["moe"]))
+                  for ref in ("dense", "dense_real_tokens")}
         with torch.no_grad():
             routing = moe.gate(x[mask])
         # The expert buffer holds as many slots per expert as the busiest one needs (up to
@@ -88,13 +105,13 @@ def main() -> None:
         buffer_over_tokens = routing.capacity * args.experts / (n_tokens * args.top_k)
         results[mode] = {"dense_tokens_per_s": round(tps["dense"]), "moe_tokens_per_s": round(tps["moe"]),
                          "dense_real_tokens_tokens_per_s": round(tps["dense_real_tokens"]),
-                         "ratio_moe_over_dense": round(tps["moe"] / tps["dense"], 3),
-                         "ratio_moe_over_dense_real_tokens": round(tps["moe"] / tps["dense_real_tokens"], 3),
+                         "ratio_moe_over_dense": round(paired["dense"], 3),
+                         "ratio_moe_over_dense_real_tokens": round(paired["dense_real_tokens"], 3),
                          "router_load_max_over_mean": round(imbalance, 3), "buffer_slots_per_assignment": round(buffer_over_tokens, 3)}
         cf = moe.cfg.capacity_factor_train if mode == "train" else moe.cfg.capacity_factor_eval
         print(f"{mode:5s} (capacity factor {cf}): dense {tps['dense']:,.0f} tok/s  MoE {tps['moe']:,.0f} tok/s  "
-              f"RATIO MoE/dense over real tokens = {tps['moe'] / tps['dense_real_tokens']:.3f} (target >= 0.7; dense "
-              f"{tps['dense_real_tokens']:,.0f} tok/s)  | dense over the padded batch: ratio {tps['moe'] / tps['dense']:.3f}  "
+              f"RATIO MoE/dense over real tokens = {paired['dense_real_tokens']:.3f} (target >= 0.7; dense "
+              f"{tps['dense_real_tokens']:,.0f} tok/s)  | dense over the padded batch: ratio {paired['dense']:.3f}  "
               f"(untrained router: busiest expert {imbalance:.2f}x mean, {buffer_over_tokens:.2f} buffer slots per routed token)")
     report = {"config": vars(args), "tokens": n_tokens, "padded_positions": args.batch * args.seq, "active_params": {"dense": dense_active, "moe": moe_active},
               "total_params": {"dense": dense_active, "moe": sum(p.numel() for p in moe.parameters())},

@@ -61,6 +61,7 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
     ("inversion_eval", bench("inversion_eval", "--controller", RUNS["controller"], "--em", RUNS["em"], "--n", "50",
                              "--n-blackbox", "6"), (RUNS["controller"], "model.safetensors")),
     ("moe_layer", bench("moe_layer"), None),
+    ("moe_layer_full", bench("moe_layer", "--preset", "full", "--repeats", "30", "--out", "bench/out/moe_layer_full.json"), None),
     ("moe_train", bench("moe_train", "--preset", "default", "--out", RUNS["compare"]), None),
     ("train_tiered", invemb("train", "tiered", "--preset", "default", "--out", RUNS["tiered"]), None),
     # 644k parameters (BPE vocabulary 8000 x 64 + 4 blocks) against the tiered default's 605k
