@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from invemb.scratch.moe import (MoEConfig, MoEFeedForward, TopKGate, expert_capacity, router_z_loss,
-                                switch_balance_loss)
+from invemb.scratch.moe import (MoEConfig, MoEFeedForward, TopKGate, expert_capacity, multiplicative_jitter,
+                                router_z_loss, switch_balance_loss)
 from invemb.scratch.transformer import FeedForward
 
 
@@ -122,3 +122,19 @@ def test_an_all_padding_batch_routes_nothing():
     out = moe(torch.randn(2, 3, 16), torch.zeros(2, 3, dtype=torch.bool))
     assert out.out.shape == (2, 3, 16) and torch.all(out.out == 0)
     assert out.stats.drop_rate.item() == 0.0 and torch.all(out.stats.load == 0)
+
+
+def test_multiplicative_jitter_is_uniform_within_eps_and_seeded():
+    x = torch.full((400, 50), 2.0)
+    torch.manual_seed(3)
+    y = multiplicative_jitter(x, 0.01)
+    u = y / x  # the multiplier per element
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert u.min() >= 0.99 - 1e-6 and u.max() <= 1.01 + 1e-6
+    assert abs(u.mean().item() - 1.0) < 2e-4  # uniform: mean 1, sd of the mean 0.01 / sqrt(3 * 20000)
+    assert u.std().item() == pytest.approx(0.02 / math.sqrt(12), rel=0.05)
+    assert 250 <= len(torch.unique(u)) <= 256  # 8-bit levels
+    torch.manual_seed(3)
+    assert torch.equal(multiplicative_jitter(x, 0.01), y)
+    odd = torch.ones(3, 7)  # numel not a multiple of 4
+    assert multiplicative_jitter(odd, 0.1).shape == (3, 7)
