@@ -14,12 +14,13 @@ class RecordingEncoder(FakeEncoder):
 
     def __init__(self, dim: int = 16, delay: float = 0.0, fail_on: str | None = None):
         super().__init__(dim=dim)
-        self.delay, self.fail_on, self.batch_sizes = delay, fail_on, []
+        self.delay, self.fail_on, self.batch_sizes, self.seen = delay, fail_on, [], []
         self.lock = threading.Lock()
 
     def encode(self, texts, batch_size: int = 64):
         with self.lock:
             self.batch_sizes.append(len(texts))
+            self.seen.append(list(texts))
         if self.delay:
             time.sleep(self.delay)
         if self.fail_on is not None and self.fail_on in texts:

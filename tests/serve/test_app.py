@@ -192,14 +192,18 @@ def test_usage_counts_tokens_with_a_hf_tokenizer(tiny_bert_dir):
     assert service.count_tokens(["the cat", "the cat sat on the mat"]) == [4, 8]  # with [CLS] and [SEP]
 
 
-def test_freed_memory_is_trimmed_at_most_once_per_interval(recording_encoder):
+def test_a_micro_batch_is_encoded_in_length_sorted_chunks_with_a_trim_after_each(recording_encoder):
     from invemb.serve.app import ServeConfig, Service, malloc_trim
 
     assert malloc_trim() is None or callable(malloc_trim())
-    service = Service(recording_encoder, cfg=ServeConfig(trim_interval_s=3600))
-    calls = []
-    service._trim = calls.append
-    for _ in range(3):
-        service._encode_batch(["a", "b"])
-    assert calls == [0]  # the first call trims; the next ones fall inside the interval
-    assert Service(recording_encoder, cfg=ServeConfig(trim_interval_s=0))._trim is None
+    service = Service(recording_encoder, cfg=ServeConfig(encode_batch_size=4))
+    trims = []
+    service._trim = trims.append
+    texts = [("w " * n).strip() for n in (9, 1, 5, 3, 8, 2, 7, 4, 6, 10)]
+    vecs, tokens = service._encode_batch(texts)
+    assert recording_encoder.batch_sizes == [4, 4, 2]
+    assert recording_encoder.seen[0] == [("w " * n).strip() for n in (1, 2, 3, 4)]  # shortest first
+    assert trims == [0, 0, 0]  # one trim per chunk
+    assert np.allclose(vecs, FakeEncoder(dim=16).encode(texts).numpy(), atol=1e-6)  # rows back in request order
+    assert tokens == [len(t.split()) for t in texts]
+    assert Service(recording_encoder, cfg=ServeConfig(trim_heap=False))._trim is None

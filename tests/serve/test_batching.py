@@ -127,7 +127,7 @@ def test_concurrent_http_clients_are_all_answered_and_merged():
     from invemb.serve.app import ServeConfig, Service, create_app
 
     enc = RecordingEncoder(delay=0.05)  # slow enough that requests pile up even on a busy machine
-    service = Service(enc, cfg=ServeConfig(max_batch_texts=32, max_wait_ms=5), name="fake")
+    service = Service(enc, cfg=ServeConfig(max_batch_texts=32, max_wait_ms=5, encode_batch_size=32), name="fake")  # one encoder call per micro-batch
     app = create_app(service, api_key=API_KEY)
     rng = np.random.default_rng(0)
     requests = [[f"text {i} {j}" for j in range(int(rng.integers(1, 4)))] for i in range(64)]
