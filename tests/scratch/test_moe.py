@@ -138,3 +138,15 @@ def test_multiplicative_jitter_is_uniform_within_eps_and_seeded():
     assert torch.equal(multiplicative_jitter(x, 0.01), y)
     odd = torch.ones(3, 7)  # numel not a multiple of 4
     assert multiplicative_jitter(odd, 0.1).shape == (3, 7)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_moe_under_bf16_autocast_keeps_the_residual_dtype(top_k):
+    moe = _moe(top_k=top_k).train()
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 7, 16, dtype=dtype, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = moe(x, torch.rand(3, 7) > 0.2)
+        assert out.out.dtype == dtype and out.out.shape == (3, 7, 16)
+        out.out.float().sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0

@@ -228,7 +228,7 @@ class MoEFeedForward(nn.Module):
         weight_of_slot[slot_of] = routing.combine.t().reshape(-1)
         rows = row_of_slot[:slots]  # (E*C,) b*t for an empty slot
         buffer = flat_x.index_select(0, rows.clamp_max(b * t - 1)).view(e, routing.capacity, d)  # (E, C, D)
-        expert_out = self.experts(buffer).view(slots, d) * weight_of_slot[:slots, None].to(x.dtype)  # (E*C, D)
+        expert_out = (self.experts(buffer).view(slots, d) * weight_of_slot[:slots, None]).to(x.dtype)  # (E*C, D); bf16 under autocast
         # (B*T + 1, D), the last row taking the empty slots; a top-2 token's two slots add up.
         # index_add_ serves top-1 too: on CPU it is faster than index_copy_ (80 vs 105 us).
         out = x.new_zeros(b * t + 1, d).index_add_(0, rows, expert_out)
