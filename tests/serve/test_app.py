@@ -207,3 +207,13 @@ def test_a_micro_batch_is_encoded_in_length_sorted_chunks_with_a_trim_after_each
     assert np.allclose(vecs, FakeEncoder(dim=16).encode(texts).numpy(), atol=1e-6)  # rows back in request order
     assert tokens == [len(t.split()) for t in texts]
     assert Service(recording_encoder, cfg=ServeConfig(trim_heap=False))._trim is None
+
+
+def test_chunks_are_capped_in_characters_too_but_hold_at_least_one_text(recording_encoder):
+    from invemb.serve.app import ServeConfig, Service
+
+    service = Service(recording_encoder, cfg=ServeConfig(encode_batch_size=4, encode_batch_chars=9))
+    texts = ["aaaa", "b", "cc", "d" * 30, "eee"]  # sorted: b cc eee aaaa d*30
+    assert service._chunks(texts) == [[1, 2, 4], [0], [3]]  # 1+2+3 chars, +4 would pass 9; 30 alone
+    assert Service(recording_encoder, cfg=ServeConfig(encode_batch_size=2))._chunks(texts) == [[1, 2], [4, 0], [3]]
+    assert service._chunks([]) == []

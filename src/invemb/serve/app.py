@@ -36,10 +36,13 @@ class ServeConfig(Config):
     max_batch_texts: int = 256  # texts merged into one encode call
     max_wait_ms: float = 5.0  # how long the oldest waiting request holds the batch open for others
     # A micro-batch (a few hundred texts of mixed lengths) is sorted by length and encoded in chunks
-    # of this many texts. Small chunks pad less (MiniLM, Brown sentences, 131-text calls: 40.6 padded
-    # tokens a text at 64, 32.0 at 32; 22.7 vs 16.7 CPU ms a text), 16 is as fast as 32, and they
-    # bound the memory one encoder call holds (the EM on 16 Brown sentences: ~35 MB).
+    # of at most this many texts and characters. Small chunks pad less (MiniLM, Brown sentences,
+    # 131-text calls: 40.6 padded tokens a text at 64, 32.0 at 32; 22.7 vs 16.7 CPU ms a text), 16
+    # is as fast as 32, and they bound the memory one encoder call holds: the EM's working memory
+    # over a 143-text call, +35 MB (max 50) in chunks of 16 texts, +25 MB (max 31) with the
+    # character cap too, which splits only the chunks of the longest texts; time the same.
     encode_batch_size: int = 16
+    encode_batch_chars: int = 2048
     max_queued_texts: int = 65536  # beyond this the server answers 503 at once
     max_texts_per_request: int = 2048  # as OpenAI's embeddings endpoint
     max_chars_per_text: int = 16384
@@ -56,7 +59,7 @@ class ServeConfig(Config):
     def check(self) -> "ServeConfig":
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_batch_texts", "encode_batch_size", "max_queued_texts", "max_texts_per_request",
+        for name in ("max_batch_texts", "encode_batch_size", "encode_batch_chars", "max_queued_texts", "max_texts_per_request",
                      "max_chars_per_text", "max_body_bytes", "max_beam", "max_pending_inversions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -135,10 +138,8 @@ class Service:
     def _encode_batch(self, texts: list[str]) -> tuple:
         """Runs in the batcher's worker thread: (N, D) float32 vectors and N token counts."""
         size = self.cfg.encode_batch_size
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # chunks of similar length pad little
         vecs = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), size):
-            rows = order[start:start + size]
+        for rows in self._chunks(texts):
             chunk = [texts[i] for i in rows]
             # The lock is taken per chunk, so an inversion waiting for the encoder gets it between chunks.
             with self.lock, torch.inference_mode():
@@ -150,6 +151,19 @@ class Service:
         with self.lock:
             tokens = self.count_tokens(texts)
         return vecs, tokens
+
+    def _chunks(self, texts: list[str]) -> list[list[int]]:
+        """Indices of ``texts`` by length (chunks of similar length pad little), cut into chunks of at
+        most encode_batch_size texts and encode_batch_chars characters (one text at least)."""
+        chunks: list[list[int]] = [[]]
+        chars = 0
+        for i in sorted(range(len(texts)), key=lambda i: len(texts[i])):
+            if chunks[-1] and (len(chunks[-1]) == self.cfg.encode_batch_size or chars + len(texts[i]) > self.cfg.encode_batch_chars):
+                chunks.append([])
+                chars = 0
+            chunks[-1].append(i)
+            chars += len(texts[i])
+        return chunks if chunks[0] else []
 
     def invert_pool(self) -> concurrent.futures.ThreadPoolExecutor:
         # Inversions run in their own thread so a seconds-long beam search never holds up embeddings.

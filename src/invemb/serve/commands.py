@@ -25,8 +25,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     ):
         """Serve an encoder over HTTP: OpenAI-compatible POST /v1/embeddings, POST /v1/invert (with
         --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
-        are micro-batched: one encoder pass over their texts, in length-sorted chunks of
-        encode_batch_size, the freed heap handed back to the OS after each chunk (trim_heap).
+        are micro-batched: one encoder pass over their texts, in length-sorted chunks of at most
+        encode_batch_size texts and encode_batch_chars characters, the freed heap handed back to
+        the OS after each chunk (trim_heap).
 
         \b
         Examples:
@@ -34,7 +35,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
           INVEMB_API_KEY=secret invemb serve --model runs/em-default --controller runs/controller --port 8080
           curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat"]}'
 
-        Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, max_texts_per_request,
+        Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, encode_batch_chars,
+        max_texts_per_request,
         max_chars_per_text, max_body_bytes, max_queued_texts, max_beam, max_pending_inversions, access_log,
         trim_heap.
         """
