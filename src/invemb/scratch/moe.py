@@ -212,7 +212,7 @@ class MoEFeedForward(nn.Module):
         positions = (torch.arange(b * t, device=x.device) if mask is None
                      else mask.reshape(-1).nonzero().squeeze(1))  # (N,) flat positions of real tokens
         tokens = flat_x.index_select(0, positions)  # (N, D)
-        n, e, k = tokens.shape[0], self.cfg.num_experts, self.cfg.top_k
+        e, k = self.cfg.num_experts, self.cfg.top_k
         routing = self.gate(tokens)
         slots = e * routing.capacity
         # Each buffer slot names the row of x it reads and its combine weight, so the expert
@@ -223,7 +223,7 @@ class MoEFeedForward(nn.Module):
         slot_of = routing.dispatch.t().reshape(-1)  # (K*N,) choice-major assignment -> slot, -1 when dropped
         slot_of = slot_of.where(slot_of >= 0, slots)
         row_of_slot = torch.full((slots + 1,), b * t, dtype=torch.long, device=x.device)  # (E*C + 1,)
-        row_of_slot[slot_of] = positions if k == 1 else positions.repeat(k)
+        row_of_slot[slot_of] = positions.repeat(k)  # choice-major, like slot_of
         weight_of_slot = routing.combine.new_zeros(slots + 1)
         weight_of_slot[slot_of] = routing.combine.t().reshape(-1)
         rows = row_of_slot[:slots]  # (E*C,) b*t for an empty slot

@@ -59,8 +59,8 @@ class ServeConfig(Config):
     def check(self) -> "ServeConfig":
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
-        for name in ("max_batch_texts", "encode_batch_size", "encode_batch_chars", "max_queued_texts", "max_texts_per_request",
-                     "max_chars_per_text", "max_body_bytes", "max_beam", "max_pending_inversions"):
+        for name in ("max_batch_texts", "encode_batch_size", "encode_batch_chars", "max_queued_texts",
+                     "max_texts_per_request", "max_chars_per_text", "max_body_bytes", "max_beam", "max_pending_inversions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -145,7 +145,6 @@ class Service:
             with self.lock, torch.inference_mode():
                 out = self.encoder.encode(chunk, batch_size=size)
             vecs[rows] = check_vectors(out, len(chunk), self.dim, "encoder", "serve").detach().float().cpu().numpy()
-            del out
             if self._trim is not None:
                 self._trim(0)
         with self.lock:
@@ -158,7 +157,8 @@ class Service:
         chunks: list[list[int]] = [[]]
         chars = 0
         for i in sorted(range(len(texts)), key=lambda i: len(texts[i])):
-            if chunks[-1] and (len(chunks[-1]) == self.cfg.encode_batch_size or chars + len(texts[i]) > self.cfg.encode_batch_chars):
+            full = len(chunks[-1]) == self.cfg.encode_batch_size or chars + len(texts[i]) > self.cfg.encode_batch_chars
+            if chunks[-1] and full:
                 chunks.append([])
                 chars = 0
             chunks[-1].append(i)
