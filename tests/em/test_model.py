@@ -37,6 +37,55 @@ def test_order_aware_heads_see_order_after_perturbation(kind):
     torch.testing.assert_close(mlp(states.mean(1)).embedding, mlp(swapped.mean(1)).embedding)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "bind"])
+def test_skip_head_starts_with_the_backbones_cosines(kind):
+    torch.manual_seed(0)
+    cfg = HeadConfig.preset("tiny", head=kind, hidden=16)  # embed_dim 32 >= 16: the skip keeps norms exactly
+    assert cfg.skip
+    head = TokenHead(cfg).eval()
+    pooled = torch.randn(6, 16)
+    states, mask = pooled[:, None].expand(6, 3, 16).contiguous(), torch.ones(6, 3, dtype=torch.bool)
+    z = head(pooled, states, mask).embedding
+    unit = torch.nn.functional.normalize(pooled, dim=-1)
+    torch.testing.assert_close(z @ z.T, unit @ unit.T, rtol=1e-5, atol=1e-5)
+    # training moves it from there: the MLP's last layer starts at zero but gets a gradient
+    z.sum().backward()
+    assert head.last_projection.weight.grad.abs().sum() > 0
+
+
+def test_heads_saved_before_the_skip_load_without_it(tmp_path):
+    old = {k: v for k, v in HeadConfig.preset("tiny", hidden=16).to_dict().items() if k != "skip"}
+    cfg = HeadConfig.from_dict(old)
+    assert not cfg.skip
+    head = TokenHead(cfg)
+    save_head(head, tmp_path)
+    again = load_head(tmp_path)
+    assert again.skip is None
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(again(x, x[:, None], torch.ones(2, 1, dtype=torch.bool)).embedding,
+                               head.eval()(x, x[:, None], torch.ones(2, 1, dtype=torch.bool)).embedding)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_mlp_head_exports_to_sentence_transformers_with_or_without_skip(tmp_path, tiny_bert_dir, skip):
+    from sentence_transformers import SentenceTransformer
+
+    from invemb.em.st_export import export
+
+    torch.manual_seed(0)
+    backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
+    head = TokenHead(HeadConfig.preset("tiny", head="mlp", hidden=backbone.hidden, skip=skip))
+    for p in head.parameters():  # off the zero init, so the MLP path counts
+        p.data += torch.randn_like(p) * 0.1
+    model = TokenEmbeddingModel(backbone, head).eval()
+    export(model, tmp_path / "st")
+    modules = (tmp_path / "st/modules.json").read_text()
+    assert ("EMHeadModule" in modules) == skip  # without a skip: stock modules only
+    st = SentenceTransformer(str(tmp_path / "st"), device="cpu", trust_remote_code=True)
+    texts = ["bank", "the cat sat on the mat"]
+    torch.testing.assert_close(st.encode(texts, convert_to_tensor=True), model.encode(texts), rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_head_is_refused():
     with pytest.raises(ValueError, match="unknown head"):
         TokenHead(HeadConfig(head="lstm"))

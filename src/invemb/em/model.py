@@ -13,7 +13,10 @@ space. The head has three parts:
   order is carried by a product of word and position, which a sum of the two inside a
   transformer layer learns only slowly;
 - a projection MLP (H -> proj_hidden -> embed_dim, GELU, LayerNorm, no bias on the last layer),
-  L2-normalised;
+  L2-normalised; with ``skip`` (the presets' choice) a linear skip path H -> embed_dim,
+  orthogonally initialised, is added to it and the MLP's last layer starts at zero, so the EM
+  starts out as the backbone's own pooled vector (a rotation of it: every cosine, so WordSim
+  and SimLex, equal the backbone's) and training moves it from there;
 - a reconstruction MLP back to the backbone's pooled hidden vector.
 
 All order-aware aggregators start out as plain mean pooling (zero-initialised deltas), so
@@ -50,11 +53,16 @@ class HeadConfig(Config):
     dropout: float = 0.1
     pos_std: float = 0.02  # init std of the aggregators' learned position embeddings
     bind_width: int = 768  # width W of the bind aggregator's position-bound features
+    # Orthogonal linear skip around the projection MLP, whose last layer then starts at zero: training
+    # starts from the backbone's geometry. False here only so heads saved before it existed load as
+    # they were trained; every preset turns it on.
+    skip: bool = False
 
     presets = {
-        "tiny": {"proj_hidden": 64, "embed_dim": 32, "agg_heads": 2, "agg_ff": 64, "max_tokens": 32},
-        "default": {},
-        "full": {"proj_hidden": 2048, "embed_dim": 768, "agg_layers": 2, "agg_heads": 16, "agg_ff": 2048, "max_tokens": 128},
+        "tiny": {"proj_hidden": 64, "embed_dim": 32, "agg_heads": 2, "agg_ff": 64, "max_tokens": 32, "skip": True},
+        "default": {"skip": True},
+        "full": {"proj_hidden": 2048, "embed_dim": 768, "agg_layers": 2, "agg_heads": 16, "agg_ff": 2048, "max_tokens": 128,
+                 "skip": True},
     }
 
 
@@ -157,6 +165,12 @@ class TokenHead(nn.Module):
         self.proj = nn.Sequential(
             nn.Linear(cfg.hidden, cfg.proj_hidden), nn.GELU(), nn.LayerNorm(cfg.proj_hidden), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.proj_hidden, cfg.embed_dim, bias=False))
+        self.skip: nn.Linear | None = None
+        if cfg.skip:
+            # Square: a rotation (cosines kept exactly); H > D: a semi-orthogonal projection (kept nearly).
+            self.skip = nn.Linear(cfg.hidden, cfg.embed_dim, bias=False)
+            nn.init.orthogonal_(self.skip.weight)
+            nn.init.zeros_(self.proj[-1].weight)
         self.recon = nn.Sequential(
             nn.Linear(cfg.embed_dim, cfg.proj_hidden), nn.GELU(), nn.LayerNorm(cfg.proj_hidden),
             nn.Linear(cfg.proj_hidden, cfg.hidden))
@@ -175,7 +189,8 @@ class TokenHead(nn.Module):
     def forward(self, pooled: torch.Tensor | None = None, states: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> HeadOutput:
         agg = self.aggregate(pooled, states, mask)  # (B, H)
-        z = F.normalize(self.proj(agg), dim=-1)  # (B, D)
+        y = self.proj(agg) if self.skip is None else self.proj(agg) + self.skip(agg)  # (B, D)
+        z = F.normalize(y, dim=-1)  # (B, D)
         return HeadOutput(z, self.recon(z), agg)
 
     @property

@@ -1,8 +1,8 @@
 """Export an EM as a folder that ``sentence_transformers.SentenceTransformer(path)`` loads.
 
-- ``mlp`` head: only stock sentence-transformers modules (Transformer, Pooling, Dense with GELU,
+- ``mlp`` head without ``skip``: only stock sentence-transformers modules (Transformer, Pooling, Dense with GELU,
   LayerNorm, Dense without bias, Normalize), so ``SentenceTransformer(path)`` loads it as is.
-- order-aware heads (``attention``, ``transformer``): the backbone as ``Transformer``, then
+- order-aware heads (``attention``, ``transformer``, ``bind``) and heads with a skip path: the backbone as ``Transformer``, then
   :class:`EMHeadModule`, which applies the backbone's pooling and the EM head to
   ``token_embeddings``. sentence-transformers treats any class outside its own package as custom
   code, so these load with ``SentenceTransformer(path, trust_remote_code=True)`` (the class comes
@@ -65,7 +65,7 @@ def export(model, path: str | Path) -> Path:
         shutil.rmtree(tmp)
     backbone = model.backbone
     transformer = Transformer(backbone.path, max_seq_length=backbone.cfg.max_length)
-    if model.head.cfg.head == "mlp":
+    if model.head.cfg.head == "mlp" and not model.head.cfg.skip:
         modules = [transformer, *_stock_head_modules(model.head, backbone.cfg.pooling)]
     else:
         head_module = EMHeadModule(model.head.cfg.to_dict(), backbone.cfg.pooling)
