@@ -150,3 +150,4 @@ def test_bad_config_values_are_refused():
         CharEncoderConfig(units="words")
     with pytest.raises(ValueError, match="divisible"):
         CharEncoderConfig(dim=30, heads=4)
+

@@ -146,3 +146,33 @@ def test_reference_probe_reads_the_word_tokens_state(tiny_bert_dir):
     tokens = backbone.tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
     _, states, _ = backbone(enc)
     torch.testing.assert_close(got[0], states[0, tokens.index("cat")].float())
+
+
+def test_teacher_distillation_trains_e2_onto_the_teachers_word_vectors(tmp_path, make_cfg, toy_corpus, tiny_bert_dir):
+    cfg = make_cfg(**{"train.epochs": 6, "train.lr": 1e-2, "objectives.w_teacher": 1.0,
+                      "objectives.teacher": tiny_bert_dir, "objectives.e1_warmup": 0.0})
+    train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
+    steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
+    assert all("loss_teacher" in r for r in steps)  # E2 runs from the first step (no warm-up)
+    assert _mean(steps[-5:], "loss_teacher") < 0.7 * _mean(steps[:3], "loss_teacher")
+    meta = json.loads((tmp_path / "run/config.json").read_text())
+    assert meta["model"]["teacher_dim"] == 32 and meta["config"]["model"]["teacher_dim"] == 32
+    enc = invemb.load(tmp_path / "run")  # the teacher head is part of the saved model
+    assert enc.model.teacher_head.out_features == 32 and enc.encode(["the river bank"]).shape == (1, 32)
+
+
+def test_teacher_term_trains_e2_and_never_reaches_e1(make_cfg, toy_corpus, tiny_bert_dir):
+    import random
+
+    from invemb.tiered.train import TieredTask
+
+    cfg = make_cfg(**{"objectives.w_teacher": 1.0, "objectives.teacher": tiny_bert_dir})
+    task = TieredTask(cfg, toy_corpus)
+    assert task.teacher_vectors.shape == (len(task.words), 32) and task.model.teacher_head.out_features == 32
+    task.model.train()
+    loss = task.teacher_term(task.model, random.Random(0), torch.device("cpu"))
+    loss.backward()
+    assert loss.item() > 0
+    assert all(p.grad is None for p in task.model.e1.parameters())
+    assert all(p.grad is None for p in task.model.bridge.parameters())
+    assert task.model.e2.blocks[0].qkv.weight.grad.abs().sum() > 0 and task.model.teacher_head.weight.grad is not None

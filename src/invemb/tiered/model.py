@@ -33,6 +33,7 @@ class TieredModelConfig(Config):
     char: CharEncoderConfig = dataclasses.field(default_factory=CharEncoderConfig)
     chunker: ChunkerConfig = dataclasses.field(default_factory=ChunkerConfig)
     semantic: SemanticEncoderConfig = dataclasses.field(default_factory=SemanticEncoderConfig)
+    teacher_dim: int = 0  # width of the word-distillation teacher (0: no teacher head)
 
 
 class CharBatch(NamedTuple):
@@ -131,6 +132,7 @@ class TieredModel(nn.Module):
         # Training-only heads (chunk-order and masked-chunk prediction); small, saved with the model.
         self.order_head = nn.Linear(cfg.semantic.dim, 1)
         self.chunk_head = nn.Linear(cfg.semantic.dim, cfg.semantic.dim)
+        self.teacher_head = nn.Linear(cfg.semantic.dim, cfg.teacher_dim) if cfg.teacher_dim else None
 
     @property
     def dim(self) -> int:

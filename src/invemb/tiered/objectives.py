@@ -2,7 +2,11 @@
 
 E1: character masked-LM, boundary BCE, chunk identity contrastive (a word and its spelling
 variants or real misspellings share a chunk vector). E2: SimCSE-style sentence contrastive (two
-views of one sentence, one with typos), chunk-order prediction, masked-chunk prediction.
+views of one sentence, one with typos), chunk-order prediction, masked-chunk prediction, and
+optionally word-meaning distillation: E2's state of a word's chunk vector must pick out a
+pretrained teacher's vector of that word among the batch's other words (``w_teacher``; the
+teacher only gives targets, E2 still reads nothing but chunk vectors, and E1 gets no gradient
+from it).
 Phases: E1 warm-up alone, then joint training with E2 weighted higher, then E1 frozen.
 """
 from __future__ import annotations
@@ -32,6 +36,14 @@ class ObjectiveConfig(Config):
     w_sentence: float = 2.0  # E2 terms weighted higher than E1's in the joint phase
     w_order: float = 0.5
     w_masked_chunk: float = 0.5
+    # Word-meaning distillation into E2 (0: off): a pretrained HF encoder folder ("default": the bundled
+    # MiniLM) embeds each word of the training word pool once; E2's state of that word's chunk vector
+    # (E1 and bridge without gradient) is mapped by a linear head onto it, InfoNCE over the batch's
+    # words. From 12k sentences alone E2 learns next to nothing of word meaning (lexname probe at the
+    # majority baseline).
+    w_teacher: float = 0.0
+    teacher: str = "default"
+    teacher_words_per_batch: int = 512  # pool words per micro-batch the term is computed on
     mlm_rate: float = 0.15  # share of units masked in the MLM view
     masked_chunk_rate: float = 0.15
     sentence_noise: float = 0.1  # character typo rate of the second SimCSE view (0: plain dropout views)

@@ -145,6 +145,14 @@ def word_pool(sentences: list[str], size: int) -> list[str]:
     return sorted(counts, key=lambda w: (-counts[w], w))[:size]
 
 
+@torch.no_grad()
+def teacher_word_vectors(words: list[str], teacher: str, batch_size: int = 256) -> torch.Tensor:
+    """The teacher's L2-normalised vector of each bare word, (W, H): the distillation targets."""
+    from invemb.backbone.hf import BackboneConfig, HFBackbone
+
+    return HFBackbone(BackboneConfig(path=teacher)).encode(words, batch_size=batch_size)
+
+
 # -- evaluation ----------------------------------------------------------------------------
 def typo_retrieval(encoder, sentences: list[str], rate: float = 0.1, seed: int = 0) -> dict[str, float]:
     """MRR of typo-noised sentences retrieving their clean selves among all clean ones, and mean cos."""
@@ -162,13 +170,18 @@ class TieredTask:
     """Both tiers on the shared loop; which terms are on depends on the phase of the step."""
 
     def __init__(self, cfg: TieredConfig, sentences: dict[str, list[str]]):
-        self.cfg = cfg
-        torch.manual_seed(cfg.train.seed)
-        self.model = TieredModel(cfg.model)
         self.sentences = sentences
         # Without explicit pairs every training sentence is paired with itself (SimCSE).
         self.pairs = sentences.get("pairs") or [(s, s) for s in sentences["train"]]
         self.words = word_pool(sentences["train"], cfg.data.word_pool)
+        self.teacher_vectors: torch.Tensor | None = None  # (W, H), row i: self.words[i]
+        if cfg.objectives.w_teacher:
+            self.teacher_vectors = teacher_word_vectors(self.words, cfg.objectives.teacher)
+            cfg = cfg.replace(**{"model.teacher_dim": self.teacher_vectors.shape[1]})
+        self.word_index = {w: i for i, w in enumerate(self.words)}
+        self.cfg = cfg
+        torch.manual_seed(cfg.train.seed)
+        self.model = TieredModel(cfg.model)
         self.table = load_codespell_table()
         self.eval_seconds = 0.0
 
@@ -204,6 +217,9 @@ class TieredTask:
         terms["chunk_identity"] = obj.w_chunk_identity * info_nce(first_chunk[: len(words)], first_chunk[len(words):],
                                                                   obj.temperature, keys=words)
 
+        if obj.w_teacher and phase != "e1":
+            terms["teacher"] = obj.w_teacher * self.teacher_term(core, rng, ctx.device)
+
         if phase != "e1":
             # View B: the pair's second text (the sentence itself for SimCSE pairs), typo-noised.
             noise = TypoNoise(obj.sentence_noise, seed=rng.randrange(2**31))
@@ -223,6 +239,16 @@ class TieredTask:
         logged = {"loss": total.item(), **{f"loss_{k}": v.item() for k, v in terms.items()},
                   "phase": float(PHASES.index(phase)), "chars": float(batch_a.mask.sum())}
         return total, logged
+
+    def teacher_term(self, core: TieredModel, rng: random.Random, device: torch.device) -> torch.Tensor:
+        """InfoNCE of E2's state of bare pool words (through the teacher head) against the teacher's vectors
+        of them. E1 and the bridge run without gradient: the meaning is learnt by E2 alone, so E1 keeps to
+        spelling (the lexname probes read E1 near the majority baseline, E2 above it)."""
+        picked = rng.sample(range(len(self.words)), min(len(self.words), self.cfg.objectives.teacher_words_per_batch))
+        with torch.no_grad():
+            chunks = core(batch_to(make_batch([self.words[i] for i in picked], self.cfg.model), device), run_e2=False).chunks
+        states = core.e2(chunks.vectors[:, :1], chunks.mask[:, :1]).states[:, 0]  # (K, S): a pool word is one chunk
+        return info_nce(core.teacher_head(states), self.teacher_vectors.to(device)[picked], self.cfg.objectives.temperature)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -329,6 +355,7 @@ def train_tiered(cfg: TieredConfig, out: str | Path, resume: bool = False,
             out.mkdir(parents=True, exist_ok=True)
         cfg = with_boundary_tokenizer(cfg, out, sentences["train"], main)
     task = TieredTask(cfg, sentences)
+    cfg = task.cfg  # with the teacher's width filled in
     if not resume and main:
         atomic_write_json(out / "config.json", _run_config(task.model, cfg))
     t0 = time.perf_counter()
