@@ -4,8 +4,13 @@ Same texts, same batch size, same threads, one run: characters/s and sentences/s
 ``encode``, and the ratio tiered time / BPE time (target: at most 1.5). The BPE peer is the
 scratch family's encoder (its trained BPE tokenizer from ``--bpe``) with width and depth chosen
 so its parameter count matches the tiered model's inference parameters (E1, bridge, E2); speed
-does not depend on its weights, so it is built untrained. The trained ``--bpe`` run is timed
-too, and the tiered model a second time with its E1 cache warm.
+does not depend on its weights, so it is built untrained. Most of a small BPE encoder's
+parameters sit in its embedding table, so "equal parameters" holds for very different depths,
+and their speeds differ by 2x or more: the headline ratio is against the peer closest in
+parameters (the two configs bracketing the target, below and above, are both timed), and one
+equal-parameter peer per depth 2-6 (the width closest to the target at that depth) is timed too,
+so the figure can be read against every depth. The trained ``--bpe`` run is timed too, and the
+tiered model a second time with its E1 cache warm.
 
     python bench/tiered_speed.py --tiered RUN --bpe RUN2 [--n 1000]
 """
@@ -48,6 +53,21 @@ def bracketing_bpe(bpe_run: ScratchEncoder, target: int) -> tuple[dict[str, Scra
     return out, "bpe_equal_params_below" if closest is below else "bpe_equal_params_above"
 
 
+def per_depth_bpe(bpe_run: ScratchEncoder, target: int) -> dict[str, ScratchEncoder]:
+    """For each depth 2..6 the width (a multiple of 8) whose parameter count is closest to ``target``."""
+    out = {}
+    for depth in range(2, 7):
+        best = None
+        for dim in range(32, 513, 8):
+            cfg = bpe_run.cfg.replace(**{"model.dim": dim, "model.depth": depth, "model.heads": 4, "model.ffn_hidden": 2 * dim})
+            size = n_params(SentenceEncoderModel(cfg.model))
+            if best is None or abs(size - target) < abs(best[0] - target):
+                best = (size, cfg)
+        torch.manual_seed(0)
+        out[f"bpe_equal_params_depth{depth}"] = ScratchEncoder(SentenceEncoderModel(best[1].model).eval(), bpe_run.tokenizer, best[1])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiered", required=True)
@@ -66,6 +86,7 @@ def main() -> None:
     # order, masked chunk), which would let the BPE peer grow for free.
     inference_params = sum(n_params(m) for m in (tiered.model.e1, tiered.model.bridge, tiered.model.e2))
     peers, closest = bracketing_bpe(bpe_run, inference_params)
+    peers.update(per_depth_bpe(bpe_run, inference_params))
     encoders = {"tiered": tiered, **peers, "bpe_trained_run": bpe_run}
     cached = invemb.load(args.tiered, cache_e1=True)
     cached.encode(texts, batch_size=args.batch_size)  # fill the E1 cache
@@ -89,6 +110,9 @@ def main() -> None:
                            "threads": args.threads, "closest_peer": closest,
                            "ratio_time_tiered_over_bpe_equal_params": ratios[closest],
                            "ratio_time_tiered_over_bpe_below_above": [ratios["bpe_equal_params_below"], ratios["bpe_equal_params_above"]],
+                           "ratio_time_tiered_over_bpe_by_depth": {name.removeprefix("bpe_equal_params_"): r for name, r in ratios.items()
+                                                                   if "depth" in name},
+                           "ratio_time_tiered_over_bpe_trained_run": round(rows["tiered"]["seconds"] / rows["bpe_trained_run"]["seconds"], 3),
                            "target_ratio_at_most": 1.5, "models": rows})
 
 
