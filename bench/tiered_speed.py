@@ -31,41 +31,35 @@ def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def bracketing_bpe(bpe_run: ScratchEncoder, target: int) -> tuple[dict[str, ScratchEncoder], str]:
-    """The scratch encoder configs (depth 2..6, width a multiple of 8) just below and just above
-    ``target`` parameters, and which of the two is closer. Most of a small BPE encoder's parameters
-    sit in its embedding table, so near-equal sizes can differ in depth, and speed, by a lot: both
-    sides of the target are timed."""
-    below = above = None
+def bpe_grid(bpe_run: ScratchEncoder) -> list[tuple[int, int, object]]:
+    """(parameters, depth, config) of the scratch encoder at depth 2..6 and width 32..512 (multiples of 8)."""
+    grid = []
     for depth in range(2, 7):
         for dim in range(32, 513, 8):
             cfg = bpe_run.cfg.replace(**{"model.dim": dim, "model.depth": depth, "model.heads": 4, "model.ffn_hidden": 2 * dim})
-            size = n_params(SentenceEncoderModel(cfg.model))
-            if size <= target and (below is None or size > below[0]):
-                below = (size, cfg)
-            if size > target and (above is None or size < above[0]):
-                above = (size, cfg)
-    out = {}
-    for name, (size, cfg) in (("bpe_equal_params_below", below), ("bpe_equal_params_above", above)):
-        torch.manual_seed(0)
-        out[name] = ScratchEncoder(SentenceEncoderModel(cfg.model).eval(), bpe_run.tokenizer, cfg)
-    closest = min((below, above), key=lambda t: abs(t[0] - target))
-    return out, "bpe_equal_params_below" if closest is below else "bpe_equal_params_above"
+            grid.append((n_params(SentenceEncoderModel(cfg.model)), depth, cfg))
+    return grid
 
 
-def per_depth_bpe(bpe_run: ScratchEncoder, target: int) -> dict[str, ScratchEncoder]:
-    """For each depth 2..6 the width (a multiple of 8) whose parameter count is closest to ``target``."""
-    out = {}
+def build_peer(bpe_run: ScratchEncoder, cfg) -> ScratchEncoder:
+    torch.manual_seed(0)
+    return ScratchEncoder(SentenceEncoderModel(cfg.model).eval(), bpe_run.tokenizer, cfg)
+
+
+def bpe_peers(bpe_run: ScratchEncoder, target: int) -> tuple[dict[str, ScratchEncoder], str]:
+    """Equal-parameter peers of a ``target``-parameter model, and the name of the closest one: the
+    grid configs just below and just above ``target`` (most of a small BPE encoder's parameters sit
+    in its embedding table, so near-equal sizes can differ in depth, and speed, by a lot: both sides
+    are timed), and for each depth the width whose parameter count is closest to ``target``."""
+    grid = bpe_grid(bpe_run)
+    below = max((g for g in grid if g[0] <= target), key=lambda g: g[0])
+    above = min((g for g in grid if g[0] > target), key=lambda g: g[0])
+    out = {"bpe_equal_params_below": build_peer(bpe_run, below[2]), "bpe_equal_params_above": build_peer(bpe_run, above[2])}
     for depth in range(2, 7):
-        best = None
-        for dim in range(32, 513, 8):
-            cfg = bpe_run.cfg.replace(**{"model.dim": dim, "model.depth": depth, "model.heads": 4, "model.ffn_hidden": 2 * dim})
-            size = n_params(SentenceEncoderModel(cfg.model))
-            if best is None or abs(size - target) < abs(best[0] - target):
-                best = (size, cfg)
-        torch.manual_seed(0)
-        out[f"bpe_equal_params_depth{depth}"] = ScratchEncoder(SentenceEncoderModel(best[1].model).eval(), bpe_run.tokenizer, best[1])
-    return out
+        best = min((g for g in grid if g[1] == depth), key=lambda g: abs(g[0] - target))
+        out[f"bpe_equal_params_depth{depth}"] = build_peer(bpe_run, best[2])
+    closest = "bpe_equal_params_below" if target - below[0] <= above[0] - target else "bpe_equal_params_above"
+    return out, closest
 
 
 def main() -> None:
@@ -85,8 +79,7 @@ def main() -> None:
     # Parameters used at inference only: E1, bridge and E2, not the training-only heads (chunk
     # order, masked chunk), which would let the BPE peer grow for free.
     inference_params = sum(n_params(m) for m in (tiered.model.e1, tiered.model.bridge, tiered.model.e2))
-    peers, closest = bracketing_bpe(bpe_run, inference_params)
-    peers.update(per_depth_bpe(bpe_run, inference_params))
+    peers, closest = bpe_peers(bpe_run, inference_params)
     encoders = {"tiered": tiered, **peers, "bpe_trained_run": bpe_run}
     cached = invemb.load(args.tiered, cache_e1=True)
     cached.encode(texts, batch_size=args.batch_size)  # fill the E1 cache

@@ -145,7 +145,6 @@ def word_pool(sentences: list[str], size: int) -> list[str]:
     return sorted(counts, key=lambda w: (-counts[w], w))[:size]
 
 
-@torch.no_grad()
 def teacher_word_vectors(words: list[str], teacher: str, batch_size: int = 256) -> torch.Tensor:
     """The teacher's L2-normalised vector of each bare word, (W, H): the distillation targets."""
     from invemb.backbone.hf import BackboneConfig, HFBackbone
@@ -247,7 +246,7 @@ class TieredTask:
         with torch.no_grad():
             chunks = core(batch_to(make_batch([self.words[i] for i in picked], self.cfg.model), device), run_e2=False).chunks
         states = core.e2(chunks.vectors[:, :1], chunks.mask[:, :1]).states[:, 0]  # (K, S): a pool word is one chunk
-        return info_nce(core.teacher_head(states), self.teacher_vectors.to(device)[picked], self.cfg.objectives.temperature)
+        return info_nce(core.teacher_head(states), self.teacher_vectors[picked].to(device), self.cfg.objectives.temperature)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         t0 = time.perf_counter()
