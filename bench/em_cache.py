@@ -38,19 +38,19 @@ def main() -> None:
     from invemb.backbone.hf import HFBackbone
     from invemb.em.config import EMConfig
     from invemb.em.data import prepare
-    from invemb.em.model import TokenHead
+    from invemb.em.model import build_head
     from invemb.em.train import EMTask, build_cache
 
     cfg = EMConfig.preset("default", **({"head.head": args.head} if args.head else {}))
     backbone = HFBackbone(cfg.backbone)
-    cfg = cfg.replace(**{"head.hidden": backbone.hidden})
+    cfg = cfg.replace(**{"head.hidden": backbone.hidden, "head.vocab_size": len(backbone.tokenizer)})
     data = prepare(cfg, progress=False)
     cache, unit_rows, sent_rows = build_cache(cfg, backbone, data, progress=False)
-    plan = EMTask(cfg, data, cache, TokenHead(cfg.head), unit_rows, sent_rows).batch_plan(0, torch.Generator().manual_seed(0))
+    plan = EMTask(cfg, data, cache, build_head(cfg.head, backbone), unit_rows, sent_rows).batch_plan(0, torch.Generator().manual_seed(0))
     runs = {}
     for name, source in (("cached", cache), ("research_loop", LiveFeatures(backbone, cache.texts))):
         torch.manual_seed(0)
-        head = TokenHead(cfg.head)
+        head = build_head(cfg.head, backbone)
         task = EMTask(cfg, data, source, head, unit_rows, sent_rows, progress=False)
         runs[name] = (task, torch.optim.AdamW(head.parameters(), lr=1e-3))
     times = {name: 0.0 for name in runs}

@@ -30,6 +30,18 @@ def test_cached_features_equal_recomputed(tmp_path, tiny_backbone):
     torch.testing.assert_close(again.pooled(rows), pooled)
 
 
+def test_cached_token_ids_equal_the_tokenizers(tmp_path, tiny_backbone):
+    texts = ["the banker", "a river bank in new york", "not good"]
+    cache = FeatureCache(tmp_path, tiny_backbone)
+    rows = cache.ensure(texts, progress=False)
+    batch = tiny_backbone.tokenize(texts)
+    assert torch.equal(cache.token_ids(rows), batch["input_ids"] * batch["attention_mask"])
+    assert torch.equal(cache.token_ids(rows[::-1], max_tokens=3), batch["input_ids"].flip(0)[:, :3])
+    # rows appended after the first read are tokenised too
+    more = cache.ensure(["dog runs fast"], progress=False)
+    assert torch.equal(cache.token_ids(more)[0], tiny_backbone.tokenize(["dog runs fast"])["input_ids"][0])
+
+
 def test_cache_keyed_by_backbone_setting(tmp_path, tiny_bert_dir):
     a = FeatureCache(tmp_path, HFBackbone(BackboneConfig(path=tiny_bert_dir, pooling="mean")))
     b = FeatureCache(tmp_path, HFBackbone(BackboneConfig(path=tiny_bert_dir, pooling="cls")))

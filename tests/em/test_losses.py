@@ -85,6 +85,18 @@ def test_order_contrast_prefers_positive_over_swap():
     assert losses.order_contrast(s, pos, swap_far, m, 0.1) < losses.order_contrast(s, pos, swap_close, m, 0.1)
 
 
+def test_order_margin_is_subtracted_from_the_positive():
+    """One sentence, its positive at cos 0.9, one swap at cos 0.8, no other rows: the loss is
+    log(1 + exp((0.8 - (0.9 - m)) / t)), so a margin keeps a won pair's loss up."""
+    s = _unit([1, 0, 0])
+    pos = _unit([0.9, 0.19 ** 0.5, 0])
+    swap = _unit([0.8, 0, 0.6]).unsqueeze(1)
+    m = torch.ones(1, 1, dtype=torch.bool)
+    for margin in (0.0, 0.2):
+        expected = torch.log1p(torch.exp(torch.tensor((0.8 - (0.9 - margin)) / 0.1)))
+        torch.testing.assert_close(losses.order_contrast(s, pos, swap, m, 0.1, margin), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_unit_recall_multi_positive():
     s = _unit([1, 1, 0], [0, 0, 1])
     units = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])

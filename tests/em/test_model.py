@@ -2,13 +2,13 @@ import pytest
 import torch
 
 from invemb.backbone.hf import BackboneConfig, HFBackbone
-from invemb.em.model import HeadConfig, TokenEmbeddingModel, TokenHead, load_head, save_head
+from invemb.em.model import HeadConfig, TokenEmbeddingModel, TokenHead, build_head, load_head, save_head, word_start_table
 
 
 @pytest.mark.parametrize("kind", ["mlp", "attention", "transformer", "bind"])
 def test_head_shapes_norm_and_mean_pool_init(kind):
     torch.manual_seed(0)
-    cfg = HeadConfig.preset("tiny", head=kind, hidden=16)
+    cfg = HeadConfig.preset("tiny", head=kind, hidden=16, vocab_size=50)
     head = TokenHead(cfg).eval()
     states = torch.randn(3, 5, 16)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -24,7 +24,7 @@ def test_head_shapes_norm_and_mean_pool_init(kind):
 @pytest.mark.parametrize("kind", ["transformer", "bind"])
 def test_order_aware_heads_see_order_after_perturbation(kind):
     torch.manual_seed(0)
-    head = TokenHead(HeadConfig.preset("tiny", head=kind, hidden=16, dropout=0.0))
+    head = TokenHead(HeadConfig.preset("tiny", head=kind, hidden=16, dropout=0.0, vocab_size=50))
     for p in head.parameters():
         p.data += torch.randn_like(p) * 0.1
     head.eval()
@@ -40,7 +40,7 @@ def test_order_aware_heads_see_order_after_perturbation(kind):
 @pytest.mark.parametrize("kind", ["mlp", "bind"])
 def test_skip_head_starts_with_the_backbones_cosines(kind):
     torch.manual_seed(0)
-    cfg = HeadConfig.preset("tiny", head=kind, hidden=16)  # embed_dim 32 >= 16: the skip keeps norms exactly
+    cfg = HeadConfig.preset("tiny", head=kind, hidden=16, vocab_size=50)  # embed_dim 32 >= 16: the skip keeps norms exactly
     assert cfg.skip
     head = TokenHead(cfg).eval()
     pooled = torch.randn(6, 16)
@@ -54,7 +54,7 @@ def test_skip_head_starts_with_the_backbones_cosines(kind):
 
 
 def test_heads_saved_before_the_skip_load_without_it(tmp_path):
-    old = {k: v for k, v in HeadConfig.preset("tiny", hidden=16).to_dict().items() if k != "skip"}
+    old = {k: v for k, v in HeadConfig.preset("tiny", hidden=16, positions="tokens").to_dict().items() if k != "skip"}
     cfg = HeadConfig.from_dict(old)
     assert not cfg.skip
     head = TokenHead(cfg)
@@ -74,7 +74,7 @@ def test_mlp_head_exports_to_sentence_transformers_with_or_without_skip(tmp_path
 
     torch.manual_seed(0)
     backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
-    head = TokenHead(HeadConfig.preset("tiny", head="mlp", hidden=backbone.hidden, skip=skip))
+    head = build_head(HeadConfig.preset("tiny", head="mlp", skip=skip), backbone)
     for p in head.parameters():  # off the zero init, so the MLP path counts
         p.data += torch.randn_like(p) * 0.1
     model = TokenEmbeddingModel(backbone, head).eval()
@@ -94,7 +94,7 @@ def test_unknown_head_is_refused():
 def test_save_load_identical(tmp_path, tiny_bert_dir):
     torch.manual_seed(0)
     backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
-    head = TokenHead(HeadConfig.preset("tiny", hidden=backbone.hidden))
+    head = build_head(HeadConfig.preset("tiny"), backbone)
     model = TokenEmbeddingModel(backbone, head).eval()
     save_head(head, tmp_path)
     again = TokenEmbeddingModel(backbone, load_head(tmp_path)).eval()
@@ -105,7 +105,7 @@ def test_save_load_identical(tmp_path, tiny_bert_dir):
 def test_encode_in_context_separates_occurrences(tiny_bert_dir):
     torch.manual_seed(0)
     backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
-    model = TokenEmbeddingModel(backbone, TokenHead(HeadConfig.preset("tiny", hidden=backbone.hidden))).eval()
+    model = TokenEmbeddingModel(backbone, build_head(HeadConfig.preset("tiny"), backbone)).eval()
     a = model.encode_in_context("we sat on the river bank", "bank")
     b = model.encode_in_context("the bank gave a loan", "bank")
     assert a.shape == (model.dim,) and float(a @ b) < 0.9999
@@ -165,11 +165,60 @@ def test_bind_swap_moves_the_vector_by_the_bound_difference():
     from invemb.em.model import BindAggregator
 
     torch.manual_seed(0)
-    agg = BindAggregator(HeadConfig.preset("tiny", head="bind", hidden=8, bind_width=6))
+    agg = BindAggregator(HeadConfig.preset("tiny", head="bind", hidden=8, bind_width=6, vocab_size=50))
     torch.nn.init.normal_(agg.out.weight)
     states = torch.randn(1, 4, 8)
     mask = torch.ones(1, 4, dtype=torch.bool)
     swapped = states[:, [2, 1, 0, 3]]
     v = agg.value(agg.norm(states[0]))  # (4, W)
     expected = agg.out.weight @ ((v[2] - v[0]) * (agg.pos[0] - agg.pos[2])) / 4
-    torch.testing.assert_close(agg(swapped, mask)[0] - agg(states, mask)[0], expected, rtol=1e-4, atol=1e-5)
+    pos = torch.arange(4).unsqueeze(0)
+    torch.testing.assert_close(agg(swapped, mask, pos)[0] - agg(states, mask, pos)[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_word_positions_give_every_piece_its_words_position(tiny_bert_dir):
+    backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
+    tok = backbone.tokenizer
+    table = word_start_table(tok)
+    assert table.shape == (len(tok),)
+    assert not table[tok.convert_tokens_to_ids("##e")] and table[tok.convert_tokens_to_ids("bank")] and table[tok.cls_token_id]
+    head = build_head(HeadConfig.preset("tiny"), backbone)
+    batch = backbone.tokenize(["the banker sat", "the bank sat"])
+    assert tok.convert_ids_to_tokens(batch["input_ids"][0].tolist()) == ["[CLS]", "the", "bank", "##e", "##r", "sat", "[SEP]"]
+    pos = head.positions(batch["attention_mask"].bool(), batch["input_ids"])
+    assert pos[0].tolist() == [0, 1, 2, 2, 2, 3, 4]  # "sat" keeps position 3 whatever "banker" splits into
+    assert pos[1, :5].tolist() == [0, 1, 2, 3, 4]
+    # without token ids (or with a token-position head) every token counts
+    assert head.positions(batch["attention_mask"].bool(), None)[0].tolist() == list(range(7))
+
+
+def test_word_position_bind_head_round_trips_save_load_and_sentence_transformers(tmp_path, tiny_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from invemb.em.st_export import export
+
+    torch.manual_seed(0)
+    backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
+    head = build_head(HeadConfig.preset("tiny", head="bind"), backbone)
+    for p in head.parameters():  # off the zero init, so positions count
+        p.data += torch.randn_like(p) * 0.1
+    model = TokenEmbeddingModel(backbone, head).eval()
+    texts = ["the banker sat on the mat", "a dog runs fast"]
+    vecs = model.encode(texts)
+    token_positions = TokenHead(head.cfg.replace(positions="tokens"))
+    token_positions.load_state_dict({k: v for k, v in head.state_dict().items() if k != "word_start"})
+    assert not torch.allclose(TokenEmbeddingModel(backbone, token_positions.eval()).encode(texts)[0], vecs[0], atol=1e-4)
+    save_head(head, tmp_path / "head")
+    again = load_head(tmp_path / "head")
+    assert torch.equal(again.word_start, head.word_start)
+    torch.testing.assert_close(TokenEmbeddingModel(backbone, again).encode(texts), vecs)
+    export(model, tmp_path / "st")
+    st = SentenceTransformer(str(tmp_path / "st"), device="cpu", trust_remote_code=True)
+    torch.testing.assert_close(st.encode(texts, convert_to_tensor=True), vecs, rtol=1e-5, atol=1e-5)
+
+
+def test_word_positions_need_the_tokenizer_size():
+    with pytest.raises(ValueError, match="vocab_size"):
+        TokenHead(HeadConfig.preset("tiny", head="bind", hidden=16))
+    with pytest.raises(ValueError, match="positions must be"):
+        TokenHead(HeadConfig.preset("tiny", head="bind", hidden=16, vocab_size=50, positions="chars"))

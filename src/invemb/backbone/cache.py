@@ -254,6 +254,37 @@ class FeatureCache:
         return torch.from_numpy(out), torch.from_numpy(mask)
 
 
+    def token_ids(self, rows, max_tokens: int = 0) -> torch.Tensor:
+        """The backbone's input ids of ``rows``, padded like :meth:`tokens` (len(rows), T) long.
+
+        Not stored: the texts are tokenised again on first use (the tokenizer is deterministic and
+        fast; the whole cache takes seconds) and checked against the stored token counts."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if getattr(self, "_ids", None) is None or len(self._ids_offsets) - 1 < self.n:
+            self._tokenize_all()
+        starts, ends = self._ids_offsets[rows], self._ids_offsets[rows + 1]
+        lengths = ends - starts
+        if max_tokens:
+            lengths = np.minimum(lengths, max_tokens)
+        T = int(lengths.max()) if len(rows) else 0
+        out = np.zeros((len(rows), T), dtype=np.int64)
+        for b, (s, n) in enumerate(zip(starts, lengths)):
+            out[b, :n] = self._ids[s:s + n]
+        return torch.from_numpy(out)
+
+    def _tokenize_all(self, batch: int = 4096) -> None:
+        ids: list[np.ndarray] = []
+        for i in range(0, self.n, batch):
+            enc = self.backbone.tokenizer([self.backbone.cfg.prompt + t for t in self.texts[i:i + batch]], truncation=True,
+                                          max_length=self.backbone.cfg.max_length)
+            ids += [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        if self.with_tokens and not np.array_equal(lengths, self.lengths(np.arange(self.n))):
+            raise RuntimeError(f"the tokenizer no longer gives the cached token counts in {self.dir}; delete it to rebuild")
+        self._ids_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self._ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+
+
 def _bar(total: int, progress: bool):
     if not progress:
         return None
@@ -401,12 +432,16 @@ class LiveFeatures:
             batch = self.backbone.tokenize([self.texts[r] for r in key])
             with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
                 pooled, states, mask = self.backbone(batch)
-            self._last_key, self._last = key, (pooled.float(), states.float(), mask.bool())
+            self._last_key, self._last = key, (pooled.float(), states.float(), mask.bool(), batch["input_ids"])
         return self._last
 
     def pooled(self, rows) -> torch.Tensor:
         return self._run(rows)[0]
 
     def tokens(self, rows, max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        _, states, mask = self._run(rows)
+        _, states, mask, _ = self._run(rows)
         return (states[:, :max_tokens], mask[:, :max_tokens]) if max_tokens else (states, mask)
+
+    def token_ids(self, rows, max_tokens: int = 0) -> torch.Tensor:
+        ids = self._run(rows)[3]
+        return ids[:, :max_tokens] if max_tokens else ids

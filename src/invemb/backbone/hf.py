@@ -142,16 +142,18 @@ class HFBackbone(torch.nn.Module):
         return self.tokenizer(prompted, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
 
     @torch.no_grad()
-    def span_states(self, sentence: str, start: int, end: int) -> torch.Tensor:
+    def span_states(self, sentence: str, start: int, end: int, with_ids: bool = False):
         """Token states (t, H) of the tokens inside characters ``start:end`` of ``sentence``, read in
-        the context of the whole sentence; t = 0 when the span covers no token (e.g. truncated)."""
+        the context of the whole sentence; t = 0 when the span covers no token (e.g. truncated).
+        ``with_ids``: also their token ids (t,)."""
         prompt = len(self.cfg.prompt)
         enc = self.tokenizer([self.cfg.prompt + sentence], truncation=True, max_length=self.cfg.max_length,
                              return_offsets_mapping=True, return_tensors="pt")
         offsets = enc.pop("offset_mapping")[0].tolist()  # (T, 2)
         _, states, _ = self(enc)  # (1, T, H)
         inside = torch.tensor([e > s and s >= start + prompt and e <= end + prompt for s, e in offsets], dtype=torch.bool)
-        return states[0, inside.to(states.device)]
+        span = states[0, inside.to(states.device)]
+        return (span, enc["input_ids"][0, inside]) if with_ids else span
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tokenised batch -> (pooled (B, H), token states (B, T, H), mask (B, T))."""

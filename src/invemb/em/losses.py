@@ -88,11 +88,13 @@ def orthogonality(weight: torch.Tensor) -> torch.Tensor:
 
 
 def order_contrast(anchors: torch.Tensor, positives: torch.Tensor, order_negatives: torch.Tensor,
-                   negative_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+                   negative_mask: torch.Tensor, temperature: float, margin: float = 0.0) -> torch.Tensor:
     """Word order: each sentence against its own word-swapped / shuffled copies (B, M, D) as hard
     negatives, with a meaning-preserving positive (a synonym-substituted copy, or itself under
-    jitter) and the other sentences in the batch as further negatives."""
-    pos = (anchors * positives).sum(-1, keepdim=True) / temperature  # (B, 1)
+    jitter) and the other sentences in the batch as further negatives. ``margin`` is subtracted
+    from the positive's cosine (additive-margin softmax): the loss keeps pushing until the positive
+    leads every negative by more than the margin."""
+    pos = ((anchors * positives).sum(-1, keepdim=True) - margin) / temperature  # (B, 1)
     hard = torch.einsum("bd,bmd->bm", anchors, order_negatives) / temperature  # (B, M)
     hard = hard.masked_fill(~negative_mask, float("-inf"))
     inbatch = anchors @ positives.T / temperature  # (B, B)

@@ -20,7 +20,11 @@ space. The head has three parts:
 - a reconstruction MLP back to the backbone's pooled hidden vector.
 
 All order-aware aggregators start out as plain mean pooling (zero-initialised deltas), so
-training begins from the backbone's own geometry.
+training begins from the backbone's own geometry. Their learned positions count words
+(``positions="words"``, every preset): the pieces of one word share its position, read off the
+token ids with the tokenizer's word-start table (:func:`word_start_table`, kept in the head so a
+sentence-transformers export computes the same), so replacing a word by one of another piece count
+moves only that word, not every position after it.
 
 Shapes: B items, T tokens, H backbone hidden, P proj hidden, D embed dim.
 """
@@ -57,12 +61,19 @@ class HeadConfig(Config):
     # starts from the backbone's geometry. False here only so heads saved before it existed load as
     # they were trained; every preset turns it on.
     skip: bool = False
+    # What the aggregators' learned positions count: "tokens" (word pieces), or "words" (every piece of a
+    # word shares its word's position, read off the token ids with the tokenizer's word-start table, so a
+    # synonym of another piece count does not shift every later position: such probes scored 0.28 on
+    # order discrimination against 0.85 for the rest). "tokens" here only so older heads load as trained.
+    positions: str = "tokens"
+    vocab_size: int = 0  # the tokenizer's size (set from the backbone when positions == "words")
 
     presets = {
-        "tiny": {"proj_hidden": 64, "embed_dim": 32, "agg_heads": 2, "agg_ff": 64, "max_tokens": 32, "skip": True},
-        "default": {"skip": True},
+        "tiny": {"proj_hidden": 64, "embed_dim": 32, "agg_heads": 2, "agg_ff": 64, "max_tokens": 32, "skip": True,
+                 "positions": "words"},
+        "default": {"skip": True, "positions": "words"},
         "full": {"proj_hidden": 2048, "embed_dim": 768, "agg_layers": 2, "agg_heads": 16, "agg_ff": 2048, "max_tokens": 128,
-                 "skip": True},
+                 "skip": True, "positions": "words"},
     }
 
 
@@ -87,9 +98,8 @@ class AttentionPool(nn.Module):
         nn.init.zeros_(self.value_delta.weight)
         nn.init.zeros_(self.value_delta.bias)
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        T = states.shape[1]
-        pos = self.pos(torch.arange(T, device=states.device))  # (T, H)
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        pos = self.pos(positions)  # (B, T, H)
         logits = self.score(torch.tanh(self.key(states + pos))).squeeze(-1)  # (B, T)
         logits = logits.masked_fill(~mask, float("-inf"))
         weights = logits.softmax(-1).unsqueeze(-1)  # (B, T, 1)
@@ -114,15 +124,15 @@ class TransformerAggregator(nn.Module):
             nn.init.zeros_(layer.linear2.weight)
             nn.init.zeros_(layer.linear2.bias)
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        T = states.shape[1]
-        h = states + self.pos(torch.arange(T, device=states.device))  # (B, T, H)
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        pos = self.pos(positions)  # (B, T, H)
+        h = states + pos  # (B, T, H)
         for layer in self.layers:
             h = layer(h, src_key_padding_mask=~mask)  # (B, T, H)
         m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
         mean_states = (states * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, H): the backbone's pooling
         # Positions enter only through the layers' delta, so at init this is exactly mean pooling.
-        delta = ((h - states - self.pos(torch.arange(T, device=states.device))) * m).sum(1) / m.sum(1).clamp_min(1.0)
+        delta = ((h - states - pos) * m).sum(1) / m.sum(1).clamp_min(1.0)
         return mean_states + delta  # (B, H)
 
 
@@ -138,11 +148,10 @@ class BindAggregator(nn.Module):
         nn.init.zeros_(self.out.weight)  # start as mean pooling
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        T = states.shape[1]
+    def forward(self, states: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
         n = m.sum(1).clamp_min(1.0)  # (B, 1)
-        bound = self.value(self.norm(states)) * self.pos[:T]  # (B, T, W)
+        bound = self.value(self.norm(states)) * self.pos[positions]  # (B, T, W)
         return (states * m).sum(1) / n + self.out((bound * m).sum(1) / n)  # (B, H)
 
 
@@ -153,7 +162,16 @@ class TokenHead(nn.Module):
         super().__init__()
         if cfg.head not in HEADS:
             raise ValueError(f"unknown head {cfg.head!r}; choose from {', '.join(HEADS)}")
+        if cfg.positions not in ("tokens", "words"):
+            raise ValueError(f"positions must be 'tokens' or 'words', got {cfg.positions!r}")
+        if cfg.positions == "words" and cfg.head != "mlp" and cfg.vocab_size < 1:
+            raise ValueError("positions='words' needs the tokenizer's vocab_size (set it from the backbone)")
         self.cfg = cfg
+        if cfg.positions == "words" and cfg.head != "mlp":
+            # word_start[id]: token id starts a word (see word_start_table); all True = token positions
+            self.register_buffer("word_start", torch.ones(cfg.vocab_size, dtype=torch.bool))
+        else:
+            self.word_start = None
         if cfg.head == "attention":
             self.aggregator: nn.Module | None = AttentionPool(cfg.hidden, cfg.max_tokens, cfg.pos_std)
         elif cfg.head == "transformer":
@@ -179,16 +197,39 @@ class TokenHead(nn.Module):
     def uses_tokens(self) -> bool:
         return self.aggregator is not None
 
-    def aggregate(self, pooled: torch.Tensor | None, states: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def set_word_starts(self, table: torch.Tensor) -> None:
+        """Install the tokenizer's word-start table (V,) bool (:func:`word_start_table`)."""
+        if self.word_start is None:
+            raise ValueError("this head counts token positions (positions='tokens'); it has no word-start table")
+        if table.shape != self.word_start.shape:
+            raise ValueError(f"word-start table has {table.shape[0]} entries, the head expects {self.word_start.shape[0]}")
+        self.word_start.copy_(table.to(torch.bool))
+
+    def positions(self, mask: torch.Tensor, token_ids: torch.Tensor | None) -> torch.Tensor:
+        """Position index of every token (B, T) long: its word's index when the head counts words and
+        the token ids are given, else its own index."""
+        T = mask.shape[1]
+        if self.word_start is None or token_ids is None:
+            return torch.arange(T, device=mask.device).expand(mask.shape[0], T)
+        starts = self.word_start[token_ids.to(self.word_start.device).clamp(0, len(self.word_start) - 1)]  # (B, T)
+        starts = (starts & mask.to(starts.device)).long()
+        starts[:, 0] = 1  # the first token opens position 0 whatever it is
+        return (starts.cumsum(1) - 1).clamp(0, T - 1).to(mask.device)  # (B, T)
+
+    def aggregate(self, pooled: torch.Tensor | None, states: torch.Tensor | None, mask: torch.Tensor | None,
+                  token_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self.aggregator is None:
             return pooled  # (B, H)
-        states = states[:, : self.cfg.max_tokens]  # (B, T, H)
-        mask = mask[:, : self.cfg.max_tokens]  # (B, T)
-        return self.aggregator(states, mask)  # (B, H)
+        T = self.cfg.max_tokens
+        states, mask = states[:, :T], mask[:, :T]  # (B, T, H), (B, T)
+        token_ids = None if token_ids is None else token_ids[:, :T]
+        return self.aggregator(states, mask, self.positions(mask, token_ids))  # (B, H)
 
     def forward(self, pooled: torch.Tensor | None = None, states: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> HeadOutput:
-        agg = self.aggregate(pooled, states, mask)  # (B, H)
+                mask: torch.Tensor | None = None, token_ids: torch.Tensor | None = None) -> HeadOutput:
+        """``token_ids`` (B, T): the backbone's input ids, from which a head counting word positions
+        reads them (without them it counts token positions)."""
+        agg = self.aggregate(pooled, states, mask, token_ids)  # (B, H)
         y = self.proj(agg) if self.skip is None else self.proj(agg) + self.skip(agg)  # (B, D)
         z = F.normalize(y, dim=-1)  # (B, D)
         return HeadOutput(z, self.recon(z), agg)
@@ -208,7 +249,7 @@ class TokenEmbeddingModel(nn.Module):
 
     def _head_on_batch(self, batch) -> HeadOutput:
         pooled, states, mask = self.backbone(batch)
-        return self.head(pooled.float(), states.float(), mask.bool())
+        return self.head(pooled.float(), states.float(), mask.bool(), batch["input_ids"])
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
@@ -237,16 +278,47 @@ class TokenEmbeddingModel(nn.Module):
             if start < 0:
                 raise ValueError(f"span {span!r} not found in the sentence")
             span = (start, start + len(span))
-        span_states = self.backbone.span_states(sentence, *span).float().unsqueeze(0)  # (1, t, H)
+        span_states, span_ids = self.backbone.span_states(sentence, *span, with_ids=True)
+        span_states = span_states.float().unsqueeze(0)  # (1, t, H)
         if not span_states.shape[1]:
             raise ValueError(f"span {span} covers no token of the sentence")
         span_mask = torch.ones(1, span_states.shape[1], dtype=torch.bool)
         pooled = span_states.mean(1)  # (1, H)
         self.eval()
-        return self.head(pooled, span_states, span_mask).embedding[0]  # (D,)
+        return self.head(pooled, span_states, span_mask, span_ids.unsqueeze(0)).embedding[0]  # (D,)
 
     def save(self, path) -> None:
         save_head(self.head, Path(path))
+
+
+def word_start_table(tokenizer) -> torch.Tensor:
+    """(V,) bool: does token id v begin a word? WordPiece marks continuations with "##", SentencePiece
+    and byte-level BPE mark word starts with "▁" / "Ġ"; special tokens always begin one. A
+    vocabulary with none of these marks gets all True (token positions)."""
+    vocab = len(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(vocab)))
+    pieces = ["" if p is None else p for p in pieces]
+    if any(p.startswith("##") for p in pieces):
+        starts = [not p.startswith("##") for p in pieces]
+    elif any(p.startswith("▁") for p in pieces):
+        starts = [p.startswith("▁") for p in pieces]
+    elif any(p.startswith("Ġ") for p in pieces):
+        starts = [p.startswith("Ġ") for p in pieces]
+    else:
+        starts = [True] * vocab
+    for i in tokenizer.all_special_ids:
+        if 0 <= i < vocab:
+            starts[i] = True
+    return torch.tensor(starts, dtype=torch.bool)
+
+
+def build_head(cfg: HeadConfig, backbone) -> TokenHead:
+    """A new head for ``backbone``: its hidden size, and its tokenizer's word-start table when the
+    head counts word positions."""
+    head = TokenHead(cfg.replace(hidden=backbone.hidden, vocab_size=len(backbone.tokenizer)))
+    if head.word_start is not None:
+        head.set_word_starts(word_start_table(backbone.tokenizer))
+    return head
 
 
 def save_head(head: TokenHead, path: Path) -> None:

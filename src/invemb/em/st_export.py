@@ -36,7 +36,7 @@ class EMHeadModule(Module):
         else:
             m = mask.unsqueeze(-1).float()
             pooled = (states * m).sum(1) / m.sum(1).clamp_min(1e-9)  # (B, H)
-        features["sentence_embedding"] = self.head(pooled, states, mask).embedding
+        features["sentence_embedding"] = self.head(pooled, states, mask, features.get("input_ids")).embedding
         return features
 
     def get_sentence_embedding_dimension(self) -> int:

@@ -23,7 +23,8 @@ from invemb.backbone.hf import HFBackbone
 from invemb.em import losses
 from invemb.em.config import EMConfig
 from invemb.em.data import EMData, built_dir, prepare
-from invemb.em.model import HeadOutput, TokenEmbeddingModel, TokenHead, check_backbone_identity, load_head, save_head
+from invemb.em.model import (HeadOutput, TokenEmbeddingModel, TokenHead, check_backbone_identity, load_head, save_head,
+                             build_head)
 from invemb.io import atomic_write_json, atomic_write_text
 from invemb.training import distributed
 from invemb.training.loop import StepContext, Trainer, resolve_device
@@ -80,16 +81,19 @@ def head_forward(head: TokenHead, cache: FeatureCache, rows: np.ndarray, jitter:
 
 def _head_forward(head: TokenHead, cache: FeatureCache, rows: np.ndarray, jitter: float = 0.0) -> HeadOutput:
     pooled = cache.pooled(rows)  # (B, H)
-    states = mask = None
+    states = mask = ids = None
     if head.uses_tokens:
         states, mask = cache.tokens(rows, head.cfg.max_tokens)  # (B, T, H), (B, T)
+        if head.cfg.positions == "words":
+            ids = cache.token_ids(rows, head.cfg.max_tokens)  # (B, T)
     if jitter:
         scale = pooled.pow(2).mean().sqrt() * jitter
         pooled = pooled + torch.randn_like(pooled) * scale
         if states is not None:
             states = states + torch.randn_like(states) * scale * mask.unsqueeze(-1)
     dev = next(head.parameters()).device
-    return head(pooled.to(dev), None if states is None else states.to(dev), None if mask is None else mask.to(dev))
+    return head(pooled.to(dev), None if states is None else states.to(dev), None if mask is None else mask.to(dev),
+                None if ids is None else ids.to(dev))
 
 
 class EMTrainable(nn.Module):
@@ -225,7 +229,8 @@ class EMTask:
             if w["order"]:
                 z_syn, z_swap = z_all[S:2 * S], z_all[2 * S:]  # (S, D) each
                 terms["order"] = losses.order_contrast(zs, z_syn, z_swap.unsqueeze(1),
-                                                       torch.ones(len(idx), 1, dtype=torch.bool, device=zs.device), tau)
+                                                       torch.ones(S, 1, dtype=torch.bool, device=zs.device), tau,
+                                                       L.order_margin)
                 total = total + w["order"] * terms["order"]
                 terms["order_gap"] = ((zs * z_syn).sum(-1) - (zs * z_swap).sum(-1)).mean().detach()
             if w["unit"]:
@@ -406,7 +411,7 @@ def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: boo
     torch.manual_seed(cfg.train.seed)
     t0 = time.perf_counter()
     backbone = HFBackbone(cfg.backbone).to_device()  # backbone.device: "auto" = CUDA when there is one
-    cfg = cfg.replace(**{"head.hidden": backbone.hidden})
+    cfg = cfg.replace(**{"head.hidden": backbone.hidden, "head.vocab_size": len(backbone.tokenizer)})
     if resume:
         saved = json.loads((out / "config.json").read_text())
         check_backbone_identity(saved["backbone_identity"], backbone.identity())
@@ -420,7 +425,7 @@ def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: boo
         atomic_write_json(out / "config.json", run_config_dict(cfg, backbone, data.vocab.fingerprint()))
         data.vocab.save(out / "vocab.json")
         data.lexicon.save(out / "lexicon.json")
-    head = TokenHead(cfg.head)
+    head = build_head(cfg.head, backbone)
     task = EMTask(cfg, data, cache, head, unit_rows, sent_rows, progress)
     if cfg.backbone.unfreeze_layers:  # the loop then trains (and checkpoints) the top layers too
         task.model = EMTrainable(head, backbone)
