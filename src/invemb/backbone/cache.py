@@ -240,49 +240,43 @@ class FeatureCache:
 
     def tokens(self, rows, max_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded token states (len(rows), T, H) float32 and mask (len(rows), T) bool."""
-        rows = np.asarray(rows, dtype=np.int64)
-        starts, ends = self._offsets[rows], self._offsets[rows + 1]
-        lengths = ends - starts
-        if max_tokens:
-            lengths = np.minimum(lengths, max_tokens)
-        T = int(lengths.max()) if len(rows) else 0
-        out = np.zeros((len(rows), T, self.hidden), dtype=np.float32)  # (B, T, H)
-        mask = np.zeros((len(rows), T), dtype=bool)  # (B, T)
-        for b, (s, n) in enumerate(zip(starts, lengths)):
-            out[b, :n] = self._tokens[s:s + n]
-            mask[b, :n] = True
+        out, mask = _padded(self._tokens, self._offsets, rows, max_tokens, np.float32)  # (B, T, H), (B, T)
         return torch.from_numpy(out), torch.from_numpy(mask)
-
 
     def token_ids(self, rows, max_tokens: int = 0) -> torch.Tensor:
         """The backbone's input ids of ``rows``, padded like :meth:`tokens` (len(rows), T) long.
 
         Not stored: the texts are tokenised again on first use (the tokenizer is deterministic and
         fast; the whole cache takes seconds) and checked against the stored token counts."""
-        rows = np.asarray(rows, dtype=np.int64)
         if getattr(self, "_ids", None) is None or len(self._ids_offsets) - 1 < self.n:
             self._tokenize_all()
-        starts, ends = self._ids_offsets[rows], self._ids_offsets[rows + 1]
-        lengths = ends - starts
-        if max_tokens:
-            lengths = np.minimum(lengths, max_tokens)
-        T = int(lengths.max()) if len(rows) else 0
-        out = np.zeros((len(rows), T), dtype=np.int64)
-        for b, (s, n) in enumerate(zip(starts, lengths)):
-            out[b, :n] = self._ids[s:s + n]
-        return torch.from_numpy(out)
+        return torch.from_numpy(_padded(self._ids, self._ids_offsets, rows, max_tokens, np.int64)[0])
 
     def _tokenize_all(self, batch: int = 4096) -> None:
-        ids: list[np.ndarray] = []
-        for i in range(0, self.n, batch):
-            enc = self.backbone.tokenizer([self.backbone.cfg.prompt + t for t in self.texts[i:i + batch]], truncation=True,
-                                          max_length=self.backbone.cfg.max_length)
-            ids += [np.asarray(x, dtype=np.int32) for x in enc["input_ids"]]
+        ids = [np.asarray(x, dtype=np.int32) for i in range(0, self.n, batch)
+               for x in self.backbone.tokenize(self.texts[i:i + batch], padded=False)["input_ids"]]
         lengths = np.array([len(x) for x in ids], dtype=np.int64)
         if self.with_tokens and not np.array_equal(lengths, self.lengths(np.arange(self.n))):
             raise RuntimeError(f"the tokenizer no longer gives the cached token counts in {self.dir}; delete it to rebuild")
         self._ids_offsets = np.concatenate([[0], np.cumsum(lengths)])
         self._ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+
+
+def _padded(flat: np.ndarray, offsets: np.ndarray, rows, max_tokens: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``offsets[r]:offsets[r+1]`` of a ragged ``flat`` array, each cut to ``max_tokens`` (0: no
+    cut), zero-padded to the longest: (len(rows), T, *flat.shape[1:]) and the (len(rows), T) mask."""
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    if max_tokens:
+        lengths = np.minimum(lengths, max_tokens)
+    T = int(lengths.max()) if len(rows) else 0
+    out = np.zeros((len(rows), T, *flat.shape[1:]), dtype=dtype)
+    mask = np.zeros((len(rows), T), dtype=bool)
+    for b, (s, n) in enumerate(zip(starts, lengths)):
+        out[b, :n] = flat[s:s + n]
+        mask[b, :n] = True
+    return out, mask
 
 
 def _bar(total: int, progress: bool):

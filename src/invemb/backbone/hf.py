@@ -137,9 +137,12 @@ class HFBackbone(torch.nn.Module):
         return self
 
     # -- features ----------------------------------------------------------------------------
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: list[str], padded: bool = True) -> dict:
+        """The backbone's input: prompt prefix, truncation to max length; ``padded``: padded tensors
+        (else one list of ids per text)."""
         prompted = [self.cfg.prompt + t for t in texts]
-        return self.tokenizer(prompted, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
+        return self.tokenizer(prompted, padding=padded, truncation=True, max_length=self.cfg.max_length,
+                              return_tensors="pt" if padded else None)
 
     @torch.no_grad()
     def span_states(self, sentence: str, start: int, end: int, with_ids: bool = False):
