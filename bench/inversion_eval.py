@@ -28,11 +28,13 @@ def main() -> None:
     ap.add_argument("--n-blackbox", type=int, default=6, help="sentences per set for the (slow) black-box search (0: skip it)")
     ap.add_argument("--blackbox", default="default", help="black-box preset: tiny | default | full")
     ap.add_argument("--set", dest="sets", action="append", default=None, help="wiki | wordnet (repeat)")
+    ap.add_argument("--decode", action="append", default=[], help="the controller's decoding override KEY=VALUE (repeat)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from invemb.config import parse_overrides
     from invemb.inversion import load_run, metrics
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
     from invemb.inversion.decode import DecodeConfig, OraclePolicy, beam_decode
@@ -42,7 +44,7 @@ def main() -> None:
 
     out = Path(args.out)
     t_load = time.perf_counter()
-    ctrl = load_run(args.controller, em=args.em)
+    ctrl = load_run(args.controller, em=args.em, **parse_overrides(args.decode))
     t_load = time.perf_counter() - t_load
     segmenter = Segmenter(ctrl.vocab)
     report = {"controller": args.controller, "em": args.em, "decode": ctrl.decode_cfg.to_dict(),

@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 
 import numpy as np
@@ -166,3 +167,26 @@ def test_inversion_finds_the_corpus_an_em_run_was_trained_from(tiny_em_run, tmp_
     assert resolve_corpus(corpus_dir(cfg), "backbone") == corpus_dir(cfg)  # a built corpus given wins
     with pytest.raises(FileNotFoundError, match="no built corpus here"):
         resolve_corpus(tmp_path / "nothing", "backbone")
+
+
+def test_several_swaps_per_sentence_become_masked_order_negatives(tiny_em_run, tmp_path):
+    from invemb.backbone.hf import HFBackbone
+    from invemb.em.data import prepare
+    from invemb.em.train import build_cache, train_em
+
+    _, cfg, _ = tiny_em_run
+    scfg = cfg.replace(**{"loss.order_swaps": 3, "train.epochs": 1})
+    data = prepare(scfg, progress=False)
+    cache, _, rows = build_cache(scfg, HFBackbone(scfg.backbone), data, progress=False)
+    n = len(data.train_sentences)
+    assert rows["swapped"].shape == rows["swapped_mask"].shape == (n, 3)
+    assert rows["swapped_mask"][:, 0].all() and rows["swapped_mask"][:, 1:].any()
+    for i, item in enumerate(data.train_sentences):
+        swaps = [item.swapped] + item.more_swaps
+        assert rows["swapped_mask"][i].sum() == len(swaps) == len(set(swaps)) and item.text not in swaps
+        used = rows["swapped"][i][rows["swapped_mask"][i]]
+        assert len(set(used.tolist())) == len(swaps)  # distinct cached rows, one per swapped copy
+    train_em(scfg, tmp_path / "swaps", progress=False)
+    logged = [json.loads(x) for x in (tmp_path / "swaps" / "metrics.jsonl").read_text().splitlines()]
+    order = [r["loss_order"] for r in logged if "loss_order" in r]
+    assert order and all(math.isfinite(v) and v > 0 for v in order)

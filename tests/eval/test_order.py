@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import pytest
@@ -30,6 +31,21 @@ def test_probes_are_deterministic_and_skip_unusable_sentences(fake_wn):
     # two nouns are swapped where a sentence has them, not a noun and an adjective
     assert probes[0].swap == ("dog", "cat") and probes[0].swapped == "The big cat chased the dog."
 
+
+
+def test_extra_swaps_are_other_pairs_and_leave_the_first_probe_unchanged(fake_wn):
+    plain = make_order_probes(SENTENCES, seed=3, wn=fake_wn)
+    more = make_order_probes(SENTENCES, seed=3, wn=fake_wn, extra_swaps=5)
+    assert [dataclasses.replace(p, more_swaps=()) for p in more] == plain
+    assert all(p.more_swaps == () for p in plain)
+    # "The big dog chased the cat.": content words big, dog, chased, cat -> 6 pairs, 5 besides the first
+    first = more[0]
+    assert len(first.more_swaps) == 5 and len(set(first.more_swaps)) == 5
+    assert first.swapped not in first.more_swaps and first.sentence not in first.more_swaps
+    for text in first.more_swaps:  # each swaps exactly two words, keeping the bag of words
+        assert words(text) == words(first.sentence)
+        assert sum(x != y for x, y in zip(text.split(), first.sentence.split())) == 2
+    assert len(make_order_probes(SENTENCES, seed=3, wn=fake_wn, extra_swaps=2)[0].more_swaps) == 2
 
 def test_synonym_is_most_frequent_common_word_of_the_same_part_of_speech(fake_wn):
     subs = {p.substitution for p in make_order_probes(["The big man.", "A quick man."], seed=0, wn=fake_wn)}

@@ -62,6 +62,19 @@ def test_invert_text_vectors_and_jsonl(cli_run, tmp_path):
     assert json.loads((tmp_path / "v.jsonl").read_text())["cosine"] > 0
 
 
+
+def test_invert_decode_overrides_change_the_search(cli_run):
+    root, em = cli_run
+    base = ["invert", "Big fox near the old tree.", "--em", em, "--controller", str(root / "run")]
+    wide = json.loads(runner.invoke(app, base + ["--decode", "expand=6"]).output)
+    narrow = runner.invoke(app, base + ["--decode", "expand=1", "--decode", "beam=1"])
+    assert narrow.exit_code == 0, narrow.output
+    # one child per step, one hypothesis: one encoder call per step taken
+    assert json.loads(narrow.output)["encoder_calls"] <= len(json.loads(narrow.output)["steps"]) + 3
+    assert json.loads(narrow.output)["encoder_calls"] < wide["encoder_calls"]
+    bad = runner.invoke(app, base + ["--decode", "widht=3"])
+    assert bad.exit_code == 2 and "unknown DecodeConfig key: widht" in bad.output
+
 @pytest.mark.parametrize("bad, message", [(np.zeros((1, 5), np.float32), "shape"),
                                           (np.full((1, 32), np.nan, np.float32), "NaN"),
                                           (np.zeros((1, 32), np.float32), "all zeros")])

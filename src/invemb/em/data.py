@@ -69,6 +69,7 @@ class SentenceItem:
     synonym: str  # one content word replaced by a WordNet synonym (meaning kept)
     swapped: str  # two content words swapped (order changed)
     units: list[int]  # vocabulary ids of its segmentation
+    more_swaps: list[str] = dataclasses.field(default_factory=list)  # other pairs swapped (``loss.order_swaps`` - 1 at most)
 
 
 def _sample_sentences(corpus: Corpus, split: str, n: int, words: list[int], seed: int) -> list[str]:
@@ -83,17 +84,19 @@ def sentence_items(cfg: EMConfig, corpus: Corpus, vocab: Vocab, split: str, n: i
     from invemb.eval.order import PROBES_VERSION, make_order_probes
     from invemb.inversion.segment import Segmenter
 
-    key = _key(cfg.corpus.to_dict(), cfg.vocab.to_dict(), n, cfg.sentence_words, cfg.train.seed, PROBES_VERSION)
+    extra = max(0, cfg.loss.order_swaps - 1)
+    key = _key(cfg.corpus.to_dict(), cfg.vocab.to_dict(), n, cfg.sentence_words, cfg.train.seed, PROBES_VERSION,
+               *([extra] if extra else []))  # one swap keeps the key (and the cached items) it always had
     path = built_dir(cfg) / f"sentences-{split}-{key}.json"
     if path.exists():
         return [SentenceItem(**r) for r in json.loads(path.read_text(encoding="utf-8"))]
     pool = _sample_sentences(corpus, split, n, cfg.sentence_words, cfg.train.seed)
-    probes = make_order_probes(pool, seed=cfg.train.seed)
+    probes = make_order_probes(pool, seed=cfg.train.seed, extra_swaps=extra)
     seg = Segmenter(vocab)
     items = []
     for p in probes:
         units = list(dict.fromkeys(seg.segment(p.sentence).unit_ids))
-        items.append(SentenceItem(p.sentence, p.synonym, p.swapped, units))
+        items.append(SentenceItem(p.sentence, p.synonym, p.swapped, units, list(p.more_swaps)))
         if len(items) >= n:
             break
     atomic_write_json(path, [dataclasses.asdict(i) for i in items])

@@ -224,15 +224,15 @@ class EMTask:
             idx = np.array(batch["sentences"])
             S = len(idx)
             kinds = ("text", "synonym", "swapped") if w["order"] else ("text",)
-            z_all = head_forward(model, self.cache, np.concatenate([self.sent_rows[k][idx] for k in kinds])).embedding
+            z_all = head_forward(model, self.cache, np.concatenate([self.sent_rows[k][idx].reshape(-1) for k in kinds])).embedding
             zs = z_all[:S]  # (S, D)
             if w["order"]:
-                z_syn, z_swap = z_all[S:2 * S], z_all[2 * S:]  # (S, D) each
-                terms["order"] = losses.order_contrast(zs, z_syn, z_swap.unsqueeze(1),
-                                                       torch.ones(S, 1, dtype=torch.bool, device=zs.device), tau,
-                                                       L.order_margin)
+                z_syn = z_all[S:2 * S]  # (S, D)
+                z_swap = z_all[2 * S:].reshape(S, -1, zs.shape[-1])  # (S, M, D)
+                swap_mask = torch.as_tensor(self.sent_rows["swapped_mask"][idx], device=zs.device)  # (S, M)
+                terms["order"] = losses.order_contrast(zs, z_syn, z_swap, swap_mask, tau, L.order_margin)
                 total = total + w["order"] * terms["order"]
-                terms["order_gap"] = ((zs * z_syn).sum(-1) - (zs * z_swap).sum(-1)).mean().detach()
+                terms["order_gap"] = ((zs * z_syn).sum(-1) - (zs * z_swap[:, 0]).sum(-1)).mean().detach()
             if w["unit"]:
                 member = torch.zeros(len(sentences), len(pool), dtype=torch.bool)
                 for r, units in enumerate(sent_units):
@@ -391,8 +391,15 @@ def build_cache(cfg: EMConfig, backbone: HFBackbone, data: EMData, progress: boo
     sent_rows = {
         "text": cache.ensure(texts, **kw),
         "synonym": cache.ensure([s.synonym for s in data.train_sentences], **kw),
-        "swapped": cache.ensure([s.swapped for s in data.train_sentences], **kw),
     }
+    # (N, M) rows of each sentence's M swapped copies; a sentence with fewer pairs repeats its first
+    # swap in the spare columns, which "swapped_mask" (N, M) masks out of the order term.
+    M = max(1, cfg.loss.order_swaps)
+    swaps = [([s.swapped] + s.more_swaps[: M - 1]) for s in data.train_sentences]
+    mask = np.array([[j < len(w) for j in range(M)] for w in swaps], dtype=bool).reshape(len(swaps), M)
+    padded = [w + [w[0]] * (M - len(w)) for w in swaps]
+    sent_rows["swapped"] = cache.ensure([t for w in padded for t in w], **kw).reshape(len(swaps), M)
+    sent_rows["swapped_mask"] = mask
     return cache, unit_rows, sent_rows
 
 

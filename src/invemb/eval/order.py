@@ -33,6 +33,7 @@ class OrderProbe:
     shuffled: str
     swap: tuple[str, str]
     substitution: tuple[str, str]
+    more_swaps: tuple[str, ...] = ()  # further copies, each with another pair swapped (``extra_swaps``)
 
 
 def _stop_words() -> set[str]:
@@ -110,7 +111,7 @@ def _shuffle_tokens(sentence: str, rng: random.Random) -> str:
 
 
 def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_word: int = 1, nlp=None,
-                      min_zipf: float = 3.0) -> list[OrderProbe]:
+                      min_zipf: float = 3.0, extra_swaps: int = 0) -> list[OrderProbe]:
     """Swapped / synonym-substituted / shuffled variants of each sentence, deterministic per
     (seed, sentence) regardless of the list's order.
 
@@ -123,6 +124,11 @@ def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_
     ``min_zipf``), unless that synonym (or a form of it) is already in the sentence: a
     meaning-preserving change where WordNet's ordering of senses picks the right one. Sentences
     without such a pair or such a synonym are skipped: ``len(sentences) - len(probes)`` of them.
+
+    ``extra_swaps`` adds up to that many further swapped copies per sentence, each of another pair
+    (same part of speech first, then any; fewer where the sentence has fewer pairs), drawn from their
+    own generator so the first swap,
+    the synonym and the shuffle stay what they are without them.
     """
     if wn is None:
         from invemb.text.sources import ensure_wordnet
@@ -134,9 +140,9 @@ def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_
     probes = []
     for sentence, doc in zip(sentences, nlp.pipe(sentences, batch_size=256)):
         content = [t for t in doc if t.pos_ in WORDNET_POS and t.text.isalpha() and t.lower_ not in stop]
-        pairs = [(a, b) for i, a in enumerate(content) for b in content[i + 1:]
-                 if a.lower_ != b.lower_ and a.lemma_.lower() != b.lemma_.lower()]
-        pairs = [(a, b) for a, b in pairs if a.pos_ == b.pos_] or pairs
+        all_pairs = [(a, b) for i, a in enumerate(content) for b in content[i + 1:]
+                     if a.lower_ != b.lower_ and a.lemma_.lower() != b.lemma_.lower()]
+        pairs = [(a, b) for a, b in all_pairs if a.pos_ == b.pos_] or all_pairs
         present = {b for t in doc if t.is_alpha for b in synonyms.bases(t.lower_) | {t.lemma_.lower()}}
         with_synonym = [(t, s) for t in content if t.lower_ == t.lemma_.lower()
                         and (s := synonyms.best(t.text, t.lemma_.lower(), WORDNET_POS[t.pos_], present))]
@@ -147,8 +153,17 @@ def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_
         swapped = _replace_spans(sentence, [_span(a), _span(b)], [b.text, a.text])
         word, syn = rng.choice(with_synonym)
         substituted = _replace_spans(sentence, [_span(word)], [syn])
-        probes.append(OrderProbe(sentence, swapped, substituted, _shuffle_tokens(sentence, rng),
-                                 (a.text, b.text), (word.text, syn)))
+        shuffled = _shuffle_tokens(sentence, rng)
+        more: list[str] = []
+        if extra_swaps:
+            more_rng = random.Random(f"{seed}\t{sentence}\tmore")
+            same = [p for p in pairs if p != (a, b)]
+            other = [p for p in all_pairs if p not in pairs]
+            more_rng.shuffle(same)
+            more_rng.shuffle(other)
+            for c, d in (same + other)[:extra_swaps]:  # the other same-part-of-speech pairs first
+                more.append(_replace_spans(sentence, [_span(c), _span(d)], [d.text, c.text]))
+        probes.append(OrderProbe(sentence, swapped, substituted, shuffled, (a.text, b.text), (word.text, syn), tuple(more)))
     return probes
 
 

@@ -10,6 +10,7 @@ index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    from invemb.config import parse_overrides
     from invemb.cli import emit, user_errors
 
     app.add_typer(index_app, name="index")
@@ -47,11 +48,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         input: Optional[Path] = typer.Option(None, "--input", help='JSONL, one {"text": ...} a line'),
         output: Optional[Path] = typer.Option(None, "--output", help="JSONL results for --input / --vectors"),
         beam: Optional[int] = typer.Option(None, help="beam width (default: the run's)"),
+        decode_sets: List[str] = typer.Option([], "--decode", help="decoding override KEY=VALUE (DecodeConfig: "
+                                              "beam, units_k, slots, expand, patience, ...; repeat)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Rebuild text from sentence vectors, printing each step (unit, slot, cosine) for one text.
 
-        Example: invemb invert "The cat sat on the mat." --em backbone --controller runs/controller
+        Example: invemb invert "The cat sat on the mat." --em backbone --controller runs/controller --decode expand=6
         """
         import numpy as np
 
@@ -63,7 +66,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             raise ValueError("give exactly one of TEXT, --vectors F.npy or --input F.jsonl")
         if (vectors is not None or input is not None) and output is None:
             raise ValueError("--vectors and --input need --output OUT.jsonl")
-        ctrl = load_run(controller, em=em)
+        ctrl = load_run(controller, em=em, **parse_overrides(decode_sets))
         decode = ctrl.decode_cfg.replace(beam=beam) if beam else None
         if text is not None:
             row = ctrl.invert_texts([text], decode)[0]
@@ -157,6 +160,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                                          help="controller | greedy | bag | blackbox (repeat)"),
         corpus: Optional[Path] = typer.Option(None, help="built corpus folder (default: data/built/corpus, else the EM run's)"),
         preset: str = typer.Option("default", help="baseline sizes: tiny | default | full"),
+        decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE (repeat)"),
         out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
@@ -168,7 +172,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.inversion import load_run
         from invemb.inversion.harness import compare_methods, eval_sentences, resolve_corpus
 
-        ctrl = load_run(controller, em=em)
+        ctrl = load_run(controller, em=em, **parse_overrides(decode_sets))
         corpus = resolve_corpus(corpus or Path("data/built/corpus"), em)
         sets = {s: eval_sentences(corpus, s, n) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset)

@@ -30,7 +30,9 @@ class DecodeConfig(Config):
     beam: int = 3
     units_k: int = 8  # units the Selector retrieves from the index per hypothesis
     slots: int = 2  # best slots kept per unit
-    expand: int = 8  # children kept per hypothesis before encoding
+    # children kept per hypothesis before encoding: the encoder calls. On 50 wiki / 30 WordNet test sentences,
+    # 8 -> 7 cut calls 255 -> 211 / 177 -> 160 at token F1 33.3 -> 33.2 / 48.1 -> 50.3; 6: 173 / 129, F1 31.8 / 48.6
+    expand: int = 7
     model_weight: float = 0.05  # weight of the model's mean log-probability next to the cosine
     repeat_penalty: float = 0.05  # cosine taken off units already in the buffer
     frequent_units: int = 20  # the N most frequent vocabulary units (the, of, a, ...) join every hypothesis's candidates
