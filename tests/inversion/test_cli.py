@@ -72,6 +72,8 @@ def test_invert_decode_overrides_change_the_search(cli_run):
     # one child per step, one hypothesis: one encoder call per step taken
     assert json.loads(narrow.output)["encoder_calls"] <= len(json.loads(narrow.output)["steps"]) + 3
     assert json.loads(narrow.output)["encoder_calls"] < wide["encoder_calls"]
+    flag = runner.invoke(app, base + ["--decode", "expand=1", "--beam", "1"])  # --beam is the beam override
+    assert json.loads(flag.output)["reconstruction"] == json.loads(narrow.output)["reconstruction"]
     bad = runner.invoke(app, base + ["--decode", "widht=3"])
     assert bad.exit_code == 2 and "unknown DecodeConfig key: widht" in bad.output
 

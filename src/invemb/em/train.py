@@ -396,10 +396,9 @@ def build_cache(cfg: EMConfig, backbone: HFBackbone, data: EMData, progress: boo
     # swap in the spare columns, which "swapped_mask" (N, M) masks out of the order term.
     M = max(1, cfg.loss.order_swaps)
     swaps = [([s.swapped] + s.more_swaps[: M - 1]) for s in data.train_sentences]
-    mask = np.array([[j < len(w) for j in range(M)] for w in swaps], dtype=bool).reshape(len(swaps), M)
     padded = [w + [w[0]] * (M - len(w)) for w in swaps]
     sent_rows["swapped"] = cache.ensure([t for w in padded for t in w], **kw).reshape(len(swaps), M)
-    sent_rows["swapped_mask"] = mask
+    sent_rows["swapped_mask"] = np.arange(M) < np.array([len(w) for w in swaps], dtype=int)[:, None]
     return cache, unit_rows, sent_rows
 
 

@@ -100,6 +100,11 @@ def _replace_spans(text: str, spans: list[tuple[int, int]], new: list[str]) -> s
     return "".join(out + [text[last:]])
 
 
+def _swap(text: str, a, b) -> str:
+    """``text`` with spaCy tokens ``a`` and ``b`` trading places."""
+    return _replace_spans(text, [_span(a), _span(b)], [b.text, a.text])
+
+
 def _shuffle_tokens(sentence: str, rng: random.Random) -> str:
     tokens = sentence.split()
     for _ in range(10):  # a shuffle can land on the original order; retry a few times
@@ -127,8 +132,7 @@ def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_
 
     ``extra_swaps`` adds up to that many further swapped copies per sentence, each of another pair
     (same part of speech first, then any; fewer where the sentence has fewer pairs), drawn from their
-    own generator so the first swap,
-    the synonym and the shuffle stay what they are without them.
+    own generator so the first swap, the synonym and the shuffle stay what they are without them.
     """
     if wn is None:
         from invemb.text.sources import ensure_wordnet
@@ -150,7 +154,7 @@ def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_
             continue
         rng = random.Random(f"{seed}\t{sentence}")
         a, b = rng.choice(pairs)
-        swapped = _replace_spans(sentence, [_span(a), _span(b)], [b.text, a.text])
+        swapped = _swap(sentence, a, b)
         word, syn = rng.choice(with_synonym)
         substituted = _replace_spans(sentence, [_span(word)], [syn])
         shuffled = _shuffle_tokens(sentence, rng)
@@ -162,7 +166,7 @@ def make_order_probes(sentences: list[str], seed: int = 0, wn=None, synsets_per_
             more_rng.shuffle(same)
             more_rng.shuffle(other)
             for c, d in (same + other)[:extra_swaps]:  # the other same-part-of-speech pairs first
-                more.append(_replace_spans(sentence, [_span(c), _span(d)], [d.text, c.text]))
+                more.append(_swap(sentence, c, d))
         probes.append(OrderProbe(sentence, swapped, substituted, shuffled, (a.text, b.text), (word.text, syn), tuple(more)))
     return probes
 

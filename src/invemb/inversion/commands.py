@@ -10,8 +10,8 @@ index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
-    from invemb.config import parse_overrides
     from invemb.cli import emit, user_errors
+    from invemb.config import parse_overrides
 
     app.add_typer(index_app, name="index")
 
@@ -66,10 +66,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             raise ValueError("give exactly one of TEXT, --vectors F.npy or --input F.jsonl")
         if (vectors is not None or input is not None) and output is None:
             raise ValueError("--vectors and --input need --output OUT.jsonl")
-        ctrl = load_run(controller, em=em, **parse_overrides(decode_sets))
-        decode = ctrl.decode_cfg.replace(beam=beam) if beam else None
+        overrides = parse_overrides(decode_sets)
+        if beam:
+            overrides["beam"] = beam
+        ctrl = load_run(controller, em=em, **overrides)  # the run's decoding settings, overridden
         if text is not None:
-            row = ctrl.invert_texts([text], decode)[0]
+            row = ctrl.invert_texts([text])[0]
             if plain:
                 emit(row["steps"], plain=True)
                 emit({k: v for k, v in row.items() if k != "steps"}, plain=True)
@@ -80,9 +82,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             if not vectors.exists():
                 raise FileNotFoundError(f"{vectors}: no such file")
             mat = np.load(vectors, allow_pickle=False)
-            rows = [r.to_dict() for r in ctrl.invert_vectors(mat, decode, progress=True)]
+            rows = [r.to_dict() for r in ctrl.invert_vectors(mat, progress=True)]
         else:
-            rows = ctrl.invert_texts(read_jsonl_texts(input), decode, progress=True)
+            rows = ctrl.invert_texts(read_jsonl_texts(input), progress=True)
         write_jsonl(output, rows)
         scored = [r["cosine"] for r in rows if r["cosine"] is not None]
         emit({"inverted": len(rows), "output": str(output), "mean_cosine": sum(scored) / len(scored) if scored else None,
