@@ -173,7 +173,7 @@ def test_bind_swap_moves_the_vector_by_the_bound_difference():
     v = agg.value(agg.norm(states[0]))  # (4, W)
     expected = agg.out.weight @ ((v[2] - v[0]) * (agg.pos[0] - agg.pos[2])) / 4
     pos = torch.arange(4).unsqueeze(0)
-    torch.testing.assert_close(agg(swapped, mask, pos)[0] - agg(states, mask, pos)[0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(agg(swapped, mask, pos)[0][0] - agg(states, mask, pos)[0][0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_word_positions_give_every_piece_its_words_position(tiny_bert_dir):
@@ -222,3 +222,71 @@ def test_word_positions_need_the_tokenizer_size():
         TokenHead(HeadConfig.preset("tiny", head="bind", hidden=16))
     with pytest.raises(ValueError, match="positions must be"):
         TokenHead(HeadConfig.preset("tiny", head="bind", hidden=16, vocab_size=50, positions="chars"))
+
+
+def _perturbed_order_model(tiny_bert_dir, order_dims=8):
+    torch.manual_seed(0)
+    backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
+    head = build_head(HeadConfig.preset("tiny", order_dims=order_dims, dropout=0.0), backbone)
+    for p in head.parameters():  # off the zero init, so the sub-space is not all zero
+        p.data += torch.randn_like(p) * 0.1
+    return TokenEmbeddingModel(backbone, head).eval()
+
+
+def test_order_subspace_is_zero_for_single_words_and_carries_swaps(tiny_bert_dir):
+    model = _perturbed_order_model(tiny_bert_dir)
+    E = model.head.cfg.embed_dim
+    assert model.dim == E + 8
+    assert model.head.special[model.backbone.tokenizer.cls_token_id] and not model.head.special[5]
+    words = model.encode(["bank", "banker", "cat"])  # one position each ("banker" is two pieces on the tiny vocab)
+    assert words.shape == (3, E + 8)
+    torch.testing.assert_close(words[:, E:], torch.zeros(3, 8))
+    # the same token states in another order (the backbone itself is contextual, so swap at the head)
+    tok = model.backbone.tokenizer
+    ids = torch.tensor([[tok.cls_token_id, *tok.convert_tokens_to_ids(["dog", "chased", "cat"]), tok.sep_token_id]])
+    states, mask = torch.randn(1, 5, model.backbone.hidden), torch.ones(1, 5, dtype=torch.bool)
+    order = [0, 3, 2, 1, 4]
+    a = model.head(states.mean(1), states, mask, ids).embedding[0]
+    b = model.head(states.mean(1), states[:, order], mask, ids[:, order]).embedding[0]
+    assert (a[E:] - b[E:]).abs().max() > 1e-3  # the swap moves the order sub-space ...
+    torch.testing.assert_close(a[:E] / a[:E].norm(), b[:E] / b[:E].norm(), rtol=1e-5, atol=1e-5)  # ... and only it
+    # so the order sub-space cannot change how a sentence ranks single words
+    sentence = model.encode(["the dog chased the cat"])[0]
+    sub = torch.nn.functional.normalize(sentence[:E], dim=-1)
+    torch.testing.assert_close((words @ sentence).argsort(), (words[:, :E] @ sub).argsort())
+
+
+def test_order_subspace_round_trips_save_load_and_export(tmp_path, tiny_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from invemb.em.st_export import export
+
+    model = _perturbed_order_model(tiny_bert_dir)
+    save_head(model.head, tmp_path / "head")
+    again = TokenEmbeddingModel(model.backbone, load_head(tmp_path / "head")).eval()
+    texts = ["bank", "the cat sat on the mat", "the mat sat on the cat"]
+    torch.testing.assert_close(again.encode(texts), model.encode(texts))
+    export(model, tmp_path / "st")
+    st = SentenceTransformer(str(tmp_path / "st"), device="cpu", trust_remote_code=True)
+    assert st.get_embedding_dimension() == model.dim
+    torch.testing.assert_close(st.encode(texts, convert_to_tensor=True), model.encode(texts), rtol=1e-5, atol=1e-5)
+
+
+def test_order_subspace_needs_the_bind_head():
+    with pytest.raises(ValueError, match="order_dims"):
+        TokenHead(HeadConfig.preset("tiny", head="transformer", order_dims=4, vocab_size=50))
+
+
+def test_fixed_order_share_splits_the_norm_of_sentences_not_of_words(tiny_bert_dir):
+    torch.manual_seed(0)
+    backbone = HFBackbone(BackboneConfig(path=tiny_bert_dir))
+    head = build_head(HeadConfig.preset("tiny", order_dims=8, order_share=0.2, dropout=0.0), backbone)
+    for p in head.parameters():
+        p.data += torch.randn_like(p) * 0.1
+    model = TokenEmbeddingModel(backbone, head).eval()
+    E = head.cfg.embed_dim
+    z = model.encode(["bank", "banker", "the cat sat on the mat", "a b"])
+    torch.testing.assert_close(z[:2, E:].norm(dim=-1), torch.zeros(2))
+    torch.testing.assert_close(z[2:, E:].norm(dim=-1) ** 2, torch.full((2,), 0.2))
+    with pytest.raises(ValueError, match="order_share"):
+        TokenHead(HeadConfig.preset("tiny", order_share=0.2, vocab_size=50))

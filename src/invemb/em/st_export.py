@@ -39,8 +39,8 @@ class EMHeadModule(Module):
         features["sentence_embedding"] = self.head(pooled, states, mask, features.get("input_ids")).embedding
         return features
 
-    def get_sentence_embedding_dimension(self) -> int:
-        return int(self.head_config["embed_dim"])
+    def get_embedding_dimension(self) -> int:
+        return HeadConfig.from_dict(self.head_config).output_dim
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         self.save_config(output_path)

@@ -37,7 +37,7 @@ class CachedHeadEncoder:
 
     def __init__(self, cache: FeatureCache, head: TokenHead, name: str = "em"):
         self.cache, self.head, self.name = cache, head, name
-        self.dim = head.cfg.embed_dim
+        self.dim = head.cfg.output_dim
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -128,7 +128,7 @@ class EMTask:
         self.cfg, self.data, self.cache, self.model = cfg, data, cache, head
         self.unit_rows, self.sent_rows = unit_rows, sent_rows
         self.progress = progress
-        D = head.cfg.embed_dim
+        D = head.cfg.output_dim
         self.queue = torch.zeros(0, D)
         self.queue_ids = torch.zeros(0, dtype=torch.long)
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # this step's keys, queued after it
@@ -264,7 +264,7 @@ class EMTask:
         if distributed.active():
             micros = torch.tensor([m for m, _, _ in pending], dtype=torch.long)
             sizes = torch.tensor([len(i) for _, _, i in pending], dtype=torch.long)
-            D = self.head.cfg.embed_dim
+            D = self.head.cfg.output_dim
             vecs = torch.cat([v for _, v, _ in pending]) if pending else torch.zeros(0, D)
             ids = torch.cat([i for _, _, i in pending]) if pending else torch.zeros(0, dtype=torch.long)
             parts = zip(*(distributed.all_gather_tensors(t) for t in (micros, sizes, vecs, ids)))
