@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=None, help="wiki | wordnet (repeat)")
     ap.add_argument("--decode", action="append", default=[], help="the controller's decoding override KEY=VALUE (repeat)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=16, help="controller: sentences decoded in lockstep (1: one by one)")
+    ap.add_argument("--runtime", default="torch", help="the EM backbone's runtime: torch | onnx")
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,23 +40,23 @@ def main() -> None:
     from invemb.inversion import load_run, metrics
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
     from invemb.inversion.decode import DecodeConfig, OraclePolicy, beam_decode
-    from invemb.inversion.harness import eval_sentences, resolve_corpus, run_methods
+    from invemb.inversion.harness import Batched, eval_sentences, resolve_corpus, run_methods
     from invemb.inversion.segment import Segmenter
     from invemb.io import atomic_write_json, write_jsonl
 
     out = Path(args.out)
     t_load = time.perf_counter()
-    ctrl = load_run(args.controller, em=args.em, **parse_overrides(args.decode))
+    ctrl = load_run(args.controller, em=args.em, runtime=args.runtime, **parse_overrides(args.decode))
     t_load = time.perf_counter() - t_load
     segmenter = Segmenter(ctrl.vocab)
-    report = {"controller": args.controller, "em": args.em, "decode": ctrl.decode_cfg.to_dict(),
+    report = {"controller": args.controller, "em": args.em, "runtime": args.runtime, "batch": args.batch, "decode": ctrl.decode_cfg.to_dict(),
               "blackbox": BlackBoxConfig.preset(args.blackbox).to_dict(), "load_seconds": t_load, "sets": {}}
     for which in args.sets or ["wiki", "wordnet"]:
         sentences = eval_sentences(resolve_corpus(args.corpus, args.em), which, args.n)
         gold = iter([segmenter.segment(s).unit_ids for s in sentences])
         methods = {
-            "controller": lambda t: ctrl.invert_vector(t),
-            "greedy": lambda t: ctrl.invert_vector(t, ctrl.decode_cfg.replace(beam=1)),
+            "controller": Batched(lambda t, progress: ctrl.invert_vectors(t, progress=progress, batch=args.batch)),
+            "greedy": Batched(lambda t, progress: ctrl.invert_vectors(t, ctrl.decode_cfg.replace(beam=1), progress, args.batch)),
             "bag": lambda t: bag_of_units(t, ctrl.index, BagConfig()),
             "oracle": lambda t: beam_decode(t, OraclePolicy(next(gold)), ctrl.encoder, ctrl.vocab.units,
                                             DecodeConfig(beam=1, patience=0, max_steps=64)),

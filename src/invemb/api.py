@@ -24,21 +24,26 @@ def run_kind(path: str | Path) -> str | None:
     return None
 
 
-def load(path: str | Path = "backbone", **kwargs: Any) -> Encoder:
+def load(path: str | Path = "backbone", runtime: str = "torch", **kwargs: Any) -> Encoder:
     """Load any saved run folder (EM, scratch, tiered), a raw HF backbone folder, or
-    ``"backbone"`` for the bundled all-MiniLM-L6-v2, as an :class:`Encoder`."""
+    ``"backbone"`` for the bundled all-MiniLM-L6-v2, as an :class:`Encoder`. ``runtime="onnx"``
+    (EM runs and backbones, CPU inference) runs the frozen backbone with onnxruntime."""
     from invemb.backbone.hf import BackboneConfig, HFBackbone
 
     if str(path) in ("backbone", "default"):
-        return HFBackbone(BackboneConfig(**kwargs))
+        return HFBackbone(BackboneConfig(**kwargs)).use_runtime(runtime)
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such run or model folder")
     kind = run_kind(p)
+    if kind == "em":
+        return importlib.import_module(RUN_KINDS[kind]).load_run(p, runtime=runtime, **kwargs)
+    if runtime != "torch" and kind in RUN_KINDS:
+        raise ValueError(f"runtime {runtime!r} is for EM runs and Hugging Face backbones, not a {kind} run ({p})")
     if kind in RUN_KINDS:
         return importlib.import_module(RUN_KINDS[kind]).load_run(p, **kwargs)
     if (p / "config.json").exists() and kind is None:
-        return HFBackbone(BackboneConfig(path=str(p), **kwargs))
+        return HFBackbone(BackboneConfig(path=str(p), **kwargs)).use_runtime(runtime)
     raise ValueError(f"{p}: not an invemb run folder (config.json with a known 'kind') nor a Hugging Face model folder")
 
 

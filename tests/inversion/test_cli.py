@@ -77,6 +77,19 @@ def test_invert_decode_overrides_change_the_search(cli_run):
     bad = runner.invoke(app, base + ["--decode", "widht=3"])
     assert bad.exit_code == 2 and "unknown DecodeConfig key: widht" in bad.output
 
+
+def test_invert_on_the_onnx_runtime_decodes_the_same(cli_run):
+    root, em = cli_run
+    base = ["invert", "Big fox near the old tree.", "--em", em, "--controller", str(root / "run")]
+    on_torch = json.loads(runner.invoke(app, base).output)
+    res = runner.invoke(app, base + ["--runtime", "onnx"])
+    assert res.exit_code == 0, res.output
+    on_onnx = json.loads(res.output)
+    assert on_onnx["reconstruction"] == on_torch["reconstruction"]
+    assert on_onnx["cosine"] == pytest.approx(on_torch["cosine"], abs=1e-4)
+    bad = runner.invoke(app, base + ["--runtime", "tpu"])
+    assert bad.exit_code == 2 and "unknown runtime 'tpu'" in bad.output
+
 @pytest.mark.parametrize("bad, message", [(np.zeros((1, 5), np.float32), "shape"),
                                           (np.full((1, 32), np.nan, np.float32), "NaN"),
                                           (np.zeros((1, 32), np.float32), "all zeros")])

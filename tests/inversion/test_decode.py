@@ -52,6 +52,24 @@ def test_controller_inverts_toy_sentences_and_beam_never_worse_than_greedy(toy_r
     assert sum(f1s) / len(f1s) >= 80
 
 
+def test_lockstep_decoding_runs_the_same_searches_as_one_by_one(toy_run):
+    run, encoder, _ = toy_run
+    ctrl = Controller.load(run, em=encoder)
+    sentences = toy_sentences(7, seed=5)
+    targets = encoder.encode(sentences)
+    alone = [ctrl.invert_vector(t) for t in targets]
+    for batch in (3, 16):  # chunks of 3, 3, 1 and one chunk of all seven
+        calls0 = ctrl.encoder.calls
+        together = ctrl.invert_vectors(targets, batch=batch)
+        assert [(r.text, r.encoder_calls, len(r.steps)) for r in together] == [(r.text, r.encoder_calls, len(r.steps)) for r in alone]
+        assert [r.cosine for r in together] == pytest.approx([r.cosine for r in alone], abs=1e-5)
+        # one encoder call per step for all seven; repeated children across targets are encoded once
+        assert ctrl.encoder.calls - calls0 <= sum(r.encoder_calls for r in alone)
+    rows = ctrl.invert_texts([sentences[0], "", sentences[1]], batch=2)
+    assert [r["reconstruction"] for r in rows] == [alone[0].text, "", alone[1].text]
+    assert rows[1]["cosine"] is None and rows[0]["seconds"] > 0
+
+
 def test_bad_inputs_and_mismatched_pairs(toy_run, tmp_path):
     run, encoder, _ = toy_run
     ctrl = Controller.load(run, em=encoder)

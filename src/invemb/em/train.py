@@ -489,9 +489,10 @@ def export_sentence_transformers(model: TokenEmbeddingModel, path: Path) -> None
     export(model, path)
 
 
-def load_run(run: str | Path, backbone: str | None = None) -> TokenEmbeddingModel:
+def load_run(run: str | Path, backbone: str | None = None, runtime: str = "torch") -> TokenEmbeddingModel:
     """A trained EM run folder as an :class:`invemb.Encoder`. ``backbone`` points at a copy of the
-    backbone folder elsewhere; a different backbone is refused with a message naming both."""
+    backbone folder elsewhere; a different backbone is refused with a message naming both.
+    ``runtime``: the backbone's (``"torch"`` or ``"onnx"``, see :meth:`HFBackbone.use_runtime`)."""
     run = Path(run)
     saved = json.loads((run / "config.json").read_text())
     if saved.get("kind") != "em":
@@ -502,7 +503,7 @@ def load_run(run: str | Path, backbone: str | None = None) -> TokenEmbeddingMode
     check_backbone_identity(saved["backbone_identity"], model_backbone.identity())
     if not (run / "head.safetensors").exists():
         raise FileNotFoundError(f"{run}: the run has no final weights yet (head.safetensors); finish or --resume it")
-    return TokenEmbeddingModel(model_backbone, load_head(run)).eval()
+    return TokenEmbeddingModel(model_backbone.use_runtime(runtime), load_head(run)).eval()
 
 
 def write_report(run_dir: Path) -> Path:

@@ -7,11 +7,12 @@ from typing import Any
 _CONTROLLERS: dict[tuple[str, str], Any] = {}
 
 
-def load_run(path, em=None, **decode_overrides):
-    """A controller run folder -> :class:`~invemb.inversion.controller.Controller` (kind "controller")."""
+def load_run(path, em=None, runtime: str = "torch", **decode_overrides):
+    """A controller run folder -> :class:`~invemb.inversion.controller.Controller` (kind "controller");
+    ``runtime`` is the EM's backbone runtime ("torch" or "onnx")."""
     from invemb.inversion.controller import Controller
 
-    return Controller.load(path, em=em, **decode_overrides)
+    return Controller.load(path, em=em, runtime=runtime, **decode_overrides)
 
 
 def invert(vector_or_text, em, controller, **decode_overrides) -> dict:

@@ -50,6 +50,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         beam: Optional[int] = typer.Option(None, help="beam width (default: the run's)"),
         decode_sets: List[str] = typer.Option([], "--decode", help="decoding override KEY=VALUE (DecodeConfig: "
                                               "beam, units_k, slots, expand, patience, ...; repeat)"),
+        runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU: faster decoding)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Rebuild text from sentence vectors, printing each step (unit, slot, cosine) for one text.
@@ -69,7 +70,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         overrides = parse_overrides(decode_sets)
         if beam:
             overrides["beam"] = beam
-        ctrl = load_run(controller, em=em, **overrides)  # the run's decoding settings, overridden
+        ctrl = load_run(controller, em=em, runtime=runtime, **overrides)  # the run's decoding settings, overridden
         if text is not None:
             row = ctrl.invert_texts([text])[0]
             if plain:
@@ -164,6 +165,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         preset: str = typer.Option("default", help="baseline sizes: tiny | default | full"),
         decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE (repeat)"),
         out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png"),
+        runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU: faster decoding)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Inversion metrics (BLEU, ROUGE-L, token F1, exact match, cosine, encoder calls, seconds)
@@ -174,7 +176,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.inversion import load_run
         from invemb.inversion.harness import compare_methods, eval_sentences, resolve_corpus
 
-        ctrl = load_run(controller, em=em, **parse_overrides(decode_sets))
+        ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
         corpus = resolve_corpus(corpus or Path("data/built/corpus"), em)
         sets = {s: eval_sentences(corpus, s, n) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset)

@@ -8,7 +8,6 @@ encoder vector, computed once), ``model.safetensors`` (weights), checkpoints, me
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from invemb.encoder import Encoder
 from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
-                                     beam_decode, check_target)
+                                     beam_decode, beam_decode_many, check_target)
 from invemb.inversion.placer import Placer, PlacerConfig
 from invemb.inversion.selector import Selector, SelectorConfig
 from invemb.inversion.summary import BufferSummary, summarise
@@ -49,10 +48,10 @@ class ModelPolicy:
         self.frequent = torch.tensor(list(frequent or []), dtype=torch.long)  # (F,) most frequent first
         self.frequent_vectors = unit_vectors[self.frequent]  # (F, D), gathered once, not per step
 
-    def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
-        h, d = len(hyps), target.shape[0]
+    def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
+        d = targets.shape[1]
         text = torch.stack([x.vector if x.vector is not None else torch.zeros(d) for x in hyps])  # (H, D)
-        s = summarise(target.expand(h, d), [x.units for x in hyps], text, self.unit_vectors, self.model.chunk)
+        s = summarise(targets, [x.units for x in hyps], text, self.unit_vectors, self.model.chunk)
         sel = self.model.selector(s)
         stop = torch.sigmoid(sel.stop_logit).tolist()
         max_len = max(len(x.units) for x in hyps)
@@ -137,7 +136,10 @@ class Controller:
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256])
 
     @classmethod
-    def load(cls, run: str | Path, em: str | Path | Encoder | None = None, **decode_overrides) -> "Controller":
+    def load(cls, run: str | Path, em: str | Path | Encoder | None = None, runtime: str = "torch",
+             **decode_overrides) -> "Controller":
+        """``em``: the EM run (default: the one it was trained on), or a loaded encoder; ``runtime``: the
+        backbone runtime of an EM loaded here ("torch", or "onnx": onnxruntime on CPU)."""
         from safetensors.torch import load_file
 
         import invemb
@@ -149,7 +151,7 @@ class Controller:
         model, info = load_model(run)
         if info.get("kind") != "controller":
             raise ValueError(f"{run}: config.json kind is {info.get('kind')!r}, not 'controller'")
-        encoder = em if em is not None and not isinstance(em, (str, Path)) else invemb.load(str(em or info["em"]))
+        encoder = em if em is not None and not isinstance(em, (str, Path)) else invemb.load(str(em or info["em"]), runtime=runtime)
         if encoder.dim != info["dim"]:
             raise ValueError(f"encoder has dimension {encoder.dim}, the controller was trained on {info['dim']}")
         fp = encoder_fingerprint(encoder)
@@ -171,7 +173,10 @@ class Controller:
         target = check_target(vector, self.encoder.dim)
         return beam_decode(target, self.policy, self.encoder, self.vocab.units, decode or self.decode_cfg)
 
-    def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False) -> list[InversionResult]:
+    def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
+                       batch: int = 16) -> list[InversionResult]:
+        """Invert an (N, D) matrix, ``batch`` vectors decoded in lockstep at a time (the same searches as
+        one by one, in fewer and bigger index, Placer and encoder calls; 1: one by one)."""
         vectors = torch.as_tensor(vectors).float()
         if vectors.ndim != 2:
             raise ValueError(f"expected an (N, {self.encoder.dim}) matrix of vectors, got shape {tuple(vectors.shape)}")
@@ -180,31 +185,29 @@ class Controller:
                 check_target(v, self.encoder.dim)
             except ValueError as err:
                 raise ValueError(f"vector {i}: {err}") from None
-        rows = range(len(vectors))
+        bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            rows = tqdm(rows, desc="invert", unit="vec", dynamic_ncols=True)
-        return [self.invert_vector(vectors[i], decode) for i in rows]
+            bar = tqdm(total=len(vectors), desc="invert", unit="vec", dynamic_ncols=True)
+        out: list[InversionResult] = []
+        step = max(1, batch)
+        for start in range(0, len(vectors), step):
+            out += beam_decode_many(vectors[start: start + step], self.policy, self.encoder, self.vocab.units,
+                                    decode or self.decode_cfg, on_done=bar.update if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        return out
 
-    def invert_texts(self, texts: Sequence[str], decode: DecodeConfig | None = None, progress: bool = False) -> list[dict]:
+    def invert_texts(self, texts: Sequence[str], decode: DecodeConfig | None = None, progress: bool = False,
+                     batch: int = 16) -> list[dict]:
         """Encode each text and invert it: rows with text, reconstruction, cosine, steps, encoder_calls,
         seconds. An empty text gives an empty reconstruction with cosine None (undefined)."""
-        rows: list[dict] = []
         nonempty = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
-        vecs = self.encoder.encoder.encode([texts[i] for i in nonempty]) if nonempty else None
-        where = {i: r for r, i in enumerate(nonempty)}
-        items = range(len(texts))
-        if progress:
-            from tqdm.auto import tqdm
-
-            items = tqdm(items, desc="invert", unit="text", dynamic_ncols=True)
-        for i in items:
-            if i not in where:
-                rows.append({"text": texts[i], "reconstruction": "", "cosine": None, "steps": [], "encoder_calls": 0,
-                             "seconds": 0.0})
-                continue
-            t0 = time.perf_counter()
-            res = self.invert_vector(vecs[where[i]], decode)
-            rows.append({"text": texts[i], **res.to_dict(), "seconds": time.perf_counter() - t0})
-        return rows
+        results = {}
+        if nonempty:
+            vecs = self.encoder.encoder.encode([texts[i] for i in nonempty])
+            results = dict(zip(nonempty, self.invert_vectors(vecs, decode, progress, batch)))
+        return [{"text": t, **results[i].to_dict()} if i in results else
+                {"text": t, "reconstruction": "", "cosine": None, "steps": [], "encoder_calls": 0, "seconds": 0.0}
+                for i, t in enumerate(texts)]

@@ -82,8 +82,8 @@ class Hypothesis:
 
 
 class Policy(Protocol):
-    def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
-        """Actions (and a stop probability) for each hypothesis; ``target`` is (D,)."""
+    def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
+        """Actions (and a stop probability) for each hypothesis; ``targets`` (H, D) is each one's target."""
 
 
 @dataclasses.dataclass
@@ -144,70 +144,125 @@ def _apply(h: Hypothesis, a: Action) -> list[int]:
     return units
 
 
+@dataclasses.dataclass
+class _Search:
+    """The beam search state of one target."""
+    target: torch.Tensor  # (D,)
+    beam: list[Hypothesis]
+    finished: list[Hypothesis] = dataclasses.field(default_factory=list)
+    live: list[Hypothesis] = dataclasses.field(default_factory=list)
+    groups: list[list[Hypothesis]] = dataclasses.field(default_factory=list)
+    calls: int = 0
+    done: bool = False
+
+    def result(self, w: float, seconds: float) -> InversionResult:
+        best = max(self.finished + [h.best for h in self.beam], key=lambda h: h.score(w), default=Hypothesis([]))
+        cosine = None if not best.units else best.cosine
+        return InversionResult(best.text, cosine, best.steps, self.calls, seconds, best.score(w))
+
+
 def beam_decode(target: torch.Tensor, policy: Policy, encoder: CountingEncoder, unit_texts: Sequence[str],
                 cfg: DecodeConfig | None = None) -> InversionResult:
     """Invert one target vector (D,) with ``policy``; ``encoder`` counts the calls spent."""
+    return beam_decode_many(check_target(target, encoder.dim)[None], policy, encoder, unit_texts, cfg)[0]
+
+
+def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEncoder, unit_texts: Sequence[str],
+                     cfg: DecodeConfig | None = None, on_done=None) -> list[InversionResult]:
+    """Invert N target vectors (N, D) in lockstep: every step, one policy call for the live
+    hypotheses of all targets and one encoder call for all their children (bigger batches: the index
+    search and the Placer run once a step, not once a target). Each target's search is the one
+    :func:`beam_decode` runs alone; its ``encoder_calls`` are its own children, and ``seconds`` is the
+    batch's wall time over N. ``on_done(k)`` is called as k more searches end (a progress bar)."""
     cfg = cfg or DecodeConfig()
-    t0, calls0 = time.perf_counter(), encoder.calls
-    target = check_target(target, encoder.dim)
+    t0 = time.perf_counter()
+    targets = torch.as_tensor(targets).float()
+    if targets.ndim != 2:
+        raise ValueError(f"expected (N, {encoder.dim}) target vectors, got shape {tuple(targets.shape)}")
+    searches = []
+    for t in targets:
+        root = Hypothesis([])
+        root.best = root
+        searches.append(_Search(check_target(t, encoder.dim), [root]))
     torch.manual_seed(cfg.seed)
     w = cfg.model_weight
-    root = Hypothesis([])
-    root.best = root
-    beam, finished = [root], []
+
+    def end(s: _Search) -> None:
+        s.done = True
+        if on_done is not None:
+            on_done(1)
+
     for _ in range(cfg.max_steps):
-        live = [h for h in beam if not h.done]
-        finished += [h.best for h in beam if h.done]
-        if not live:
-            beam = []
+        for s in searches:
+            if s.done:
+                continue
+            s.live = [h for h in s.beam if not h.done]
+            s.finished += [h.best for h in s.beam if h.done]
+            if not s.live:
+                s.beam = []
+                end(s)
+        active = [s for s in searches if not s.done]
+        if not active:
             break
+        hyps = [h for s in active for h in s.live]
+        rows = torch.stack([s.target for s in active for _ in s.live])  # (H, D): each hypothesis's target
         with torch.no_grad():
-            proposals = policy.propose(target, live, cfg)
-        groups: list[list[Hypothesis]] = []
-        for h, prop in zip(live, proposals):
-            kids: list[Hypothesis] = []
-            if prop.stop_prob < cfg.stop_threshold:
-                for a in sorted(prop.actions, key=lambda a: -a.logp)[: cfg.expand]:
-                    units = _apply(h, a)
-                    kids.append(Hypothesis(units, render([unit_texts[u] for u in units]), logp=h.logp + a.logp,
-                                           actions=h.actions + 1, steps=h.steps + [{"unit": unit_texts[a.unit], "slot": a.slot,
-                                                                                    **({"moved_from": a.remove} if a.remove >= 0 else {})}]))
-            if not kids:
-                finished.append(h.best)
-            groups.append(kids)
-        children = [k for g in groups for k in g]
-        if not children:
-            beam = []
-            break
-        texts = list(dict.fromkeys(k.text for k in children))
-        vecs = encoder.encode(texts)  # (N, D)
-        by_text = {t: v for t, v in zip(texts, vecs)}
-        for h, kids in zip(live, groups):
-            for k in kids:
-                k.vector = by_text[k.text]
-                k.cosine = float(k.vector @ target)
-                k.steps[-1]["cosine"] = round(k.cosine, 4)
-                better = k.score(w) > h.best.score(w) + cfg.min_gain
-                k.best = k if better else h.best
-                k.stale = 0 if better else h.stale + 1
-                k.done = (cfg.patience > 0 and k.stale >= cfg.patience) or len(tokenize(k.text)) >= cfg.max_words
-        # Slot 0 follows the greedy path; the other slots take the best remaining distinct texts.
-        new_beam: list[Hypothesis] = []
-        if live[0] is beam[0] and groups[0]:
-            new_beam.append(max(groups[0], key=lambda k: k.score(w)))  # max keeps the first of ties
-        seen = {k.text for k in new_beam}
-        for k in sorted(children, key=lambda k: -k.score(w)):
-            if len(new_beam) >= cfg.beam:
-                break
-            if k.text not in seen:
-                seen.add(k.text)
-                new_beam.append(k)
-        beam = new_beam
-    finished += [h.best for h in beam]
-    best = max(finished, key=lambda h: h.score(w), default=root)
-    cosine = None if not best.units else best.cosine
-    return InversionResult(best.text, cosine, best.steps, encoder.calls - calls0, time.perf_counter() - t0,
-                           best.score(w))
+            proposals = policy.propose(rows, hyps, cfg)
+        texts: list[str] = []
+        at = 0
+        for s in active:
+            s.groups = []
+            for h, prop in zip(s.live, proposals[at: at + len(s.live)]):
+                kids: list[Hypothesis] = []
+                if prop.stop_prob < cfg.stop_threshold:
+                    for a in sorted(prop.actions, key=lambda a: -a.logp)[: cfg.expand]:
+                        units = _apply(h, a)
+                        kids.append(Hypothesis(units, render([unit_texts[u] for u in units]), logp=h.logp + a.logp,
+                                               actions=h.actions + 1, steps=h.steps + [{"unit": unit_texts[a.unit], "slot": a.slot,
+                                                                                        **({"moved_from": a.remove} if a.remove >= 0 else {})}]))
+                if not kids:
+                    s.finished.append(h.best)
+                s.groups.append(kids)
+            at += len(s.live)
+            own = list(dict.fromkeys(k.text for g in s.groups for k in g))
+            if not own:
+                s.beam = []
+                end(s)
+                continue
+            s.calls += len(own)
+            texts += own
+        texts = list(dict.fromkeys(texts))
+        if not texts:
+            continue
+        by_text = dict(zip(texts, encoder.encode(texts)))  # (D,) each
+        for s in active:
+            if s.done:
+                continue
+            for h, kids in zip(s.live, s.groups):
+                for k in kids:
+                    k.vector = by_text[k.text]
+                    k.cosine = float(k.vector @ s.target)
+                    k.steps[-1]["cosine"] = round(k.cosine, 4)
+                    better = k.score(w) > h.best.score(w) + cfg.min_gain
+                    k.best = k if better else h.best
+                    k.stale = 0 if better else h.stale + 1
+                    k.done = (cfg.patience > 0 and k.stale >= cfg.patience) or len(tokenize(k.text)) >= cfg.max_words
+            # Slot 0 follows the greedy path; the other slots take the best remaining distinct texts.
+            new_beam: list[Hypothesis] = []
+            if s.live[0] is s.beam[0] and s.groups[0]:
+                new_beam.append(max(s.groups[0], key=lambda k: k.score(w)))  # max keeps the first of ties
+            seen = {k.text for k in new_beam}
+            for k in sorted((k for g in s.groups for k in g), key=lambda k: -k.score(w)):
+                if len(new_beam) >= cfg.beam:
+                    break
+                if k.text not in seen:
+                    seen.add(k.text)
+                    new_beam.append(k)
+            s.beam = new_beam
+    if on_done is not None:
+        on_done(sum(not s.done for s in searches))
+    seconds = (time.perf_counter() - t0) / max(1, len(searches))
+    return [s.result(w, seconds) for s in searches]
 
 
 class OraclePolicy:
@@ -219,7 +274,7 @@ class OraclePolicy:
         g = torch.Generator().manual_seed(seed)
         self.order = torch.randperm(len(self.gold), generator=g).tolist()
 
-    def propose(self, target: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
+    def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
         out = []
         for h in hyps:
             placed = len(h.units)

@@ -63,23 +63,38 @@ def eval_sentences(corpus: str | Path, which: str, n: int, min_words: int = 5, m
 Method = Callable[[torch.Tensor], InversionResult]
 
 
-def run_methods(methods: dict[str, Method], sentences: Sequence[str], encoder, progress: bool = True) -> dict:
+class Batched:
+    """A method that inverts all targets (N, D) in one call (the controller's lockstep decoding):
+    ``fn(targets, progress) -> list[InversionResult]``; its rows' seconds are its wall time over N."""
+
+    def __init__(self, fn: Callable[[torch.Tensor, bool], list[InversionResult]]):
+        self.fn = fn
+
+
+def _results(method: Method | Batched, name: str, targets: torch.Tensor, progress: bool) -> list[tuple[InversionResult, float]]:
+    if isinstance(method, Batched):
+        results = method.fn(targets, progress)
+        return [(r, r.seconds) for r in results]
+    items = range(len(targets))
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc=f"invert ({name})", unit="sent", dynamic_ncols=True, mininterval=1.0)
+    out = []
+    for i in items:
+        t0 = time.perf_counter()
+        res = method(targets[i])
+        out.append((res, time.perf_counter() - t0))
+    return out
+
+
+def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], encoder, progress: bool = True) -> dict:
     """{method: {"summary", "by_length", "rows"}} for every method on ``sentences``."""
     targets = encoder.encode(list(sentences))  # (N, D)
     out = {}
     for name, method in methods.items():
-        rows = []
-        items = range(len(sentences))
-        if progress:
-            from tqdm.auto import tqdm
-
-            items = tqdm(items, desc=f"invert ({name})", unit="sent", dynamic_ncols=True, mininterval=1.0)
-        for i in items:
-            t0 = time.perf_counter()
-            res = method(targets[i])
-            seconds = time.perf_counter() - t0
-            rows.append({"text": sentences[i], "reconstruction": res.text, "encoder_calls": res.encoder_calls,
-                         "seconds": seconds, "steps": len(res.steps)})
+        rows = [{"text": text, "reconstruction": res.text, "encoder_calls": res.encoder_calls, "seconds": seconds,
+                 "steps": len(res.steps)} for text, (res, seconds) in zip(sentences, _results(method, name, targets, progress))]
         filled = [j for j, r in enumerate(rows) if r["reconstruction"].strip()]
         vecs = encoder.encode([rows[j]["reconstruction"] for j in filled]) if filled else torch.empty(0, encoder.dim)
         for r in rows:
@@ -96,8 +111,8 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
 
     table: dict[str, Method] = {
-        "controller": lambda t: controller.invert_vector(t),
-        "greedy": lambda t: controller.invert_vector(t, controller.decode_cfg.replace(beam=1)),
+        "controller": Batched(lambda t, progress: controller.invert_vectors(t, progress=progress)),
+        "greedy": Batched(lambda t, progress: controller.invert_vectors(t, controller.decode_cfg.replace(beam=1), progress)),
         "bag": lambda t: bag_of_units(t, controller.index, BagConfig.preset(preset)),
         "blackbox": lambda t: black_box_search(t, controller.encoder, controller.index, controller.unit_vectors,
                                                BlackBoxConfig.preset(preset)),

@@ -1,0 +1,62 @@
+"""Decoding speed of the controller: one sentence at a time against lockstep batches, on the torch
+and the onnxruntime backbone, in one run on the same sentences.
+
+Every repeat decodes the sentences once with each setting in turn (drift in the shared machine hits
+all alike; each keeps its fastest repeat). Reports sentences/s, the ratio of each setting's time to
+the baseline (torch, one by one), how many reconstructions match the baseline's, token F1 and the
+encoder calls per sentence (the calls are the searches' own, the same in every setting).
+
+    .venv/bin/python bench/inversion_speed.py --controller runs/controller-default --em runs/em-default --n 32
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import timed, write
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--controller", default="runs/controller-default")
+    ap.add_argument("--em", default="runs/em-default")
+    ap.add_argument("--corpus", default="data/built/corpus")
+    ap.add_argument("--n", type=int, default=32, help="held-out Wikipedia sentences (5-32 words)")
+    ap.add_argument("--batch", type=int, default=16, help="sentences decoded in lockstep")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import invemb
+    from invemb.inversion import load_run, metrics
+    from invemb.inversion.harness import eval_sentences, resolve_corpus
+
+    sentences = eval_sentences(resolve_corpus(args.corpus, args.em), "wiki", args.n)
+    ctrls = {runtime: load_run(args.controller, em=invemb.load(args.em, runtime=runtime)) for runtime in ("torch", "onnx")}
+    targets = ctrls["torch"].encoder.encoder.encode(sentences)
+    settings = {f"{runtime}_{'one_by_one' if batch == 1 else f'lockstep{batch}'}": (ctrl, batch)
+                for runtime, ctrl in ctrls.items() for batch in (1, args.batch)}
+    best = dict.fromkeys(settings, float("inf"))
+    results = {}
+    for _ in range(args.repeat):
+        for name, (ctrl, batch) in settings.items():
+            seconds, results[name] = timed(ctrl.invert_vectors, targets, batch=batch)
+            best[name] = min(best[name], seconds)
+            print(name, f"{len(targets) / seconds:.3f} sent/s", flush=True)
+    base = "torch_one_by_one"
+    rows = {name: {"sentences_per_s": round(len(targets) / best[name], 3),
+                   "ratio_time_over_torch_one_by_one": round(best[name] / best[base], 3),
+                   "same_reconstruction_as_baseline": sum(a.text == b.text for a, b in zip(results[name], results[base])),
+                   "token_f1": round(sum(metrics.token_f1(r.text, s) for r, s in zip(results[name], sentences)) / len(sentences), 2),
+                   "encoder_calls_per_sentence": round(sum(r.encoder_calls for r in results[name]) / len(sentences), 1),
+                   # float-level differences (batch padding, runtime) can flip a near-tie between two children
+                   "differing_examples": [{"baseline": b.text, "this": a.text, "cosines": [b.cosine, a.cosine]}
+                                          for a, b in zip(results[name], results[base]) if a.text != b.text][:3]}
+            for name in settings}
+    write("inversion_speed", {"controller": args.controller, "em": args.em, "sentences": len(sentences),
+                              "threads": args.threads, "batch": args.batch, "target_sentences_per_s": 2.0, "settings": rows})
+
+
+if __name__ == "__main__":
+    main()
