@@ -59,7 +59,7 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
     ("eval_suite", bench("eval_suite", "--encoder", "backbone", "--encoder", RUNS["em"],
                          "--out", "bench/out/eval_suite_report"), (RUNS["em"], "final_metrics.json")),
     ("inversion_eval", bench("inversion_eval", "--controller", RUNS["controller"], "--em", RUNS["em"], "--n", "50",
-                             "--n-blackbox", "6"), (RUNS["controller"], "model.safetensors")),
+                             "--n-blackbox", "6", "--threads", "2"), (RUNS["controller"], "model.safetensors")),
     ("backbone_runtime", bench("backbone_runtime", "--em", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
     ("inversion_speed", bench("inversion_speed", "--controller", RUNS["controller"], "--em", RUNS["em"]),
      (RUNS["controller"], "model.safetensors")),
