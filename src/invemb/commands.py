@@ -105,6 +105,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         input: Path = typer.Option(..., "--input", help='JSONL file, one {"text": ...} a line'),
         output: Path = typer.Option(..., "--output", help=".npy file for the (N, dim) float32 vectors"),
         batch_size: int = typer.Option(64, help="texts per batch"),
+        runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU)"),
     ):
         """Encode texts to an .npy matrix (rows in input order, L2-normalised).
 
@@ -118,6 +119,6 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         texts = read_jsonl_texts(input)
         if not texts:
             raise ValueError(f"{input}: no texts")
-        vecs = invemb.load(model).encode(texts, batch_size=batch_size).numpy().astype(np.float32)
+        vecs = invemb.load(model, runtime=runtime).encode(texts, batch_size=batch_size).numpy().astype(np.float32)
         atomic_save_file(output, lambda p: np.save(open(p, "wb"), vecs))
         emit({"texts": len(texts), "dim": int(vecs.shape[1]), "output": str(output)})

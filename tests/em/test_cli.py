@@ -31,6 +31,9 @@ def test_neighbours_and_encode(tiny_em_run, tmp_path):
     vecs = np.load(out)
     assert vecs.shape == (3, json.loads(result.stdout)["dim"])
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
+    result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(src), "--output", str(out), "--runtime", "onnx"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(out), vecs, atol=1e-5)
 
 
 def test_user_errors_are_one_line(tiny_em_run, tmp_path):
