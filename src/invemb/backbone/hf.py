@@ -145,8 +145,8 @@ class HFBackbone(torch.nn.Module):
     # -- runtime -----------------------------------------------------------------------------
     def use_runtime(self, runtime: str) -> "HFBackbone":
         """``"torch"`` (the default) or ``"onnx"``: the frozen transformer exported to ONNX and run by
-        onnxruntime, CPU inference only. Same features to about 1e-5; on 2 CPU cores about 1.3x
-        faster on short texts (``bench/backbone_runtime.py``)."""
+        onnxruntime, CPU inference only. The same features to within 1e-5 (EM vectors to 4e-7); on 2
+        CPU cores 1.1-1.3x faster EM encoding of short texts (``bench/backbone_runtime.py``)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
         if runtime == "onnx":

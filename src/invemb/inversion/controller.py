@@ -170,8 +170,7 @@ class Controller:
         return cls(encoder, vocab, unit_vectors, model, decode, info)
 
     def invert_vector(self, vector, decode: DecodeConfig | None = None) -> InversionResult:
-        target = check_target(vector, self.encoder.dim)
-        return beam_decode(target, self.policy, self.encoder, self.vocab.units, decode or self.decode_cfg)
+        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, decode or self.decode_cfg)
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16) -> list[InversionResult]:

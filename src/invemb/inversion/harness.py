@@ -106,11 +106,11 @@ def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], 
 
 
 def controller_methods(controller, which: Sequence[str] = ("controller", "greedy", "bag", "blackbox"),
-                       preset: str = "default") -> dict[str, Method]:
+                       preset: str = "default") -> dict[str, Method | Batched]:
     """The methods of the side-by-side comparison, sharing the controller's encoder and index."""
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
 
-    table: dict[str, Method] = {
+    table: dict[str, Method | Batched] = {
         "controller": Batched(lambda t, progress: controller.invert_vectors(t, progress=progress)),
         "greedy": Batched(lambda t, progress: controller.invert_vectors(t, controller.decode_cfg.replace(beam=1), progress)),
         "bag": lambda t: bag_of_units(t, controller.index, BagConfig.preset(preset)),
