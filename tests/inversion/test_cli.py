@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,23 @@ def test_eval_inversion_cli_writes_metrics_rows_and_plots(cli_run, tmp_path):
     res = runner.invoke(app, ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus),
                               "--method", "oracle"])
     assert res.exit_code == 2 and "unknown method(s) oracle" in res.output
+
+
+def test_demo_inversion_reuses_a_finished_controller(cli_run, monkeypatch, tmp_path):
+    """`make demo` a second time inverts with the controller it trained, it does not train again."""
+    import invemb.em.data
+    import invemb.inversion.harness
+    import invemb.inversion.train
+    from invemb.em.config import EMConfig
+    from invemb.em.probe import demo_inversion
+
+    root, em = cli_run
+
+    def no_training(*a, **k):
+        raise AssertionError("train_controller called on a finished controller run")
+
+    monkeypatch.setattr(invemb.inversion.train, "train_controller", no_training)
+    monkeypatch.setattr(invemb.em.data, "corpus_dir", lambda cfg: tmp_path)
+    monkeypatch.setattr(invemb.inversion.harness, "eval_sentences", lambda corpus, kind, n: toy_sentences(n, seed=9))
+    summary = demo_inversion(EMConfig.preset("tiny"), Path(em), root / "run", "tiny", n=2)
+    assert summary["n"] == 2 and 0.0 <= summary["token_f1"] <= 100.0

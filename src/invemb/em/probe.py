@@ -62,7 +62,7 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
     from invemb.inversion.train import ControllerTrainConfig, train_controller
 
     corpus = corpus_dir(cfg)  # the corpus the EM was trained from; its test split is held out from both
-    if not (controller_out / "final_metrics.json").exists():
+    if not (controller_out / "model.safetensors").exists():  # written last, once training has finished
         ccfg = ControllerTrainConfig.preset(preset).replace(corpus=str(corpus))
         resume = (controller_out / "checkpoints" / "latest.json").exists()
         train_controller(str(em_run), ccfg, controller_out, resume=resume)
