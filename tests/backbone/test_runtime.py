@@ -34,3 +34,26 @@ def test_bad_runtime_requests_are_refused(tiny_bert_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "tiered"}))
     with pytest.raises(ValueError, match="runtime 'onnx' is for EM runs and Hugging Face backbones, not a tiered run"):
         invemb.load(tmp_path, runtime="onnx")
+
+
+def test_serve_and_eval_take_the_onnx_runtime(tiny_bert_dir):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from invemb.cli import app
+    from invemb.serve.app import create_app, load_service
+
+    service = load_service(tiny_bert_dir, runtime="onnx")
+    assert service.encoder.runtime == "onnx"
+    with TestClient(create_app(service)) as client:
+        r = client.post("/v1/embeddings", json={"input": TEXTS[:2]})
+    assert r.status_code == 200, r.text
+    served = torch.tensor([d["embedding"] for d in r.json()["data"]])
+    assert torch.allclose(served, invemb.load(tiny_bert_dir).encode(TEXTS[:2]), atol=1e-4)
+
+    res = CliRunner().invoke(app, ["eval", "--encoder", tiny_bert_dir, "--suite", "stats", "--preset", "tiny",
+                                   "--runtime", "onnx", "--plain"])
+    assert res.exit_code == 0, res.output
+    assert "stats" in res.output
+    res = CliRunner().invoke(app, ["eval", "--encoder", tiny_bert_dir, "--suite", "stats", "--runtime", "tensorrt"])
+    assert res.exit_code != 0 and "unknown runtime 'tensorrt'" in res.output

@@ -30,6 +30,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         vocab: Optional[Path] = typer.Option(None, help="a Vocab JSON: units for purity, OOV and plots"),
         controller: Optional[Path] = typer.Option(None, help="a controller run for the inversion evaluator"),
         plain: bool = typer.Option(False, "--plain", help="print a table of primary metrics instead of JSON"),
+        runtime: str = typer.Option("torch", help="backbone runtime of EM runs and HF folders: torch | onnx (onnxruntime, CPU)"),
     ):
         """Evaluate encoders side by side; prints the primary metrics. `invemb eval inversion` measures
         an inversion controller against its baselines.
@@ -49,7 +50,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if controller:
             cfg = cfg.replace(controller=str(controller))
         suite_names(suite)  # refuse an unknown suite before loading any model
-        results = evaluate(name_encoders(encoder), suite, cfg, str(out) if out else None)
+        import functools
+
+        import invemb
+
+        results = evaluate(name_encoders(encoder, load=functools.partial(invemb.load, runtime=runtime)), suite, cfg, str(out) if out else None)
         rows = [{"evaluator": ev, "metric": results["primary"][ev],
                  **{col: m.get(results["primary"][ev], float("nan")) for col, m in per.items()}}
                 for ev, per in results["results"].items()]

@@ -205,8 +205,9 @@ def malloc_trim() -> Callable[[int], int] | None:
 
 
 def load_service(model: str, controller: str | None = None, cfg: ServeConfig | None = None,
-                 name: str | None = None) -> Service:
-    """Load the encoder (a run folder, an HF folder or ``backbone``) and optionally a controller run."""
+                 name: str | None = None, runtime: str = "torch") -> Service:
+    """Load the encoder (a run folder, an HF folder or ``backbone``, its backbone on ``runtime``:
+    "torch" or "onnx") and optionally a controller run."""
     from pathlib import Path
 
     import invemb
@@ -214,7 +215,7 @@ def load_service(model: str, controller: str | None = None, cfg: ServeConfig | N
 
     if run_kind(model) == "controller":
         raise ValueError(f"{model} is a controller run: pass it as --controller, and its encoder as --model")
-    encoder = invemb.load(model)
+    encoder = invemb.load(model, runtime=runtime)
     service = Service(encoder, None, cfg, name=name or _model_name(model))
     if controller:
         from invemb.inversion import load_run
@@ -404,12 +405,12 @@ def _version() -> str:
 
 
 def serve(model: str, controller: str | None = None, cfg: ServeConfig | None = None, api_key: str | None = None,
-          name: str | None = None, log_level: str = "info") -> None:
+          name: str | None = None, log_level: str = "info", runtime: str = "torch") -> None:
     """Load the models and run uvicorn until interrupted (the ``invemb serve`` command)."""
     import uvicorn
 
     cfg = (cfg or ServeConfig()).check()
-    service = load_service(model, controller, cfg, name)
+    service = load_service(model, controller, cfg, name, runtime)
     app = create_app(service, api_key)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=cfg.access_log,
                 lifespan="on")

@@ -22,6 +22,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, help="model name reported in responses (default: the folder name)"),
         set_: List[str] = typer.Option([], "--set", help="ServeConfig override key=value, e.g. max_wait_ms=2 (repeat)"),
         log_level: str = typer.Option("info", help="uvicorn log level: critical | error | warning | info | debug"),
+        runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU)"),
     ):
         """Serve an encoder over HTTP: OpenAI-compatible POST /v1/embeddings, POST /v1/invert (with
         --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
@@ -32,6 +33,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         \b
         Examples:
           invemb serve --model backbone
+          invemb serve --model runs/em-default --runtime onnx
           INVEMB_API_KEY=secret invemb serve --model runs/em-default --controller runs/controller --port 8080
           curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat"]}'
 
@@ -50,4 +52,5 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             raise FileNotFoundError(f"{controller}: no such controller run folder")
         if not is_loopback(host) and not api_key:
             typer.echo(f"warning: serving on {host} without an API key (set --api-key or INVEMB_API_KEY)", err=True)
-        serve(model, str(controller) if controller else None, cfg, api_key=api_key, name=name, log_level=log_level)
+        serve(model, str(controller) if controller else None, cfg, api_key=api_key, name=name, log_level=log_level,
+              runtime=runtime)
