@@ -217,3 +217,42 @@ def test_chunks_are_capped_in_characters_too_but_hold_at_least_one_text(recordin
     assert service._chunks(texts) == [[1, 2, 4], [0], [3]]  # 1+2+3 chars, +4 would pass 9; 30 alone
     assert Service(recording_encoder, cfg=ServeConfig(encode_batch_size=2))._chunks(texts) == [[1, 2], [4, 0], [3]]
     assert service._chunks([]) == []
+
+
+def test_waiting_inversions_are_decoded_together_and_as_alone(toy_controller, monkeypatch):
+    import threading
+
+    from invemb.serve.app import ServeConfig, Service
+
+    service = Service(toy_controller.encoder.encoder, toy_controller, ServeConfig(invert_batch=4))
+    batches = []
+    alone = toy_controller.invert_vectors
+
+    def recording(vectors, decode=None, progress=False, batch=16):
+        batches.append((len(vectors), decode.beam if decode else None))
+        return alone(vectors, decode, progress, batch)
+
+    monkeypatch.setattr(toy_controller, "invert_vectors", recording)
+    gate = threading.Event()
+    service.invert_pool().submit(gate.wait)  # the inversion thread is busy while the jobs queue up
+    texts = ["The big cat sat on the mat.", "A red fox ran.", "The dog sat.", "A cat ran near the fox."]
+    vec = toy_controller.encoder.encoder.encode(["The red dog ran."])[0]
+    beam2 = toy_controller.decode_cfg.replace(beam=2)
+    futures = [service.submit_inversion(text=texts[0]), service.submit_inversion(vector=vec),
+               service.submit_inversion(text=texts[1], decode=beam2), service.submit_inversion(text=texts[2])]
+    cancelled = service.submit_inversion(text="The cat.")
+    assert cancelled.cancel()  # its client went away: never decoded
+    futures.append(service.submit_inversion(text=texts[3]))
+    gate.set()
+    rows = [f.result(timeout=120) for f in futures]
+    # the beam-2 job waits for the next batch instead of splitting the first
+    assert batches == [(4, None), (1, 2)]
+    monkeypatch.setattr(toy_controller, "invert_vectors", alone)
+    expected = [toy_controller.invert_texts([texts[0]])[0], toy_controller.invert_vector(vec).to_dict(),
+                toy_controller.invert_texts([texts[1]], beam2)[0], toy_controller.invert_texts([texts[2]])[0],
+                toy_controller.invert_texts([texts[3]])[0]]
+    for got, want in zip(rows, expected):
+        assert got.get("text") == want.get("text")
+        assert got["reconstruction"] == want["reconstruction"] and got["encoder_calls"] == want["encoder_calls"]
+        assert got["cosine"] == pytest.approx(want["cosine"], abs=1e-5)
+    service.invert_pool().shutdown(wait=True)

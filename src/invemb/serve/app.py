@@ -14,6 +14,7 @@ fastapi and uvicorn are imported only here (the ``serve`` extra), never by ``imp
 # time, and their request models are imported inside create_app (string annotations would not resolve).
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -48,7 +49,11 @@ class ServeConfig(Config):
     max_chars_per_text: int = 16384
     max_body_bytes: int = 8 * 2**20
     max_beam: int = 16
-    max_pending_inversions: int = 4  # inversions take seconds: more waiting than this -> 503
+    max_pending_inversions: int = 16  # inversions take seconds: more running or waiting than this -> 503
+    # Inversions waiting together (same beam) are decoded in lockstep, up to this many at once: one
+    # Selector, index, Placer and encoder call per step for all of them, each getting the result it
+    # would alone (bench/inversion_speed.py: 16 in lockstep take 0.83-0.88x the time of one by one).
+    invert_batch: int = 16
     access_log: bool = False  # one log line per request costs real CPU under load
     # After every chunk, hand the heap it freed back to the OS (glibc malloc_trim, ~2 ms). glibc keeps
     # freed activations in its arenas and chunks of ever-new shapes fragment them, so without it the
@@ -60,7 +65,8 @@ class ServeConfig(Config):
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_batch_texts", "encode_batch_size", "encode_batch_chars", "max_queued_texts",
-                     "max_texts_per_request", "max_chars_per_text", "max_body_bytes", "max_beam", "max_pending_inversions"):
+                     "max_texts_per_request", "max_chars_per_text", "max_body_bytes", "max_beam", "max_pending_inversions",
+                     "invert_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -93,6 +99,16 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error",
           413: "invalid_request_error", 422: "invalid_request_error", 501: "not_implemented_error",
           503: "server_overloaded_error"}
+
+
+@dataclasses.dataclass
+class InversionJob:
+    """One /v1/invert request waiting for the inversion thread."""
+
+    text: str | None  # encoded first, or
+    vector: torch.Tensor | None  # (D,) a checked target
+    decode: Any  # DecodeConfig | None (the controller's own)
+    future: concurrent.futures.Future
 
 
 class SerialEncoder:
@@ -132,6 +148,7 @@ class Service:
         self.batcher = MicroBatcher(self._encode_batch, self.cfg.max_batch_texts, self.cfg.max_wait_ms,
                                     self.cfg.max_queued_texts)
         self._invert_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._invert_jobs: collections.deque[InversionJob] = collections.deque()
         self.inversions_pending = 0
         self._trim = malloc_trim() if self.cfg.trim_heap else None
 
@@ -170,6 +187,44 @@ class Service:
         if self._invert_pool is None:
             self._invert_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="invemb-invert")
         return self._invert_pool
+
+    def submit_inversion(self, text: str | None = None, vector: torch.Tensor | None = None,
+                         decode: Any = None) -> concurrent.futures.Future:
+        """Queue one inversion (a text, or a checked target vector) with ``decode`` (None: the
+        controller's settings); the future gets the response row. Each job also schedules one drain
+        of the queue, so a drain that finds the queue empty (its job went in an earlier batch) returns
+        at once, and every job is decoded by some drain."""
+        job = InversionJob(text, vector, decode, concurrent.futures.Future())
+        self._invert_jobs.append(job)
+        self.invert_pool().submit(self._drain_inversions)
+        return job.future
+
+    def _drain_inversions(self) -> None:
+        """Runs in the inversion thread: the oldest waiting job and every other one with its decoding
+        settings (up to invert_batch), decoded together; jobs with other settings wait for a later drain."""
+        group: list[InversionJob] = []
+        others: list[InversionJob] = []
+        while self._invert_jobs and len(group) < self.cfg.invert_batch:
+            job = self._invert_jobs.popleft()
+            if group and job.decode != group[0].decode:
+                others.append(job)
+            elif job.future.set_running_or_notify_cancel():  # False: its request was cancelled, drop it
+                group.append(job)
+        self._invert_jobs.extendleft(reversed(others))  # back at the front, in their order
+        if not group:
+            return
+        try:
+            ctrl = self.controller
+            texts = [j.text for j in group if j.text is not None]
+            encoded = iter(ctrl.encoder.encoder.encode(texts)) if texts else iter(())  # (n_texts, D)
+            targets = torch.stack([next(encoded) if j.text is not None else j.vector for j in group]).float()  # (G, D)
+            results = ctrl.invert_vectors(targets, group[0].decode, batch=len(group))
+        except Exception as err:  # every job of the batch gets the error (the app answers it as a 500)
+            for j in group:
+                j.future.set_exception(err)
+            return
+        for j, res in zip(group, results):
+            j.future.set_result(res.to_dict() if j.text is None else {"text": j.text, **res.to_dict()})
 
     async def aclose(self) -> None:
         await self.batcher.aclose()
@@ -342,15 +397,9 @@ def create_app(service: Service, api_key: str | None = None):
             raise APIError(503, f"{service.inversions_pending} inversions already running or waiting; retry later",
                            code="queue_full", headers={"Retry-After": "5"})
         decode = ctrl.decode_cfg.replace(beam=req.beam) if req.beam else None
-
-        def work() -> dict:
-            if target is None:
-                return ctrl.invert_texts([req.text], decode)[0]
-            return ctrl.invert_vector(target, decode).to_dict()
-
         service.inversions_pending += 1
         try:
-            row = await asyncio.get_running_loop().run_in_executor(service.invert_pool(), work)
+            row = await asyncio.wrap_future(service.submit_inversion(req.text, target, decode))
         finally:
             service.inversions_pending -= 1
         return JSONResponse({"object": "inversion", "model": service.name, **row})

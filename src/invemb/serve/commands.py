@@ -39,7 +39,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, encode_batch_chars,
         max_texts_per_request,
-        max_chars_per_text, max_body_bytes, max_queued_texts, max_beam, max_pending_inversions, access_log,
+        max_chars_per_text, max_body_bytes, max_queued_texts, max_beam, max_pending_inversions, invert_batch, access_log,
         trim_heap.
         """
         from invemb.config import parse_overrides
