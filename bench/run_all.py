@@ -63,6 +63,8 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
     ("backbone_runtime", bench("backbone_runtime", "--em", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
     ("inversion_speed", bench("inversion_speed", "--controller", RUNS["controller"], "--em", RUNS["em"]),
      (RUNS["controller"], "model.safetensors")),
+    ("serve_invert", bench("serve_invert", "--controller", RUNS["controller"], "--em", RUNS["em"]),
+     (RUNS["controller"], "model.safetensors")),
     ("moe_layer", bench("moe_layer"), None),
     ("moe_layer_full", bench("moe_layer", "--preset", "full", "--repeats", "30", "--out", "bench/out/moe_layer_full.json"), None),
     ("moe_train", bench("moe_train", "--preset", "default", "--out", RUNS["compare"]), None),
