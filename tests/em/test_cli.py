@@ -81,3 +81,24 @@ def test_corpus_and_vocab_build_cli(tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["units"] > 10 and (tmp_path / "lexicon.json").exists()
+
+
+@pytest.mark.parametrize("command, module, function", [
+    (["train", "controller", "--em", "backbone", "--out", "unused"], "invemb.inversion.train", "train_controller"),
+    (["train", "scratch", "--out", "unused"], "invemb.scratch.train", "train_scratch"),
+    (["train", "tiered", "--out", "unused"], "invemb.tiered.train", "train_tiered"),
+])
+def test_train_commands_take_quiet(command, module, function, monkeypatch):
+    import importlib
+
+    seen = []
+
+    def capture(*args, **kwargs):
+        seen.append(next(a for a in args if hasattr(a, "train")).train.progress)
+        return {"run": "unused"}
+
+    monkeypatch.setattr(importlib.import_module(module), function, capture)
+    for flags, progress in (([], True), (["--quiet"], False)):
+        res = runner.invoke(app, command + flags)
+        assert res.exit_code == 0, res.output
+        assert seen[-1] is progress

@@ -25,6 +25,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         vocab: Optional[Path] = typer.Option(None, help="unit vocabulary (default: EM run's vocab.json, else data/built/vocab.json)"),
         unit_cache: Optional[Path] = typer.Option(None, help="a unit_vectors.safetensors to reuse (checked against encoder + vocab)"),
         set_: List[str] = typer.Option([], "--set", help="ControllerTrainConfig override key=value, e.g. train.epochs=2 (repeat)"),
+        quiet: bool = typer.Option(False, help="no progress bars"),
     ):
         """Train the Selector + Placer controller for one encoder.
 
@@ -34,6 +35,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.inversion.train import ControllerTrainConfig, train_controller
 
         cfg = ControllerTrainConfig.preset(preset).replace(**parse_overrides(set_))
+        if quiet:
+            cfg = cfg.replace(**{"train.progress": False})
         if vocab:
             cfg = cfg.replace(vocab=str(vocab))
         emit(train_controller(em, cfg, out, resume=resume, unit_cache=unit_cache))

@@ -23,6 +23,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
         overrides: list[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. model.depth=2"),
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
+        quiet: bool = typer.Option(False, help="no progress bars"),
     ) -> None:
         """Train the from-scratch transformer encoder (dense or MoE) on corpus pairs.
 
@@ -32,6 +33,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.scratch.train import make_config, train_scratch
 
         cfg = make_config(preset, moe, tokenizer, parse_overrides(overrides))
+        if quiet:
+            cfg = cfg.replace(**{"train.progress": False})
         summary = train_scratch(cfg, out, resume=resume)
         emit(summary if not plain else {"run": summary["run"], **summary["eval"]}, plain)
 

@@ -20,6 +20,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
         overrides: list[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. model.chunker.mode=learned"),
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
+        quiet: bool = typer.Option(False, help="no progress bars"),
     ) -> None:
         """Train the two-tier encoder (E1 characters -> chunk bridge -> E2 meaning) on Wikipedia + WordNet sentences.
 
@@ -29,6 +30,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.tiered.train import TieredConfig, train_tiered
 
         cfg = TieredConfig.preset(preset).replace(**parse_overrides(overrides))
+        if quiet:
+            cfg = cfg.replace(**{"train.progress": False})
         summary = train_tiered(cfg, out, resume=resume)
         emit(summary if not plain else {"run": summary["run"], **summary["eval"]}, plain)
 
