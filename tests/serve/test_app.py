@@ -256,3 +256,22 @@ def test_waiting_inversions_are_decoded_together_and_as_alone(toy_controller, mo
         assert got["reconstruction"] == want["reconstruction"] and got["encoder_calls"] == want["encoder_calls"]
         assert got["cosine"] == pytest.approx(want["cosine"], abs=1e-5)
     service.invert_pool().shutdown(wait=True)
+
+
+def test_a_failed_inversion_batch_fails_each_of_its_requests_and_the_next_batch_runs(toy_controller, monkeypatch):
+    from invemb.serve.app import Service
+
+    service = Service(toy_controller.encoder.encoder, toy_controller)
+    alone = toy_controller.invert_vectors
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder fell over")
+
+    monkeypatch.setattr(toy_controller, "invert_vectors", broken)
+    futures = [service.submit_inversion(text=t) for t in ("A red fox ran.", "The dog sat.")]
+    for f in futures:
+        with pytest.raises(RuntimeError, match="decoder fell over"):
+            f.result(timeout=60)
+    monkeypatch.setattr(toy_controller, "invert_vectors", alone)
+    assert service.submit_inversion(text="The cat sat.").result(timeout=60)["reconstruction"]
+    service.invert_pool().shutdown(wait=True)
