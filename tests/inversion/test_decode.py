@@ -139,3 +139,51 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert [r["epoch"] for r in epochs] == [0, 1]
     with pytest.raises(ValueError, match="another encoder"):
         train_controller("toy", cfg, tmp_path / "run", resume=True, encoder=BagEncoder(salt="x"))
+
+
+def _toy_states(noise_share: float, seed: int = 3):
+    from invemb.index import IndexConfig, UnitIndex
+    from invemb.inversion.train import ControllerTrainConfig, build_states
+
+    vocab, encoder = toy_vocab(), BagEncoder()
+    unit_vectors = encoder.encode(vocab.units)
+    index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
+    cfg = ControllerTrainConfig.preset("tiny", noise_share=noise_share, noise_units=2, states_per_sentence=3)
+    return build_states(toy_sentences(30, seed=seed), Segmenter(vocab), encoder, index, cfg, seed=1, progress=False), encoder, vocab
+
+
+def test_noisy_states_hold_wrong_units_and_clean_ones_are_unchanged(tmp_path):
+    from invemb.inversion.decode import render
+    from invemb.inversion.train import StateSet
+
+    clean, _, _ = _toy_states(0.0)
+    noisy, encoder, vocab = _toy_states(1.0)
+    assert all(not n for n in clean.noise) and clean.states == StateSet.load(_saved(clean, tmp_path / "c")).states
+    assert sum(bool(n) for n in noisy.noise) == len(noisy.states)  # share 1: every state (toy targets have negatives)
+    for j, (sent, placed) in enumerate(noisy.states):
+        wrong = [u for _, u in noisy.noise[j]]
+        assert 1 <= len(wrong) <= 2 and not set(wrong) & set(noisy.units[sent])  # hard negatives, never gold units
+        buf = noisy.buffer(j)
+        assert len(buf) == len(placed) + len(wrong) and [u for u in buf if u not in wrong] == [noisy.units[sent][p] for p in placed]
+        assert torch.allclose(noisy.buffer_vecs[j], encoder.encode([render([vocab.units[u] for u in buf])])[0], atol=1e-5)
+    loaded = StateSet.load(_saved(noisy, tmp_path / "n"))
+    assert loaded.noise == noisy.noise and [loaded.buffer(j) for j in range(5)] == [noisy.buffer(j) for j in range(5)]
+
+
+def _saved(states, path):
+    states.save(path)
+    return path
+
+
+def test_training_on_noisy_states_keeps_dev_states_clean(tmp_path):
+    from invemb.io import write_jsonl
+    from invemb.inversion.train import ControllerTrainConfig, StateSet, train_controller
+
+    toy_vocab().save(tmp_path / "vocab.json")
+    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(40, seed=5)])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
+                                       max_sentences=40, dev_sentences=8, noise_share=0.5).replace(**{"train.epochs": 1})
+    summary = train_controller("toy", cfg, tmp_path / "run", encoder=BagEncoder())
+    train, dev = StateSet.load(tmp_path / "run/states_train"), StateSet.load(tmp_path / "run/states_dev")
+    assert 0 < sum(bool(n) for n in train.noise) < len(train.states) and not any(dev.noise)
+    assert summary["states"] == len(train.states) and summary["dev_select_hit@4"] >= 0

@@ -3,7 +3,10 @@
 Data: sentences are segmented into units; for each, a few random *states* are drawn (a random
 subset of its units already placed, in gold relative order = a prefix of a random insertion
 order). Each state's buffer text is encoded once and cached in the run folder, with the targets and
-the hard negatives (units the index returns for the target that are not in the sentence).
+the hard negatives (units the index returns for the target that are not in the sentence). With
+``noise_share`` a share of the states also holds a few wrong units (hard negatives, the kind of unit
+the Selector picks by mistake) at random places, so the Selector learns to go on from a buffer the
+decoder itself has spoiled rather than only from gold prefixes.
 
 Per micro-batch of states:
 - Selector: multi-positive InfoNCE of the intention against the batch's gold units plus the hard
@@ -53,6 +56,8 @@ class ControllerTrainConfig(Config):
     batch_size: int = 64
     chunk: int = 3  # local-chunk window of the buffer summary
     move_share: float = 0.2  # states whose buffer gets one misplaced unit for the move head
+    noise_share: float = 0.0  # training states whose buffer also holds wrong units (hard negatives); dev states never
+    noise_units: int = 2  # at most this many wrong units in such a buffer
     stop_weight: float = 0.5
     move_weight: float = 0.2
     threads: int = 1  # torch CPU threads of the training loop (0: torch's default; encoding uses all); 1 wins on 2 shared cores
@@ -87,6 +92,19 @@ class StateSet:
     states: list[tuple[int, list[int]]]  # (sentence, placed positions in increasing order)
     buffer_vecs: torch.Tensor  # (S, D), zeros for empty buffers
     hard: torch.Tensor  # (N, h) unit ids
+    noise: list[list[tuple[int, int]]] = dataclasses.field(default_factory=list)  # per state: (buffer index, wrong unit id)
+
+    def __post_init__(self) -> None:
+        if not self.noise:
+            self.noise = [[] for _ in self.states]
+
+    def buffer(self, j: int) -> list[int]:
+        """Unit ids of state ``j``'s buffer: its placed gold units, with its wrong units inserted."""
+        sent, placed = self.states[j]
+        buf = [self.units[sent][p] for p in placed]
+        for at, unit in self.noise[j]:
+            buf.insert(at, unit)
+        return buf
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
@@ -95,7 +113,7 @@ class StateSet:
 
         atomic_save_file(path.with_suffix(".safetensors"), lambda p: save_file(
             {"targets": self.targets.contiguous(), "buffer_vecs": self.buffer_vecs.contiguous(), "hard": self.hard.contiguous()}, p))
-        atomic_write_json(path.with_suffix(".json"), {"units": self.units, "states": self.states})
+        atomic_write_json(path.with_suffix(".json"), {"units": self.units, "states": self.states, "noise": self.noise})
 
     @classmethod
     def load(cls, path: Path) -> "StateSet":
@@ -103,7 +121,8 @@ class StateSet:
 
         t = load_file(str(path.with_suffix(".safetensors")))
         j = json.loads(path.with_suffix(".json").read_text())
-        return cls(j["units"], t["targets"], [(s, list(p)) for s, p in j["states"]], t["buffer_vecs"], t["hard"])
+        noise = [[(int(a), int(u)) for a, u in row] for row in j.get("noise", [])]  # runs before noise_share: none
+        return cls(j["units"], t["targets"], [(s, list(p)) for s, p in j["states"]], t["buffer_vecs"], t["hard"], noise)
 
 
 def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, index, cfg: ControllerTrainConfig,
@@ -118,24 +137,34 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
             units.append(ids)
     if not kept:
         raise ValueError("no training sentence is covered by the vocabulary (check --vocab and the sentences)")
-    g = torch.Generator().manual_seed(seed)
-    states: list[tuple[int, list[int]]] = []
-    for i, ids in enumerate(units):
-        for _ in range(cfg.states_per_sentence):
-            k = int(torch.randint(0, len(ids) + 1, (1,), generator=g))
-            states.append((i, sorted(torch.randperm(len(ids), generator=g)[:k].tolist())))
-    texts = [render([vocab.units[units[i][p]] for p in pos]) for i, pos in states]
-    todo = [j for j, t in enumerate(texts) if t]
     targets = _encode(encoder, kept, "targets", progress)
-    buffer_vecs = torch.zeros(len(states), encoder.dim)
-    buffer_vecs[todo] = _encode(encoder, [texts[j] for j in todo], "buffer texts", progress)
     _, found = index.search(targets, cfg.hard_negatives + max(len(u) for u in units))
     hard = torch.zeros(len(kept), cfg.hard_negatives, dtype=torch.long)
+    n_hard = []
     for i, row in enumerate(found):
         gold = set(units[i])
         negs = [int(u) for u in row if u >= 0 and int(u) not in gold][: cfg.hard_negatives]
         hard[i, : len(negs)] = torch.tensor(negs, dtype=torch.long)
-    return StateSet(units, targets, states, buffer_vecs, hard)
+        n_hard.append(len(negs))
+    g = torch.Generator().manual_seed(seed)
+    states: list[tuple[int, list[int]]] = []
+    noise: list[list[tuple[int, int]]] = []
+    for i, ids in enumerate(units):
+        for _ in range(cfg.states_per_sentence):
+            k = int(torch.randint(0, len(ids) + 1, (1,), generator=g))
+            states.append((i, sorted(torch.randperm(len(ids), generator=g)[:k].tolist())))
+            wrong: list[tuple[int, int]] = []
+            # Draws only when noise is on, so noise_share 0 samples exactly the states it always did.
+            if cfg.noise_share > 0 and n_hard[i] and float(torch.rand((), generator=g)) < cfg.noise_share:
+                n = int(torch.randint(1, min(cfg.noise_units, n_hard[i]) + 1, (1,), generator=g))
+                for c, u in enumerate(torch.randperm(n_hard[i], generator=g)[:n].tolist()):
+                    wrong.append((int(torch.randint(0, k + c + 1, (1,), generator=g)), int(hard[i, u])))
+            noise.append(wrong)
+    data = StateSet(units, targets, states, torch.zeros(len(states), encoder.dim), hard, noise)
+    texts = [render([vocab.units[u] for u in data.buffer(j)]) for j in range(len(states))]
+    todo = [j for j, t in enumerate(texts) if t]
+    data.buffer_vecs[todo] = _encode(encoder, [texts[j] for j in todo], "buffer texts", progress)
+    return data
 
 
 def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512) -> torch.Tensor:
@@ -176,7 +205,7 @@ class ControllerTask:
         sents = [data.states[j][0] for j in batch]
         placed = [data.states[j][1] for j in batch]
         targets = data.targets[sents]  # (B, D)
-        buffers = [[data.units[s][p] for p in pos] for s, pos in zip(sents, placed)]
+        buffers = [data.buffer(j) for j in batch]
         s = to(summarise(targets, buffers, data.buffer_vecs[batch], uv, cfg.chunk))
         sel = model.selector(s)
         # Candidates: every gold unit of the batch's sentences plus their hard negatives.
@@ -191,8 +220,8 @@ class ControllerTask:
         done = torch.tensor([float(not m) for m in missing], device=dev)
         loss_stop = F.binary_cross_entropy_with_logits(sel.stop_logit, done)
 
-        # Placer on the states with something missing.
-        rows = [b for b, m in enumerate(missing) if m]
+        # Placer on the states with something missing and no wrong unit (a gold slot among wrong units is ill-defined).
+        rows = [b for b, m in enumerate(missing) if m and not data.noise[batch[b]]]
         if not rows:
             return loss_sel + cfg.stop_weight * loss_stop, {"loss_select": loss_sel.item(), "loss_stop": loss_stop.item()}
         cand_units, gold_slot, move_gold, moved_bufs = [], [], [], []
@@ -238,7 +267,7 @@ class ControllerTask:
         draws = [self._losses(self.model, dev, batch)[1] for _ in range(4)]
         terms = {key: sum(d[key] for d in draws) / len(draws) for key in draws[0]}
         sents = [dev.states[j][0] for j in batch]
-        buffers = [[dev.units[s][p] for p in pos] for s, (_, pos) in zip(sents, dev.states)]
+        buffers = [dev.buffer(j) for j in batch]
         s = summarise(dev.targets[sents], buffers, dev.buffer_vecs, self.unit_vectors, self.cfg.chunk)
         dev_ = next(self.model.parameters()).device
         sel = self.model.selector(type(s)(*(t.to(dev_) for t in s)))
@@ -342,8 +371,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
         else:
             index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
             segmenter = Segmenter(vocab)
-            dev = build_states(_sentences(cfg, "dev", cfg.dev_sentences, seed), segmenter, encoder, index, cfg, seed + 1,
-                               cfg.train.progress)
+            dev = build_states(_sentences(cfg, "dev", cfg.dev_sentences, seed), segmenter, encoder, index,
+                               cfg.replace(noise_share=0.0), seed + 1, cfg.train.progress)  # dev: gold prefixes
             data = build_states(_sentences(cfg, "train", cfg.max_sentences, seed), segmenter, encoder, index, cfg, seed,
                                 cfg.train.progress)
             dev.save(dev_path)
