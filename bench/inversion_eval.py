@@ -84,10 +84,11 @@ def main() -> None:
         metrics.plot_f1_vs_length({m: r["rows"] for m, r in res.items() if m != "oracle"},
                                   out / f"inversion_f1_vs_length_{which}.png", f"token F1 against length ({which})")
         print(f"\n== {which}: {len(sentences)} sentences (black box on the first {min(args.n_blackbox, len(sentences))})")
-        cols = ("token_f1", "bleu", "rouge_l", "exact_match", "cosine", "encoder_calls", "seconds")
-        print(f"{'method':<11}" + "".join(f"{c:>14}" for c in cols))
+        cols = ("token_f1", "token_precision", "token_recall", "length_ratio", "bleu", "rouge_l", "exact_match", "cosine",
+                "encoder_calls", "seconds")
+        print(f"{'method':<11}" + "".join(f"{c:>16}" for c in cols))
         for m, row in s.items():
-            print(f"{m:<11}" + "".join(f"{row[c]:>14.3f}" if row[c] is not None else f"{'-':>14}" for c in cols))
+            print(f"{m:<11}" + "".join(f"{row[c]:>16.3f}" if row[c] is not None else f"{'-':>16}" for c in cols))
         for k, v in ratios.items():
             print(f"RATIO {k} = {v:.3f}")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

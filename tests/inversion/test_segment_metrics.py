@@ -42,6 +42,10 @@ def test_token_f1_exact_match_bleu_rouge():
     assert metrics.token_f1("cat the", "the cat sat on") == pytest.approx(100 * 2 * 1.0 * 0.5 / 1.5)
     assert metrics.token_f1("dog", "cat") == 0.0
     assert metrics.token_f1("the the", "the") == pytest.approx(100 * 2 * 0.5 * 1.0 / 1.5)  # multiset
+    assert metrics.token_overlap("the the", "the") == pytest.approx((50.0, 100.0))
+    assert metrics.token_overlap("", "the cat") == (0.0, 0.0) and metrics.token_overlap("", "") == (100.0, 100.0)
+    assert metrics.token_f1("", "") == 100.0 and metrics.token_f1("", "cat") == 0.0
+    assert metrics.length_ratio("cat the", "the cat sat on") == 0.5 and metrics.length_ratio("cat", "") is None
     assert metrics.exact_match("The cat.", "the cat .") == 100.0 and metrics.exact_match("cat the", "the cat") == 0.0
     assert metrics.bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
     assert metrics.bleu(["mat the on sat cat the"], ["the cat sat on the mat"]) < 30
@@ -50,6 +54,8 @@ def test_token_f1_exact_match_bleu_rouge():
             {"text": "a b c d e f g h i j k l", "reconstruction": "", "cosine": None, "encoder_calls": 0, "seconds": 0.5}]
     s = metrics.summarise(rows)
     assert s["token_f1"] == pytest.approx(50.0) and s["cosine"] == 1.0 and s["encoder_calls"] == 5
+    assert s["token_precision"] == pytest.approx(50.0) and s["token_recall"] == pytest.approx(50.0)
+    assert s["length_ratio"] == pytest.approx(0.5)  # 1.0 and 0.0
     assert s["sentences_per_s"] == pytest.approx(2.0)
     assert set(metrics.by_length(rows)) == {"1-10", "11-20"}
 

@@ -19,16 +19,27 @@ def _tokens(text: str) -> list[str]:
     return [t.lower() for t in tokenize(text)]
 
 
+def token_overlap(prediction: str, reference: str) -> tuple[float, float]:
+    """(precision, recall) of the lowercased-token multisets, 0-100; an empty side scores 100 on its
+    own measure only when both are empty (nothing said, nothing missed)."""
+    p, r = Counter(_tokens(prediction)), Counter(_tokens(reference))
+    overlap = sum((p & r).values())
+    precision = 100.0 * overlap / sum(p.values()) if p else 100.0 * (not r)
+    recall = 100.0 * overlap / sum(r.values()) if r else 100.0 * (not p)
+    return precision, recall
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """Multiset F1 of lowercased tokens, 0-100; two empty texts score 100."""
-    p, r = Counter(_tokens(prediction)), Counter(_tokens(reference))
-    if not p and not r:
-        return 100.0
-    overlap = sum((p & r).values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / sum(p.values()), overlap / sum(r.values())
-    return 100.0 * 2 * precision * recall / (precision + recall)
+    precision, recall = token_overlap(prediction, reference)
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def length_ratio(prediction: str, reference: str) -> float | None:
+    """Tokens in the prediction over tokens in the reference (None for an empty reference): under 1,
+    the decoder stopped early; over 1, it padded."""
+    n = len(_tokens(reference))
+    return len(_tokens(prediction)) / n if n else None
 
 
 def exact_match(prediction: str, reference: str) -> float:
@@ -62,6 +73,10 @@ def summarise(rows: Sequence[dict]) -> dict:
     return {
         "n": len(rows),
         "token_f1": _mean(token_f1(p, r) for p, r in zip(preds, refs)),
+        # F1's two halves: which one is low says whether wrong units or missing ones cost the score.
+        "token_precision": _mean(token_overlap(p, r)[0] for p, r in zip(preds, refs)),
+        "token_recall": _mean(token_overlap(p, r)[1] for p, r in zip(preds, refs)),
+        "length_ratio": _mean(length_ratio(p, r) for p, r in zip(preds, refs)),
         "bleu": bleu(preds, refs) if rows else None,
         "rouge_l": rouge_l(preds, refs) if rows else None,
         "exact_match": _mean(exact_match(p, r) for p, r in zip(preds, refs)),
