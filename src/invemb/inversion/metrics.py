@@ -31,7 +31,10 @@ def token_overlap(prediction: str, reference: str) -> tuple[float, float]:
 
 def token_f1(prediction: str, reference: str) -> float:
     """Multiset F1 of lowercased tokens, 0-100; two empty texts score 100."""
-    precision, recall = token_overlap(prediction, reference)
+    return _f1(*token_overlap(prediction, reference))
+
+
+def _f1(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
@@ -69,13 +72,14 @@ def _mean(values) -> float | None:
 def summarise(rows: Sequence[dict]) -> dict:
     """Rows with ``text``, ``reconstruction``, ``cosine``, ``encoder_calls``, ``seconds`` -> the metrics."""
     preds, refs = [r["reconstruction"] for r in rows], [r["text"] for r in rows]
+    overlaps = [token_overlap(p, r) for p, r in zip(preds, refs)]  # (precision, recall) per row, counted once
     seconds = sum(r["seconds"] for r in rows)
     return {
         "n": len(rows),
-        "token_f1": _mean(token_f1(p, r) for p, r in zip(preds, refs)),
+        "token_f1": _mean(_f1(*o) for o in overlaps),
         # F1's two halves: which one is low says whether wrong units or missing ones cost the score.
-        "token_precision": _mean(token_overlap(p, r)[0] for p, r in zip(preds, refs)),
-        "token_recall": _mean(token_overlap(p, r)[1] for p, r in zip(preds, refs)),
+        "token_precision": _mean(o[0] for o in overlaps),
+        "token_recall": _mean(o[1] for o in overlaps),
         "length_ratio": _mean(length_ratio(p, r) for p, r in zip(preds, refs)),
         "bleu": bleu(preds, refs) if rows else None,
         "rouge_l": rouge_l(preds, refs) if rows else None,
