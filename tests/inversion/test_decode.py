@@ -187,3 +187,48 @@ def test_training_on_noisy_states_keeps_dev_states_clean(tmp_path):
     train, dev = StateSet.load(tmp_path / "run/states_train"), StateSet.load(tmp_path / "run/states_dev")
     assert 0 < sum(bool(n) for n in train.noise) < len(train.states) and not any(dev.noise)
     assert summary["states"] == len(train.states) and summary["dev_select_hit@4"] >= 0
+
+
+def test_an_untrained_reranker_keeps_the_intentions_ranking():
+    from invemb.inversion.selector import Selector, SelectorConfig
+    from invemb.inversion.summary import summarise
+
+    torch.manual_seed(0)
+    units = torch.nn.functional.normalize(torch.randn(30, 16), dim=-1)
+    target = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    s = summarise(target, [[], [2, 5], [7]], torch.randn(3, 16), units)
+    plain, reranked = Selector(16, SelectorConfig.preset("tiny")), Selector(16, SelectorConfig.preset("tiny", rerank=8))
+    reranked.load_state_dict(plain.state_dict(), strict=False)  # same trunk; the reranker's own weights stay fresh
+    cand = units[torch.tensor([[0, 1, 2, 3], [2, 4, 5, 6], [7, 8, 9, 10]])]  # (3, 4, 16)
+    with torch.no_grad():
+        sel = plain(s)
+        want = torch.einsum("bd,bcd->bc", sel.intention, cand) / plain.cfg.temperature
+        assert torch.allclose(plain.candidate_logits(s, sel, cand), want)
+        assert torch.allclose(reranked.candidate_logits(s, reranked(s), cand), want, atol=1e-6)
+        # Its features: the candidate's cosine with the closest placed unit is 1 for a placed unit, -1 on an empty buffer.
+        feats = []
+        reranked.reranker.score.register_forward_hook(lambda m, inp, out: feats.append(inp[0][..., -1]))
+        reranked.candidate_logits(s, reranked(s), cand)
+    assert torch.allclose(feats[0][1, [0, 2]], torch.ones(2)) and torch.allclose(feats[0][0], -torch.ones(4))
+
+
+def test_reranker_trains_saves_and_decodes(tmp_path):
+    from invemb.io import write_jsonl
+    from invemb.inversion.metrics import token_f1
+    from invemb.inversion.train import ControllerTrainConfig, train_controller
+
+    toy_vocab().save(tmp_path / "vocab.json")
+    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(120, seed=7)])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
+                                       max_sentences=120, dev_sentences=24, states_per_sentence=4)
+    encoder = BagEncoder()
+    summary = train_controller("toy", cfg.replace(**{"train.epochs": 6, "selector.rerank": 12}), tmp_path / "run", encoder=encoder)
+    steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
+    assert steps[-1]["loss_rerank"] < steps[0]["loss_rerank"]
+    assert {"dev_rerank_hit@4", "dev_rerank_prec@4", "dev_select_prec@4"} <= set(summary)
+    assert summary["dev_rerank_prec@4"] >= summary["dev_bag_prec@4"]
+    ctrl = Controller.load(tmp_path / "run", em=encoder)
+    assert ctrl.model.selector.reranker is not None  # the config and weights came back
+    sentences = toy_sentences(6, seed=99)
+    results = ctrl.invert_vectors(encoder.encode(sentences))
+    assert sum(token_f1(r.text, s) for r, s in zip(results, sentences)) / len(sentences) >= 70

@@ -30,6 +30,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """Train the Selector + Placer controller for one encoder.
 
         Example: invemb train controller --em backbone --preset default --out runs/controller
+
+        With the Selector's reranker (better units, slower training; README "Reranker"):
+        invemb train controller --em runs/em-default --out runs/controller-rerank --set selector.rerank=64
         """
         from invemb.config import parse_overrides
         from invemb.inversion.train import ControllerTrainConfig, train_controller

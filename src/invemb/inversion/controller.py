@@ -46,7 +46,6 @@ class ModelPolicy:
         # Function words sit far from any sentence vector, so the index rarely returns them; the
         # most frequent units are offered to every hypothesis and the cosine re-scoring decides.
         self.frequent = torch.tensor(list(frequent or []), dtype=torch.long)  # (F,) most frequent first
-        self.frequent_vectors = unit_vectors[self.frequent]  # (F, D), gathered once, not per step
 
     def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
         d = targets.shape[1]
@@ -55,19 +54,25 @@ class ModelPolicy:
         sel = self.model.selector(s)
         stop = torch.sigmoid(sel.stop_logit).tolist()
         max_len = max(len(x.units) for x in hyps)
-        scores, ids = self.index.search(sel.intention, cfg.units_k + max_len)
-        frequent = self.frequent[: cfg.frequent_units].tolist()
-        freq_scores = (sel.intention @ self.frequent_vectors[: len(frequent)].T).tolist()  # (H, F)
         temp = self.model.selector.cfg.temperature
+        scores, ids = self.index.search(sel.intention, max(cfg.units_k + max_len, self.model.selector.cfg.rerank))
+        frequent = self.frequent[: cfg.frequent_units].tolist()
+        # Logits (cosine / temperature, or the reranker's) of each hypothesis's retrieved and frequent units.
+        ids = torch.as_tensor(ids, dtype=torch.long)
+        pool = torch.cat([ids.clamp_min(0), self.frequent[: len(frequent)].expand(len(hyps), -1)], dim=1)  # (H, P + F)
+        logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + F)
+        logits[:, : ids.shape[1]].masked_fill_(ids < 0, float("-inf"))  # slots the index left empty
+        n_found = ids.shape[1]
         pair_hyp, pair_unit, pair_logp = [], [], []
         for i, x in enumerate(hyps):
             placed = set(x.units)
-            found = [(float(sc), int(u)) for sc, u in zip(scores[i], ids[i]) if u >= 0]
-            ranked = sorted(((sc - (cfg.repeat_penalty if u in placed else 0.0), u) for sc, u in found),
-                            key=lambda p: -p[0])[: cfg.units_k]
+            row, units = logits[i].tolist(), pool[i].tolist()
+            found = [(row[c] - (cfg.repeat_penalty / temp if units[c] in placed else 0.0), units[c])
+                     for c in range(n_found) if row[c] > float("-inf")]
+            ranked = sorted(found, key=lambda p: -p[0])[: cfg.units_k]
             seen = {u for _, u in ranked}
-            ranked += [(sc, u) for sc, u in zip(freq_scores[i], frequent) if u not in seen]
-            logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]) / temp, 0).tolist()
+            ranked += [(row[n_found + c], u) for c, u in enumerate(frequent) if u not in seen]
+            logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]), 0).tolist()
             for (_, u), lp in zip(ranked, logp):
                 pair_hyp.append(i)
                 pair_unit.append(u)

@@ -12,6 +12,8 @@ Per micro-batch of states:
 - Selector: multi-positive InfoNCE of the intention against the batch's gold units plus the hard
   negatives, every unit still missing from the buffer being a positive; stop head: BCE on "nothing
   is missing".
+- Reranker (``selector.rerank`` > 0): the same multi-positive InfoNCE over the ``rerank`` units the
+  intention retrieves from all units (the pool decoding reranks), on the reranked logits.
 - Placer: a random missing unit as candidate, cross-entropy on its gold slot (the number of placed
   units that precede it in the sentence); for a share of states one placed unit is first moved to a
   wrong place and the move head learns to point at it (the slot loss is skipped there).
@@ -33,7 +35,7 @@ from invemb.inversion.controller import ControllerModel
 from invemb.inversion.decode import DecodeConfig, render
 from invemb.inversion.placer import PlacerConfig
 from invemb.inversion.segment import Segmenter
-from invemb.inversion.selector import SelectorConfig, multi_positive_infonce
+from invemb.inversion.selector import SelectorConfig, infonce_over_logits, multi_positive_infonce
 from invemb.inversion.summary import summarise
 from invemb.training import distributed
 from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches, resolve_device
@@ -193,6 +195,8 @@ class ControllerTask:
     def __init__(self, model: ControllerModel, data: StateSet, dev: StateSet, unit_vectors: torch.Tensor,
                  cfg: ControllerTrainConfig):
         self.model, self.data, self.dev, self.unit_vectors, self.cfg = model, data, dev, unit_vectors, cfg
+        self._units_on: torch.Tensor | None = None  # unit_vectors on the model's device, for the reranker's pool
+        self.search_threads = 0  # CPU threads of the reranker's pool search (0: the loop's own)
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
         return list(iterate_minibatches(len(self.data.states), self.cfg.batch_size, generator))
@@ -219,11 +223,21 @@ class ControllerTask:
         loss_sel = multi_positive_infonce(sel.intention, uv[cand].to(dev), positive.to(dev), model.selector.cfg.temperature)
         done = torch.tensor([float(not m) for m in missing], device=dev)
         loss_stop = F.binary_cross_entropy_with_logits(sel.stop_logit, done)
+        terms = {"loss_select": loss_sel.item(), "loss_stop": loss_stop.item()}
+        head = loss_sel + cfg.stop_weight * loss_stop
+        if model.selector.reranker is not None:
+            # The reranker re-scores what the intention retrieves from all units, as in decoding.
+            missing_units = [{data.units[si][p] for p in miss} for si, miss in zip(sents, missing)]
+            pool, logits = self._reranked_pool(model, s, sel, model.selector.cfg.rerank)
+            pool_positive = torch.tensor([[u in m for u in row] for row, m in zip(pool.tolist(), missing_units)], device=dev)
+            loss_rerank = infonce_over_logits(logits, pool_positive)
+            head = head + loss_rerank
+            terms["loss_rerank"] = loss_rerank.item()
 
         # Placer on the states with something missing and no wrong unit (a gold slot among wrong units is ill-defined).
         rows = [b for b, m in enumerate(missing) if m and not data.noise[batch[b]]]
         if not rows:
-            return loss_sel + cfg.stop_weight * loss_stop, {"loss_select": loss_sel.item(), "loss_stop": loss_stop.item()}
+            return head, terms
         cand_units, gold_slot, move_gold, moved_bufs = [], [], [], []
         for b in rows:
             si, pos, miss = sents[b], placed[b], missing[b]
@@ -251,16 +265,35 @@ class ControllerTask:
                                     torch.tensor(move_gold, device=dev))
         valid = gold >= 0
         acc = (out.slot_logits.argmax(-1)[valid] == gold[valid]).float().mean().item() if valid.any() else float("nan")
-        total = loss_sel + loss_place + cfg.stop_weight * loss_stop + cfg.move_weight * loss_move
-        return total, {"loss_select": loss_sel.item(), "loss_place": loss_place.item(), "loss_stop": loss_stop.item(),
-                       "loss_move": loss_move.item(), "place_acc": acc}
+        total = head + loss_place + cfg.move_weight * loss_move
+        return total, {**terms, "loss_place": loss_place.item(), "loss_move": loss_move.item(), "place_acc": acc}
+
+    def _all_units(self, device: torch.device) -> torch.Tensor:
+        if self._units_on is None or self._units_on.device != device:
+            self._units_on = self.unit_vectors.to(device)  # (V, D), moved once
+        return self._units_on
+
+    def _reranked_pool(self, model: ControllerModel, s, sel, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``size`` units (B, P) the intention retrieves from all units (gradient-free, as the
+        index search) and their reranked logits (B, P)."""
+        units = self._all_units(sel.intention.device)
+        loop_threads = torch.get_num_threads()
+        if self.search_threads and units.device.type == "cpu":
+            torch.set_num_threads(self.search_threads)
+        try:
+            with torch.no_grad():
+                pool = (sel.intention @ units.T).topk(min(size, len(units)), dim=-1).indices  # (B, P)
+        finally:
+            torch.set_num_threads(loop_threads)
+        return pool.cpu(), model.selector.candidate_logits(s, sel, units[pool])
 
     def loss(self, model, batch, ctx: StepContext):
         return self._losses(getattr(model, "module", model), self.data, batch)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
-        """Held-out states: losses, slot accuracy, stop accuracy and Selector hit@k over all units
-        (a missing unit among the top k), next to the untrained bag-of-units query (the target)."""
+        """Held-out states: losses, slot accuracy, stop accuracy, and the Selector's hit@k (a missing unit
+        among the top k over all units) and precision@k (the share of the top k that are missing), next
+        to the untrained bag-of-units query (the target) and, with a reranker, after reranking."""
         torch.manual_seed(0)  # the same dev candidates every epoch; four draws of them, averaged
         dev, k = self.dev, self.cfg.decode.units_k
         batch = list(range(len(dev.states)))
@@ -270,19 +303,35 @@ class ControllerTask:
         buffers = [dev.buffer(j) for j in batch]
         s = summarise(dev.targets[sents], buffers, dev.buffer_vecs, self.unit_vectors, self.cfg.chunk)
         dev_ = next(self.model.parameters()).device
-        sel = self.model.selector(type(s)(*(t.to(dev_) for t in s)))
-        sel = type(sel)(*(t.float().cpu() for t in sel))
+        s_on = type(s)(*(t.to(dev_) for t in s))
+        with torch.no_grad():
+            sel_on = self.model.selector(s_on)
+        sel = type(sel_on)(*(t.float().cpu() for t in sel_on))
         missing = [{dev.units[si][p] for p in _missing(dev.units[si], pos)} for si, (_, pos) in zip(sents, dev.states)]
         rows = [i for i, m in enumerate(missing) if m]
 
-        def hit(query: torch.Tensor) -> float:
-            top = (query[rows] @ self.unit_vectors.T).topk(k, dim=-1).indices.tolist()  # (R, k)
-            return sum(bool(set(t) & missing[r]) for t, r in zip(top, rows)) / max(1, len(rows))
+        def scores(top: list[list[int]]) -> tuple[float, float]:
+            """hit@k (a missing unit among the top k) and precision@k (the share of them that are missing)."""
+            hits = sum(bool(set(t[:k]) & missing[r]) for t, r in zip(top, rows))
+            right = sum(len(set(t[:k]) & missing[r]) for t, r in zip(top, rows))
+            return hits / max(1, len(rows)), right / max(1, k * len(rows))
 
+        def ranked(query: torch.Tensor) -> list[list[int]]:
+            return (query[rows] @ self.unit_vectors.T).topk(k, dim=-1).indices.tolist()  # (R, k)
+
+        out = {f"dev_{k_}": v for k_, v in terms.items()}
+        for name, top in (("select", ranked(sel.intention)), ("bag", ranked(F.normalize(dev.targets[sents], dim=-1)))):
+            out[f"dev_{name}_hit@{k}"], out[f"dev_{name}_prec@{k}"] = scores(top)
+        if self.model.selector.reranker is not None and rows:
+            rows_t = torch.tensor(rows, device=dev_)
+            with torch.no_grad():
+                pool, logits = self._reranked_pool(self.model, type(s_on)(*(t[rows_t] for t in s_on)),
+                                                   type(sel_on)(*(t[rows_t] for t in sel_on)), self.model.selector.cfg.rerank)
+            top = pool.gather(1, logits.float().cpu().argsort(dim=-1, descending=True)).tolist()  # (R, P) best first
+            out[f"dev_rerank_hit@{k}"], out[f"dev_rerank_prec@{k}"] = scores(top)
         stop_pred = (sel.stop_logit > 0).tolist()
-        stop_acc = sum(p == (not m) for p, m in zip(stop_pred, missing)) / max(1, len(missing))
-        return {**{f"dev_{k_}": v for k_, v in terms.items()}, f"dev_select_hit@{k}": hit(sel.intention),
-                f"dev_bag_hit@{k}": hit(F.normalize(dev.targets[sents], dim=-1)), "dev_stop_acc": stop_acc}
+        out["dev_stop_acc"] = sum(p == (not m) for p, m in zip(stop_pred, missing)) / max(1, len(missing))
+        return out
 
     def state_dict(self) -> dict:
         return {}
@@ -381,6 +430,7 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     task = ControllerTask(model, data, dev, unit_vectors, cfg)
     encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
+    task.search_threads = encode_threads  # the reranker's pool search is one big matrix product: every core
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
