@@ -55,14 +55,14 @@ class ModelPolicy:
         stop = torch.sigmoid(sel.stop_logit).tolist()
         max_len = max(len(x.units) for x in hyps)
         temp = self.model.selector.cfg.temperature
-        scores, ids = self.index.search(sel.intention, max(cfg.units_k + max_len, self.model.selector.cfg.rerank))
-        frequent = self.frequent[: cfg.frequent_units].tolist()
+        _, ids = self.index.search(sel.intention, max(cfg.units_k + max_len, self.model.selector.cfg.rerank))
+        ids = torch.as_tensor(ids, dtype=torch.long)  # (H, P)
+        n_found, frequent_ids = ids.shape[1], self.frequent[: cfg.frequent_units]
+        frequent = frequent_ids.tolist()
         # Logits (cosine / temperature, or the reranker's) of each hypothesis's retrieved and frequent units.
-        ids = torch.as_tensor(ids, dtype=torch.long)
-        pool = torch.cat([ids.clamp_min(0), self.frequent[: len(frequent)].expand(len(hyps), -1)], dim=1)  # (H, P + F)
+        pool = torch.cat([ids.clamp_min(0), frequent_ids.expand(len(hyps), -1)], dim=1)  # (H, P + F)
         logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + F)
-        logits[:, : ids.shape[1]].masked_fill_(ids < 0, float("-inf"))  # slots the index left empty
-        n_found = ids.shape[1]
+        logits[:, :n_found].masked_fill_(ids < 0, float("-inf"))  # slots the index left empty
         pair_hyp, pair_unit, pair_logp = [], [], []
         for i, x in enumerate(hyps):
             placed = set(x.units)

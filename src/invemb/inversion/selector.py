@@ -72,10 +72,10 @@ class Selector(nn.Module):
     def candidate_logits(self, s: BufferSummary, sel: SelectorOutput, candidates: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) of each state's own candidates (B, C, D): the intention's cosine / temperature,
         plus the reranker's correction when there is one."""
-        logits = torch.einsum("bd,bcd->bc", sel.intention, candidates) / self.cfg.temperature
-        if self.reranker is not None:
-            logits = logits + self.reranker(s, sel, candidates)
-        return logits
+        cos = torch.einsum("bd,bcd->bc", sel.intention, candidates)  # (B, C); the intention is unit length
+        if self.reranker is None:
+            return cos / self.cfg.temperature
+        return cos / self.cfg.temperature + self.reranker(s, sel, candidates, cos)
 
 
 class Reranker(nn.Module):
@@ -92,13 +92,15 @@ class Reranker(nn.Module):
         nn.init.zeros_(self.score[-1].weight)  # start as the intention's own ranking
         nn.init.zeros_(self.score[-1].bias)
 
-    def forward(self, s: BufferSummary, sel: SelectorOutput, candidates: torch.Tensor) -> torch.Tensor:
+    def forward(self, s: BufferSummary, sel: SelectorOutput, candidates: torch.Tensor,
+                intention_cos: torch.Tensor) -> torch.Tensor:
+        """Correction logits (B, C) for candidates (B, C, D); ``intention_cos`` (B, C) the intention's cosines."""
         def cos(v: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
             return torch.einsum("bd,bcd->bc", F.normalize(v, dim=-1), candidates)
 
+        # Cosine with the closest placed unit; -1 for an empty buffer (summaries always have L >= 1).
         placed = torch.einsum("bld,bcd->bcl", s.units, candidates).masked_fill(~s.mask[:, None], -1.0)  # (B, C, L)
-        closest = placed.max(-1).values if placed.shape[-1] else candidates.new_full(candidates.shape[:2], -1.0)  # (B, C)
-        feats = torch.stack([cos(s.target), cos(s.residual), cos(s.text), cos(sel.intention), closest], dim=-1)  # (B, C, 5)
+        feats = torch.stack([cos(s.target), cos(s.residual), cos(s.text), intention_cos, placed.max(-1).values], dim=-1)  # (B, C, 5)
         a = self.state(sel.hidden)[:, None]  # (B, 1, W)
         b = self.unit(candidates)  # (B, C, W)
         return self.score(torch.cat([a * b, a + b, feats], dim=-1)).squeeze(-1)  # (B, C)

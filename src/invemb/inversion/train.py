@@ -193,10 +193,10 @@ class ControllerTask:
     """TrainTask for the shared loop."""
 
     def __init__(self, model: ControllerModel, data: StateSet, dev: StateSet, unit_vectors: torch.Tensor,
-                 cfg: ControllerTrainConfig):
+                 cfg: ControllerTrainConfig, search_threads: int = 0):
         self.model, self.data, self.dev, self.unit_vectors, self.cfg = model, data, dev, unit_vectors, cfg
         self._units_on: torch.Tensor | None = None  # unit_vectors on the model's device, for the reranker's pool
-        self.search_threads = 0  # CPU threads of the reranker's pool search (0: the loop's own)
+        self.search_threads = search_threads  # CPU threads of the reranker's pool search (0: the loop's own)
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
         return list(iterate_minibatches(len(self.data.states), self.cfg.batch_size, generator))
@@ -428,9 +428,9 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
             data.save(data_path)
     torch.manual_seed(seed)
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
-    task = ControllerTask(model, data, dev, unit_vectors, cfg)
     encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
-    task.search_threads = encode_threads  # the reranker's pool search is one big matrix product: every core
+    # The reranker's pool search is one big matrix product: it gets every core.
+    task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
