@@ -3,7 +3,7 @@ import torch
 
 from invemb.inversion import metrics
 from invemb.inversion.segment import Segmenter
-from invemb.inversion.selector import multi_positive_infonce
+from invemb.inversion.selector import each_positive_infonce, infonce_over_logits
 from invemb.inversion.summary import summarise
 from invemb.text.vocab import Vocab
 
@@ -67,8 +67,25 @@ def test_multi_positive_infonce_matches_formula():
     pos = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
     logits = q[0] @ c.T / 0.1
     want = -(torch.logsumexp(logits[[0, 2]], 0) - torch.logsumexp(logits, 0))
-    assert multi_positive_infonce(q, c, pos, 0.1).item() == pytest.approx(want.item(), rel=1e-5)
-    assert multi_positive_infonce(q, c, pos & False, 0.1).item() == 0.0
+    assert infonce_over_logits(q @ c.T / 0.1, pos).item() == pytest.approx(want.item(), rel=1e-5)
+    assert infonce_over_logits(q @ c.T / 0.1, pos & False).item() == 0.0
+
+
+def test_each_positive_infonce_matches_formula():
+    logits = torch.tensor([[2.0, 0.5, 1.0, -1.0], [0.0, 3.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    pos = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    neg0 = torch.logsumexp(torch.tensor([0.5, -1.0]), 0)  # row 0's negatives
+    neg1 = torch.logsumexp(torch.tensor([0.0, 1.0, 1.0]), 0)
+    # Each positive against its row's negatives only (row 0's two positives never compete); a row with
+    # no negative costs nothing.
+    terms = [torch.logaddexp(torch.tensor(2.0), neg0) - 2.0, torch.logaddexp(torch.tensor(1.0), neg0) - 1.0,
+             torch.logaddexp(torch.tensor(3.0), neg1) - 3.0] + [torch.tensor(0.0)] * 4
+    assert each_positive_infonce(logits, pos).item() == pytest.approx(float(sum(terms) / len(terms)), rel=1e-6)
+    assert each_positive_infonce(logits, pos & False).item() == 0.0
+    # Unlike the pooled loss, it keeps charging a weak positive once a strong one is in the row.
+    weak = torch.tensor([[9.0, -5.0, 0.0]])
+    two = torch.tensor([[True, True, False]])
+    assert infonce_over_logits(weak, two).item() < 1e-3 and each_positive_infonce(weak, two).item() > 2.0
 
 
 def test_summary_levels():
@@ -79,3 +96,12 @@ def test_summary_levels():
     torch.testing.assert_close(s.chunks[0, 0], torch.tensor([0.5, 0.5, 0.0, 0.0]))  # edge: window of 2
     torch.testing.assert_close(s.unit_mean[0], torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0]))
     torch.testing.assert_close(s.residual, torch.ones(2, 4))
+
+
+def test_unit_neighbours_are_the_nearest_other_units():
+    from invemb.inversion.train import unit_neighbours
+
+    units = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.8], [-1.0, 0.0]])
+    got = unit_neighbours(units, [0, 2], 2, chunk=1)
+    assert got[0].tolist() == [1, 3] and got[2].tolist() == [3, 1]  # itself left out, best first
+    assert (got[[1, 3, 4]] == -1).all()  # units not asked for

@@ -6,6 +6,11 @@ The intention is ``normalise(target + MLP(features))``: at initialisation it is 
 (so an untrained Selector is the bag-of-units baseline), and training teaches the MLP to point at
 the units the buffer still lacks, reading the residual between the target and the buffer's vector.
 
+How a state's several missing units enter the loss (``positives``): ``pooled`` is one InfoNCE term
+over the summed probability of all of them, which is satisfied as soon as any one ranks high;
+``each`` gives every missing unit its own term against the state's negatives, so all of them must
+rank above every wrong unit, which is what a top-k candidate list needs.
+
 One intention vector scores every unit by a single dot product, so it cannot tell a unit the
 buffer lacks from a near neighbour of one the buffer holds. The optional reranker
 (``rerank`` > 0) re-scores the ``rerank`` units the intention retrieves, reading each (state,
@@ -37,6 +42,7 @@ class SelectorConfig(Config):
     # wiki / WordNet token F1 36.7 / 56.9 against 32.3 / 52.2, at a training loop 1.7x slower (README).
     rerank: int = 0
     rerank_width: int = 128
+    positives: str = "pooled"  # "pooled" | "each": see the module docstring
 
     presets = {"tiny": {"hidden": 32, "layers": 1, "dropout": 0.0}, "default": {}, "full": {"hidden": 1024, "layers": 3}}
 
@@ -61,6 +67,8 @@ class Selector(nn.Module):
         nn.init.zeros_(self.to_intention.bias)
         self.stop = nn.Linear(cfg.hidden, 1)
         self.reranker = Reranker(dim, cfg) if cfg.rerank > 0 else None
+        if cfg.positives not in ("pooled", "each"):
+            raise ValueError(f"selector.positives must be 'pooled' or 'each', got {cfg.positives!r}")
 
     def forward(self, s: BufferSummary) -> SelectorOutput:
         cos = (F.normalize(s.target, dim=-1) * s.text).sum(-1, keepdim=True)  # (B, 1); 0 for an empty buffer
@@ -76,6 +84,12 @@ class Selector(nn.Module):
         if self.reranker is None:
             return cos / self.cfg.temperature
         return cos / self.cfg.temperature + self.reranker(s, sel, candidates, cos)
+
+    def selection_loss(self, logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """The selection loss of logits (B, C) with positives (B, C) bool, as ``positives`` says."""
+        if self.cfg.positives == "each":
+            return each_positive_infonce(logits, positive)
+        return infonce_over_logits(logits, positive)
 
 
 class Reranker(nn.Module):
@@ -106,20 +120,23 @@ class Reranker(nn.Module):
         return self.score(torch.cat([a * b, a + b, feats], dim=-1)).squeeze(-1)  # (B, C)
 
 
-def multi_positive_infonce(intention: torch.Tensor, candidates: torch.Tensor, positive: torch.Tensor,
-                           temperature: float) -> torch.Tensor:
-    """Mean over rows with a positive of ``-log(sum_pos exp(s) / sum_all exp(s))``.
-
-    intention (B, D), candidates (C, D), positive (B, C) bool: every unit still missing from the
-    buffer is a positive, everything else (other states' units, hard negatives) a negative.
-    """
-    return infonce_over_logits(intention @ candidates.T / temperature, positive)  # (B, C) logits
-
-
 def infonce_over_logits(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """The multi-positive InfoNCE of :func:`multi_positive_infonce` on given logits (B, C)."""
+    """Mean over rows with a positive of ``-log(sum_pos exp(s) / sum_all exp(s))`` for logits (B, C) and
+    positives (B, C) bool: every unit still missing from the buffer is a positive, everything else
+    (other states' units, hard negatives) a negative."""
     rows = positive.any(1)
     if not rows.any():
         return logits.sum() * 0.0
     pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
     return (torch.logsumexp(logits, dim=1) - pos)[rows].mean()
+
+
+def each_positive_infonce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Mean over every positive (b, c) of ``-log(exp(s_bc) / (exp(s_bc) + sum_neg exp(s_bn)))``: each
+    positive against its row's negatives only, never against the row's other positives."""
+    if not positive.any():
+        return logits.sum() * 0.0
+    neg = torch.logsumexp(logits.masked_fill(positive, float("-inf")), dim=1)  # (B,); -inf where all are positive
+    rows, cols = positive.nonzero(as_tuple=True)
+    pos = logits[rows, cols]  # (P,)
+    return (torch.logaddexp(pos, neg[rows]) - pos).mean()

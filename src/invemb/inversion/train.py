@@ -10,10 +10,11 @@ decoder itself has spoiled rather than only from gold prefixes.
 
 Per micro-batch of states:
 - Selector: multi-positive InfoNCE of the intention against the batch's gold units plus the hard
-  negatives, every unit still missing from the buffer being a positive; stop head: BCE on "nothing
-  is missing".
-- Reranker (``selector.rerank`` > 0): the same multi-positive InfoNCE over the ``rerank`` units the
-  intention retrieves from all units (the pool decoding reranks), on the reranked logits.
+  negatives (plus each gold unit's nearest units with ``neighbour_negatives``), every unit still
+  missing from the buffer being a positive, pooled or each on its own (``selector.positives``);
+  stop head: BCE on "nothing is missing".
+- Reranker (``selector.rerank`` > 0): the same loss over the ``rerank`` units the intention
+  retrieves from all units (the pool decoding reranks), on the reranked logits.
 - Placer: a random missing unit as candidate, cross-entropy on its gold slot (the number of placed
   units that precede it in the sentence); for a share of states one placed unit is first moved to a
   wrong place and the move head learns to point at it (the slot loss is skipped there).
@@ -35,7 +36,7 @@ from invemb.inversion.controller import ControllerModel
 from invemb.inversion.decode import DecodeConfig, render
 from invemb.inversion.placer import PlacerConfig
 from invemb.inversion.segment import Segmenter
-from invemb.inversion.selector import SelectorConfig, infonce_over_logits, multi_positive_infonce
+from invemb.inversion.selector import SelectorConfig
 from invemb.inversion.summary import summarise
 from invemb.training import distributed
 from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches, resolve_device
@@ -55,6 +56,9 @@ class ControllerTrainConfig(Config):
     min_coverage: float = 0.9
     states_per_sentence: int = 2
     hard_negatives: int = 16
+    # Each gold unit's nearest units (by the encoder's unit vectors) as extra negatives: the near neighbours
+    # ("threaded" for "threads") that the intention mistakes for the unit the sentence holds.
+    neighbour_negatives: int = 0
     batch_size: int = 64
     chunk: int = 3  # local-chunk window of the buffer summary
     move_share: float = 0.2  # states whose buffer gets one misplaced unit for the move head
@@ -184,6 +188,19 @@ def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk
     return out
 
 
+def unit_neighbours(unit_vectors: torch.Tensor, ids: list[int], k: int, chunk: int = 1024) -> torch.Tensor:
+    """(V, k) ids of the ``k`` units nearest to each unit of ``ids`` by inner product (itself left out);
+    rows of other units are -1."""
+    out = torch.full((len(unit_vectors), k), -1, dtype=torch.long)
+    ids_t = torch.tensor(ids, dtype=torch.long)
+    for i in range(0, len(ids_t), chunk):
+        rows = ids_t[i:i + chunk]
+        sims = unit_vectors[rows] @ unit_vectors.T  # (c, V)
+        sims[torch.arange(len(rows)), rows] = float("-inf")
+        out[rows] = sims.topk(k, dim=1).indices
+    return out
+
+
 def _missing(units: list[int], placed: list[int]) -> list[int]:
     placed_set = set(placed)
     return [p for p in range(len(units)) if p not in placed_set]
@@ -197,6 +214,10 @@ class ControllerTask:
         self.model, self.data, self.dev, self.unit_vectors, self.cfg = model, data, dev, unit_vectors, cfg
         self._units_on: torch.Tensor | None = None  # unit_vectors on the model's device, for the reranker's pool
         self.search_threads = search_threads  # CPU threads of the reranker's pool search (0: the loop's own)
+        self.neighbours: torch.Tensor | None = None  # (V, k) nearest units of every gold unit, -1 elsewhere
+        if cfg.neighbour_negatives:
+            golds = sorted({u for d in (data, dev) for ids in d.units for u in ids})
+            self.neighbours = unit_neighbours(unit_vectors, golds, cfg.neighbour_negatives)
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
         return list(iterate_minibatches(len(self.data.states), self.cfg.batch_size, generator))
@@ -212,15 +233,20 @@ class ControllerTask:
         buffers = [data.buffer(j) for j in batch]
         s = to(summarise(targets, buffers, data.buffer_vecs[batch], uv, cfg.chunk))
         sel = model.selector(s)
-        # Candidates: every gold unit of the batch's sentences plus their hard negatives.
-        cand = torch.unique(torch.tensor([u for i in sents for u in data.units[i]] + data.hard[sents].flatten().tolist()))
+        # Candidates: every gold unit of the batch's sentences, their hard negatives and their units' neighbours.
+        golds = torch.tensor([u for i in sents for u in data.units[i]])
+        cand = torch.cat([golds, data.hard[sents].flatten()])
+        if self.neighbours is not None:
+            cand = torch.cat([cand, self.neighbours[golds].flatten()])
+        cand = torch.unique(cand)
         col = {int(u): c for c, u in enumerate(cand)}
         positive = torch.zeros(len(batch), len(cand), dtype=torch.bool)
         missing = [_missing(data.units[si], pos) for si, pos in zip(sents, placed)]
         for b, (si, miss) in enumerate(zip(sents, missing)):
             for p in miss:
                 positive[b, col[data.units[si][p]]] = True
-        loss_sel = multi_positive_infonce(sel.intention, uv[cand].to(dev), positive.to(dev), model.selector.cfg.temperature)
+        logits = sel.intention @ uv[cand].to(dev).T / model.selector.cfg.temperature  # (B, C)
+        loss_sel = model.selector.selection_loss(logits, positive.to(dev))
         done = torch.tensor([float(not m) for m in missing], device=dev)
         loss_stop = F.binary_cross_entropy_with_logits(sel.stop_logit, done)
         terms = {"loss_select": loss_sel.item(), "loss_stop": loss_stop.item()}
@@ -230,7 +256,7 @@ class ControllerTask:
             missing_units = [{data.units[si][p] for p in miss} for si, miss in zip(sents, missing)]
             pool, logits = self._reranked_pool(model, s, sel, model.selector.cfg.rerank)
             pool_positive = torch.tensor([[u in m for u in row] for row, m in zip(pool.tolist(), missing_units)], device=dev)
-            loss_rerank = infonce_over_logits(logits, pool_positive)
+            loss_rerank = model.selector.selection_loss(logits, pool_positive)
             head = head + loss_rerank
             terms["loss_rerank"] = loss_rerank.item()
 
