@@ -51,16 +51,31 @@ def read_text_file(path: str | Path) -> str:
         raise ValueError(f"{path}: not UTF-8 at byte offset {err.start} ({err.reason})") from None
 
 
-def read_jsonl_texts(path: str | Path, key: str = "text") -> list[str]:
-    """Lines of ``{"text": ...}``; errors name the file and line."""
-    texts: list[str] = []
+def _jsonl_lines(path: str | Path) -> Iterable[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line; a bad line raises naming the file and line."""
     for n, line in enumerate(read_text_file(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield n, json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Lines of JSON objects; errors name the file and line."""
+    rows = []
+    for n, obj in _jsonl_lines(path):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object")
+        rows.append(obj)
+    return rows
+
+
+def read_jsonl_texts(path: str | Path, key: str = "text") -> list[str]:
+    """Lines of ``{"text": ...}``; errors name the file and line."""
+    texts: list[str] = []
+    for n, obj in _jsonl_lines(path):
         if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
             raise ValueError(f"{path}:{n}: expected an object with a string {key!r} field")
         texts.append(obj[key])

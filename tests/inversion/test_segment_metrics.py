@@ -105,3 +105,20 @@ def test_unit_neighbours_are_the_nearest_other_units():
     got = unit_neighbours(units, [0, 2], 2, chunk=1)
     assert got[0].tolist() == [1, 3] and got[2].tolist() == [3, 1]  # itself left out, best first
     assert (got[[1, 3, 4]] == -1).all()  # units not asked for
+
+
+def test_paired_difference_intervals():
+    refs = [f"the cat number {i} sat on the mat" for i in range(40)]
+    same = [{"text": t, "reconstruction": t} for t in refs]
+    half = [{"text": t, "reconstruction": " ".join(t.split()[:4])} for t in refs]  # precision 100, recall 50
+    res = metrics.paired_difference(same, half, resamples=200)
+    assert res["token_recall"]["difference"] == pytest.approx(50.0)
+    assert res["token_precision"]["difference"] == pytest.approx(0.0)
+    assert res["token_f1"]["value"] == pytest.approx(100.0) and res["token_f1"]["reference"] == pytest.approx(100 * 2 / 3)
+    assert res["bleu"]["difference"] > 0 and res["bleu"]["low"] <= res["bleu"]["difference"] <= res["bleu"]["high"]
+    # A spread of per-sentence gains: the interval brackets the mean and excludes 0 here.
+    mixed = [{"text": t, "reconstruction": t if i % 4 else " ".join(t.split()[:4])} for i, t in enumerate(refs)]
+    f1 = metrics.paired_difference(mixed, half, resamples=500)["token_f1"]
+    assert 0 < f1["low"] < f1["difference"] < f1["high"]
+    with pytest.raises(ValueError, match="same sentences"):
+        metrics.paired_difference(same[:3], half[1:4])

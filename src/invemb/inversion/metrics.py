@@ -91,6 +91,51 @@ def summarise(rows: Sequence[dict]) -> dict:
     }
 
 
+def paired_difference(rows: Sequence[dict], reference: Sequence[dict], resamples: int = 2000, seed: int = 0,
+                      confidence: float = 0.95) -> dict[str, dict]:
+    """How two inversions of the same sentences differ, with paired bootstrap confidence intervals.
+
+    ``rows`` and ``reference`` hold one row per sentence, in the same order (``text`` must agree).
+    For token F1, precision and recall the per-sentence differences are resampled (scipy's BCa
+    bootstrap of their mean); for BLEU the sentences are resampled in pairs and the corpus BLEU of
+    both recomputed. Returns ``{metric: {"value", "reference", "difference", "low", "high"}}``: a
+    difference whose interval excludes 0 is more than the sentences' own spread. On 50-150 held-out
+    sentences, one retrain of the same controller moves token F1 by about 2 points, so a single pair
+    of runs cannot settle a smaller gain either way: compare seeds too.
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if len(rows) != len(reference) or any(a["text"] != b["text"] for a, b in zip(rows, reference)):
+        raise ValueError("the two sets of rows must invert the same sentences in the same order")
+    if len(rows) < 2:
+        raise ValueError("a paired comparison needs at least two sentences")
+    out: dict[str, dict] = {}
+    overlaps = [[token_overlap(r["reconstruction"], r["text"]) for r in side] for side in (rows, reference)]
+    per_sentence = {"token_f1": lambda o: _f1(*o), "token_precision": lambda o: o[0], "token_recall": lambda o: o[1]}
+    for name, value in per_sentence.items():
+        a, b = (np.array([value(o) for o in side]) for side in overlaps)
+        diff = a - b
+        if np.allclose(diff, diff[0]):  # no spread to resample (e.g. identical reconstructions)
+            low = high = float(diff[0])
+        else:
+            ci = bootstrap((diff,), np.mean, n_resamples=resamples, confidence_level=confidence, random_state=seed).confidence_interval
+            low, high = float(ci.low), float(ci.high)
+        out[name] = {"value": float(a.mean()), "reference": float(b.mean()), "difference": float(diff.mean()),
+                     "low": low, "high": high}
+    preds, base, refs = ([r["reconstruction"] for r in rows], [r["reconstruction"] for r in reference], [r["text"] for r in rows])
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(max(1, resamples // 10)):  # corpus BLEU per resample is the slow part
+        idx = rng.integers(0, len(rows), len(rows))
+        draws.append(bleu([preds[i] for i in idx], [refs[i] for i in idx]) - bleu([base[i] for i in idx], [refs[i] for i in idx]))
+    value, ref_value = bleu(preds, refs), bleu(base, refs)
+    tail = (1 - confidence) / 2
+    out["bleu"] = {"value": value, "reference": ref_value, "difference": value - ref_value,
+                   "low": float(np.quantile(draws, tail)), "high": float(np.quantile(draws, 1 - tail))}
+    return out
+
+
 def by_length(rows: Sequence[dict], buckets=LENGTH_BUCKETS) -> dict[str, dict]:
     """:func:`summarise` per reference length bucket (in tokens)."""
     out = {}
