@@ -17,6 +17,9 @@ class RecordingEncoder(FakeEncoder):
         self.delay, self.fail_on, self.batch_sizes, self.seen = delay, fail_on, [], []
         self.lock = threading.Lock()
 
+    def __deepcopy__(self, memo):  # a worker's copy: same behaviour, its own records and lock
+        return RecordingEncoder(self.dim, self.delay, self.fail_on)
+
     def encode(self, texts, batch_size: int = 64):
         with self.lock:
             self.batch_sizes.append(len(texts))

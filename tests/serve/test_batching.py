@@ -210,3 +210,69 @@ def test_openai_client_works(live_server):
         openai.OpenAI(base_url=url + "/v1", api_key="nope", max_retries=0).embeddings.create(model="fake", input="x")
     with pytest.raises(openai.UnprocessableEntityError, match="dimensions=3 is not supported"):  # our message
         client.embeddings.create(model="fake", input="x", dimensions=3)
+
+
+def test_two_workers_encode_two_batches_at_once():
+    started, release = [], threading.Event()
+    names = set()
+
+    def fn(texts):  # holds every call until two are running at the same time
+        started.append(texts)
+        names.add(threading.current_thread().name)
+        assert release.wait(10), "the second batch never started beside the first"
+        return ([t.upper() for t in texts],)
+
+    async def main():
+        b = MicroBatcher(fn, max_batch=2, max_wait_ms=0, workers=2)
+        first = asyncio.ensure_future(b.submit(["a", "b"]))
+        second = asyncio.ensure_future(b.submit(["c", "d"]))
+        for _ in range(200):
+            if len(started) == 2:
+                release.set()
+            await asyncio.sleep(0.01)
+            if first.done() and second.done():
+                break
+        outs = [await first, await second]
+        await b.aclose()
+        return outs
+
+    assert run(main()) == [(["A", "B"],), (["C", "D"],)]
+    assert len(names) == 2  # two threads of the pool
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(fn, workers=0)
+
+
+def test_service_encode_workers_use_their_own_copies(recording_encoder):
+    from invemb.serve.app import ServeConfig, Service
+
+    threads = torch.get_num_threads()
+    service = Service(recording_encoder, cfg=ServeConfig(encode_workers=2, max_batch_texts=4, max_wait_ms=1))
+    assert torch.get_num_threads() == max(1, threads // 2)  # the cores are shared out between the workers
+    copies = [enc for enc, _ in service._copies]
+    assert len(copies) == 2 and all(c is not recording_encoder for c in copies)
+    texts = [f"text number {i}" for i in range(40)]
+
+    async def main():
+        outs = await asyncio.gather(*(service.batcher.submit(texts[i:i + 2]) for i in range(0, 40, 2)))
+        await service.aclose()
+        return outs
+
+    outs = run(main())
+    got = np.concatenate([o[0] for o in outs])
+    assert np.allclose(got, FakeEncoder(dim=16).encode(texts).numpy(), atol=1e-6)  # every row its own text's
+    assert recording_encoder.batch_sizes == []  # the workers never touch the shared model
+    assert sum(len(c.batch_sizes) for c in copies) >= 10 and all(c.batch_sizes for c in copies)
+    assert torch.get_num_threads() == threads  # given back on close
+
+
+def test_encode_workers_need_a_copyable_encoder():
+    from invemb.serve.app import ServeConfig, Service
+
+    class Uncopyable(FakeEncoder):
+        def __deepcopy__(self, memo):
+            raise TypeError("an onnxruntime session")
+
+    with pytest.raises(ValueError, match="encode_workers=2 needs an encoder that can be copied"):
+        Service(Uncopyable(), cfg=ServeConfig(encode_workers=2))
+    with pytest.raises(ValueError, match="encode_workers must be >= 1"):
+        ServeConfig(encode_workers=0).check()

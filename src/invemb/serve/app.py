@@ -60,13 +60,19 @@ class ServeConfig(Config):
     # process grows for minutes, and trimming once per micro-batch still let RSS swing +30% within
     # each call (EM, 143-text calls); per chunk it stays within one chunk's activations (+7%).
     trim_heap: bool = True
+    # Encoder threads. With N > 1 each thread has its own copy of the model and takes the next
+    # micro-batch while the others encode theirs, and torch's intra-op threads (one count for the whole
+    # process, the inversion thread included) drop to 1/N: on a CPU, a batch per core keeps going when
+    # another process takes a core for a moment, where one batch over every core stalls at each of its
+    # synchronisation points until the preempted thread is back (bench/serve_load.py).
+    encode_workers: int = 1
 
     def check(self) -> "ServeConfig":
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         for name in ("max_batch_texts", "encode_batch_size", "encode_batch_chars", "max_queued_texts",
                      "max_texts_per_request", "max_chars_per_text", "max_body_bytes", "max_beam", "max_pending_inversions",
-                     "invert_batch"):
+                     "invert_batch", "encode_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -145,22 +151,51 @@ class Service:
         self.encoder, self.controller, self.name, self.dim = encoder, controller, name, int(encoder.dim)
         self.lock = threading.Lock()
         self.count_tokens = count_tokens or token_counter(encoder)
+        self._worker = threading.local()  # an encode worker's own model copy and lock (encode_workers > 1)
+        # (model copy, its lock) per worker; a worker thread started after aclose (a new event loop) reuses them.
+        self._copies = [(self._copy_encoder(), threading.Lock()) for _ in range(self.cfg.encode_workers)] \
+            if self.cfg.encode_workers > 1 else []
+        self._workers_started = 0
+        self._threads_before = torch.get_num_threads()  # restored by aclose
+        if self._copies:
+            torch.set_num_threads(max(1, self._threads_before // self.cfg.encode_workers))
         self.batcher = MicroBatcher(self._encode_batch, self.cfg.max_batch_texts, self.cfg.max_wait_ms,
-                                    self.cfg.max_queued_texts)
+                                    self.cfg.max_queued_texts, workers=self.cfg.encode_workers,
+                                    initializer=self._start_worker if self._copies else None)
+        self._trim = malloc_trim() if self.cfg.trim_heap else None
         self._invert_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._invert_jobs: collections.deque[InversionJob] = collections.deque()
         self.inversions_pending = 0
-        self._trim = malloc_trim() if self.cfg.trim_heap else None
+
+    def _copy_encoder(self) -> Encoder:
+        """A copy of the encoder for one worker thread (its own weights and tokenizer: HF fast tokenizers
+        must not be shared between threads)."""
+        import copy
+
+        try:
+            return copy.deepcopy(self.encoder)
+        except Exception as err:
+            raise ValueError(f"encode_workers={self.cfg.encode_workers} needs an encoder that can be copied "
+                             f"(this one cannot: {type(err).__name__}: {err}); use encode_workers=1") from None
+
+    def _start_worker(self) -> None:
+        """Runs once in each encode worker thread: it takes its own model copy."""
+        with self.lock:
+            self._worker.encoder, self._worker.lock = self._copies[self._workers_started % len(self._copies)]
+            self._workers_started += 1
 
     def _encode_batch(self, texts: list[str]) -> tuple:
         """Runs in the batcher's worker thread: (N, D) float32 vectors and N token counts."""
         size = self.cfg.encode_batch_size
+        # A worker with its own copy locks only that copy; otherwise the model is shared with the inversion thread.
+        encoder = getattr(self._worker, "encoder", self.encoder)
+        lock = getattr(self._worker, "lock", self.lock)
         vecs = np.empty((len(texts), self.dim), dtype=np.float32)
         for rows in self._chunks(texts):
             chunk = [texts[i] for i in rows]
             # The lock is taken per chunk, so an inversion waiting for the encoder gets it between chunks.
-            with self.lock, torch.inference_mode():
-                out = self.encoder.encode(chunk, batch_size=size)
+            with lock, torch.inference_mode():
+                out = encoder.encode(chunk, batch_size=size)
             vecs[rows] = check_vectors(out, len(chunk), self.dim, "encoder", "serve").detach().float().cpu().numpy()
             if self._trim is not None:
                 self._trim(0)
@@ -228,6 +263,8 @@ class Service:
 
     async def aclose(self) -> None:
         await self.batcher.aclose()
+        if self.cfg.encode_workers > 1:
+            torch.set_num_threads(self._threads_before)
         if self._invert_pool is not None:
             self._invert_pool.shutdown(wait=False, cancel_futures=True)
             self._invert_pool = None

@@ -6,8 +6,11 @@ after the oldest request arrived for others to join), runs the encoder once on t
 a single worker thread, and gives each request its slice. While that call runs, the event loop keeps
 accepting requests, so under load the next batch is already full when the thread comes free.
 
-One worker thread on purpose: the encoder already uses every core through torch's intra-op threads,
-so two concurrent calls would only contend for them.
+By default one worker thread: the encoder already uses every core through torch's intra-op threads,
+so two concurrent calls of one model would only contend for them. With ``workers`` > 1 up to that
+many batches are encoded at once, each in its own thread; the ``initializer`` (run once in each
+thread) gives a thread its own model copy and its share of the cores (see the service's
+``encode_workers``).
 """
 from __future__ import annotations
 
@@ -53,10 +56,12 @@ class MicroBatcher:
     """
 
     def __init__(self, fn: Callable[[list[str]], Sequence[Any]], max_batch: int = 256, max_wait_ms: float = 5.0,
-                 max_queued: int = 65536, executor: concurrent.futures.Executor | None = None):
-        if max_batch < 1 or max_wait_ms < 0 or max_queued < 1:
-            raise ValueError("max_batch and max_queued must be >= 1 and max_wait_ms >= 0")
+                 max_queued: int = 65536, executor: concurrent.futures.Executor | None = None, workers: int = 1,
+                 initializer: Callable[[], None] | None = None):
+        if max_batch < 1 or max_wait_ms < 0 or max_queued < 1 or workers < 1:
+            raise ValueError("max_batch, max_queued and workers must be >= 1 and max_wait_ms >= 0")
         self.fn, self.max_batch, self.max_wait, self.max_queued = fn, max_batch, max_wait_ms / 1000.0, max_queued
+        self.workers, self.initializer = workers, initializer
         self._own_executor = executor is None
         self.executor = executor  # created on first use when not given (and again after aclose)
         self.stats = BatchStats()
@@ -65,6 +70,7 @@ class MicroBatcher:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._queued = 0
         self._inflight: list[_Pending] = []
+        self._calls: set[asyncio.Task] = set()  # batches being encoded (at most ``workers``)
         self._wake: asyncio.Event | None = None
 
     @property
@@ -81,7 +87,8 @@ class MicroBatcher:
             self._queued = 0
             self._task = None
         if self.executor is None:
-            self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="invemb-encode")
+            self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="invemb-encode",
+                                                                  initializer=self.initializer)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name="invemb-micro-batcher")
 
@@ -128,28 +135,43 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, texts)
 
     async def _run(self) -> None:
+        # A batch is collected only when a worker is free, so under load the requests that arrive
+        # meanwhile wait together and the next batch is full.
+        slots = asyncio.Semaphore(self.workers)
         while True:
-            batch = await self._collect()
-            if not batch:
-                continue
-            texts = [t for item in batch for t in item.texts]
-            self._inflight = batch
+            await slots.acquire()
             try:
-                out = await self._call(texts)
-            except Exception as err:
-                if len(batch) == 1:
-                    _resolve(batch[0].future, error=err)
-                else:  # one request's failure must not fail the others that shared its call
-                    await self._one_by_one(batch)
+                batch = await self._collect()
+            except BaseException:
+                slots.release()
+                raise
+            if not batch:
+                slots.release()
                 continue
-            finally:
-                self._inflight = []
-            self._record(batch, len(texts))
-            start = 0
-            for item in batch:
-                end = start + len(item.texts)
-                _resolve(item.future, tuple(part[start:end] for part in out))
-                start = end
+            task = asyncio.get_running_loop().create_task(self._process(batch))
+            self._calls.add(task)
+            task.add_done_callback(lambda t: (self._calls.discard(t), slots.release()))
+
+    async def _process(self, batch: list[_Pending]) -> None:
+        texts = [t for item in batch for t in item.texts]
+        self._inflight += batch
+        try:
+            out = await self._call(texts)
+        except Exception as err:
+            if len(batch) == 1:
+                _resolve(batch[0].future, error=err)
+            else:  # one request's failure must not fail the others that shared its call
+                await self._one_by_one(batch)
+            return
+        finally:
+            done = {id(item) for item in batch}
+            self._inflight = [item for item in self._inflight if id(item) not in done]
+        self._record(batch, len(texts))
+        start = 0
+        for item in batch:
+            end = start + len(item.texts)
+            _resolve(item.future, tuple(part[start:end] for part in out))
+            start = end
 
     async def _one_by_one(self, batch: list[_Pending]) -> None:
         for item in batch:
@@ -171,13 +193,15 @@ class MicroBatcher:
 
     async def aclose(self) -> None:
         """Stop the loop task, fail what still waits, and release the worker thread."""
-        stranded = [*self._inflight, *self._pending]  # taken first: cancelling the task clears _inflight
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        stranded = [*self._inflight, *self._pending]  # taken first: cancelling the tasks clears _inflight
+        for task in [self._task, *self._calls]:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._calls.clear()
         for item in stranded:
             _resolve(item.future, error=RuntimeError("server shutting down"))
         self._pending.clear()

@@ -28,19 +28,21 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
         are micro-batched: one encoder pass over their texts, in length-sorted chunks of at most
         encode_batch_size texts and encode_batch_chars characters, the freed heap handed back to
-        the OS after each chunk (trim_heap).
+        the OS after each chunk (trim_heap); with encode_workers N > 1, N threads, each with its own
+        model copy, encode N micro-batches at once.
 
         \b
         Examples:
           invemb serve --model backbone
           invemb serve --model runs/em-default --runtime onnx
+          invemb serve --model runs/em-default --set encode_workers=2
           INVEMB_API_KEY=secret invemb serve --model runs/em-default --controller runs/controller --port 8080
           curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat"]}'
 
         Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, encode_batch_chars,
         max_texts_per_request,
         max_chars_per_text, max_body_bytes, max_queued_texts, max_beam, max_pending_inversions, invert_batch, access_log,
-        trim_heap.
+        trim_heap, encode_workers.
         """
         from invemb.config import parse_overrides
         from invemb.serve.app import ServeConfig, is_loopback, serve
