@@ -234,7 +234,7 @@ def test_reranker_trains_saves_and_decodes(tmp_path):
     assert sum(token_f1(r.text, s) for r, s in zip(results, sentences)) / len(sentences) >= 70
 
 
-def test_each_positive_and_neighbour_negatives_train_save_and_decode(tmp_path):
+def test_pooled_positives_and_neighbour_negatives_train_save_and_decode(tmp_path):
     from invemb.io import write_jsonl
     from invemb.inversion.metrics import token_f1
     from invemb.inversion.train import ControllerTrainConfig, train_controller
@@ -244,13 +244,13 @@ def test_each_positive_and_neighbour_negatives_train_save_and_decode(tmp_path):
     cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
                                        max_sentences=120, dev_sentences=24, states_per_sentence=4)
     encoder = BagEncoder()
-    summary = train_controller("toy", cfg.replace(**{"train.epochs": 6, "selector.positives": "each", "neighbour_negatives": 3}),
+    summary = train_controller("toy", cfg.replace(**{"train.epochs": 6, "selector.positives": "pooled", "neighbour_negatives": 3}),
                                tmp_path / "run", encoder=encoder)
     steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
     assert steps[-1]["loss_select"] < steps[0]["loss_select"]
     assert summary["dev_select_prec@4"] >= summary["dev_bag_prec@4"]
     saved = json.loads((tmp_path / "run/config.json").read_text())["config"]
-    assert (saved["selector"]["positives"], saved["neighbour_negatives"]) == ("each", 3)
+    assert (saved["selector"]["positives"], saved["neighbour_negatives"]) == ("pooled", 3)
     ctrl = Controller.load(tmp_path / "run", em=encoder)
     sentences = toy_sentences(6, seed=99)
     results = ctrl.invert_vectors(encoder.encode(sentences))
