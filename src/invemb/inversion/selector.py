@@ -38,8 +38,9 @@ class SelectorConfig(Config):
     layers: int = 2
     dropout: float = 0.1
     temperature: float = 0.05  # InfoNCE temperature (cosine / temperature)
-    # Units the intention retrieves for the reranker to re-score (0: no reranker). 64 on the default EM:
-    # wiki / WordNet token F1 36.7 / 56.9 against 32.3 / 52.2, at a training loop 1.7x slower (README).
+    # Units the intention retrieves for the reranker to re-score (0: no reranker). 64 on the default EM with
+    # pooled positives: wiki / WordNet token F1 36.7 / 56.9 against 32.3 / 52.2, at a training loop 1.7x
+    # slower; with positives="each" it adds nothing (36.6 / 55.7 against 38.8 / 56.2, README).
     rerank: int = 0
     rerank_width: int = 128
     # "each" | "pooled": see the module docstring. Default EM, same training states, two seeds each, 150 test
