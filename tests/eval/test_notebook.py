@@ -6,10 +6,13 @@ NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "tour.ipynb"
 
 
 @pytest.mark.slow  # the real MiniLM, a tiny-preset EM trained in the notebook
-def test_tour_notebook_runs(tmp_path):
+def test_tour_notebook_runs(tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
+    # The kernel inherits this: one torch thread. With two on a CPU another job keeps busy, the tiny EM
+    # cell ran past the 600 s cell timeout (2 min with one thread beside the same job).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
