@@ -212,16 +212,31 @@ def test_an_untrained_reranker_keeps_the_intentions_ranking():
     assert torch.allclose(feats[0][1, [0, 2]], torch.ones(2)) and torch.allclose(feats[0][0], -torch.ones(4))
 
 
-def test_reranker_trains_saves_and_decodes(tmp_path):
+def toy_controller_setup(tmp_path):
+    """A tiny-preset controller config over the toy vocabulary and 120 toy sentences, and the bag encoder."""
     from invemb.io import write_jsonl
-    from invemb.inversion.metrics import token_f1
-    from invemb.inversion.train import ControllerTrainConfig, train_controller
+    from invemb.inversion.train import ControllerTrainConfig
 
     toy_vocab().save(tmp_path / "vocab.json")
     write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(120, seed=7)])
     cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
                                        max_sentences=120, dev_sentences=24, states_per_sentence=4)
-    encoder = BagEncoder()
+    return cfg, BagEncoder()
+
+
+def toy_inversion_f1(ctrl, encoder) -> float:
+    """Mean token F1 of the controller's inversions of 6 unseen toy sentences."""
+    from invemb.inversion.metrics import token_f1
+
+    sentences = toy_sentences(6, seed=99)
+    results = ctrl.invert_vectors(encoder.encode(sentences))
+    return sum(token_f1(r.text, s) for r, s in zip(results, sentences)) / len(sentences)
+
+
+def test_reranker_trains_saves_and_decodes(tmp_path):
+    from invemb.inversion.train import train_controller
+
+    cfg, encoder = toy_controller_setup(tmp_path)
     summary = train_controller("toy", cfg.replace(**{"train.epochs": 6, "selector.rerank": 12}), tmp_path / "run", encoder=encoder)
     steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
     assert steps[-1]["loss_rerank"] < steps[0]["loss_rerank"]
@@ -229,21 +244,13 @@ def test_reranker_trains_saves_and_decodes(tmp_path):
     assert summary["dev_rerank_prec@4"] >= summary["dev_bag_prec@4"]
     ctrl = Controller.load(tmp_path / "run", em=encoder)
     assert ctrl.model.selector.reranker is not None  # the config and weights came back
-    sentences = toy_sentences(6, seed=99)
-    results = ctrl.invert_vectors(encoder.encode(sentences))
-    assert sum(token_f1(r.text, s) for r, s in zip(results, sentences)) / len(sentences) >= 70
+    assert toy_inversion_f1(ctrl, encoder) >= 70
 
 
 def test_pooled_positives_and_neighbour_negatives_train_save_and_decode(tmp_path):
-    from invemb.io import write_jsonl
-    from invemb.inversion.metrics import token_f1
-    from invemb.inversion.train import ControllerTrainConfig, train_controller
+    from invemb.inversion.train import train_controller
 
-    toy_vocab().save(tmp_path / "vocab.json")
-    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(120, seed=7)])
-    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
-                                       max_sentences=120, dev_sentences=24, states_per_sentence=4)
-    encoder = BagEncoder()
+    cfg, encoder = toy_controller_setup(tmp_path)
     summary = train_controller("toy", cfg.replace(**{"train.epochs": 6, "selector.positives": "pooled", "neighbour_negatives": 3}),
                                tmp_path / "run", encoder=encoder)
     steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
@@ -252,9 +259,7 @@ def test_pooled_positives_and_neighbour_negatives_train_save_and_decode(tmp_path
     saved = json.loads((tmp_path / "run/config.json").read_text())["config"]
     assert (saved["selector"]["positives"], saved["neighbour_negatives"]) == ("pooled", 3)
     ctrl = Controller.load(tmp_path / "run", em=encoder)
-    sentences = toy_sentences(6, seed=99)
-    results = ctrl.invert_vectors(encoder.encode(sentences))
-    assert sum(token_f1(r.text, s) for r, s in zip(results, sentences)) / len(sentences) >= 70
+    assert toy_inversion_f1(ctrl, encoder) >= 70
     with pytest.raises(ValueError, match="positives"):
         from invemb.inversion.selector import Selector, SelectorConfig
 
