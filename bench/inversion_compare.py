@@ -14,7 +14,6 @@ before calling a gain.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from _common import OUT

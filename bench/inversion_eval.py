@@ -11,7 +11,6 @@ the rows, and F1-vs-length plots.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from pathlib import Path

@@ -25,7 +25,6 @@ A bright light shone through the dark window at night.""".splitlines()
 @pytest.fixture(scope="session")
 def tiny_em_run(tmp_path_factory, tiny_bert_dir):
     """A tiny EM trained end to end on a tiny random BERT and a tiny corpus (seconds)."""
-    from invemb.em.config import EMConfig
     from invemb.em.train import train_em
 
     root = tmp_path_factory.mktemp("em")

@@ -1,8 +1,6 @@
 import json
 import math
-import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -63,13 +61,11 @@ def test_killed_run_resumes_to_same_metrics(tiny_em_run, tmp_path, monkeypatch):
     from invemb.em.train import train_em
 
     run, cfg, metrics = tiny_em_run
-    data_dir = cfg.data_dir  # share the built data and feature cache
 
     class Killed(RuntimeError):
         pass
 
     original = em_train.EMTask.loss
-    calls = {"n": 0}
 
     def dying_loss(self, model, batch, ctx):
         if ctx.step == 3:

@@ -6,7 +6,6 @@ so the unit-recall, synonym and antonym terms always have their partners in the 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -27,7 +26,7 @@ from invemb.em.model import (HeadOutput, TokenEmbeddingModel, TokenHead, check_b
                              build_head)
 from invemb.io import atomic_write_json, atomic_write_text
 from invemb.training import distributed
-from invemb.training.loop import StepContext, Trainer, resolve_device
+from invemb.training.loop import StepContext, Trainer, TrainTask, resolve_device
 from invemb.training.schedules import cosine_between
 
 
@@ -120,7 +119,7 @@ class EMTrainable(nn.Module):
         return self.head.last_projection
 
 
-class EMTask:
+class EMTask(TrainTask):
     """The EM objectives as a :class:`invemb.training.loop.TrainTask`."""
 
     def __init__(self, cfg: EMConfig, data: EMData, cache: FeatureCache, head: TokenHead, unit_rows: np.ndarray,
@@ -297,10 +296,6 @@ class EMTask:
     def head(self) -> TokenHead:
         return self.model.head if isinstance(self.model, EMTrainable) else self.model
 
-    def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
-        from invemb.training.plots import plot_run
-
-        plot_run(run_dir)
 
 
 @torch.no_grad()

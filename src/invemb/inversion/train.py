@@ -39,7 +39,7 @@ from invemb.inversion.segment import Segmenter
 from invemb.inversion.selector import SelectorConfig
 from invemb.inversion.summary import summarise
 from invemb.training import distributed
-from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches, resolve_device
+from invemb.training.loop import StepContext, TrainConfig, Trainer, TrainTask, iterate_minibatches, resolve_device
 from invemb.text.vocab import Vocab, tokenize
 
 
@@ -206,7 +206,7 @@ def _missing(units: list[int], placed: list[int]) -> list[int]:
     return [p for p in range(len(units)) if p not in placed_set]
 
 
-class ControllerTask:
+class ControllerTask(TrainTask):
     """TrainTask for the shared loop."""
 
     def __init__(self, model: ControllerModel, data: StateSet, dev: StateSet, unit_vectors: torch.Tensor,
@@ -359,16 +359,6 @@ class ControllerTask:
         out["dev_stop_acc"] = sum(p == (not m) for p, m in zip(stop_pred, missing)) / max(1, len(missing))
         return out
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
-        from invemb.training.plots import plot_run
-
-        plot_run(run_dir)
 
 
 def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:

@@ -23,7 +23,7 @@ from invemb.scratch.losses import contrastive_loss, multiple_negatives_ranking_l
 from invemb.scratch.tokenizer import ScratchTokenizer, TokenizerConfig
 from invemb.scratch.transformer import MoEAux, SentenceEncoderModel, TransformerConfig, count_params
 from invemb.training import distributed
-from invemb.training.loop import StepContext, TrainConfig, Trainer, resolve_device
+from invemb.training.loop import StepContext, TrainConfig, Trainer, TrainTask, resolve_device
 
 LOSSES = ("mnrl", "triplet", "contrastive")
 
@@ -208,7 +208,7 @@ def routing_terms(aux: MoEAux, prefix: str = "moe") -> dict[str, float]:
     return terms
 
 
-class ScratchTask:
+class ScratchTask(TrainTask):
     """The scratch encoder on the shared loop: in-batch-negative batches of pairs."""
 
     def __init__(self, cfg: ScratchConfig, tokenizer: ScratchTokenizer, pairs: dict[str, list[Pair]]):
@@ -274,16 +274,8 @@ class ScratchTask:
         aux = self.model(ids.to(device), mask.to(device)).aux
         return {k.replace("moe/", "dev_moe/"): v for k, v in routing_terms(aux).items() if not k.split("/")[-1].startswith(("load_e", "tokens_e"))}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
     def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
-        from invemb.training.plots import plot_run
-
-        plot_run(run_dir)
+        super().on_epoch_end(run_dir, epoch)
         if self.cfg.model.use_moe:
             plot_expert_load(run_dir)
 

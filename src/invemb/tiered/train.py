@@ -27,7 +27,7 @@ from invemb.tiered.objectives import (ObjectiveConfig, anneal_share, boundary_lo
                                       mask_units, masked_chunk_loss, order_loss, phase_at, shuffle_chunks,
                                       spelling_variant, PHASES)
 from invemb.training import distributed
-from invemb.training.loop import StepContext, TrainConfig, Trainer, iterate_minibatches, resolve_device
+from invemb.training.loop import StepContext, TrainConfig, Trainer, TrainTask, iterate_minibatches, resolve_device
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 PAIR_SOURCES = ("simcse", "title", "adjacent")
@@ -165,7 +165,7 @@ def typo_retrieval(encoder, sentences: list[str], rate: float = 0.1, seed: int =
 
 
 # -- the task on the shared loop -----------------------------------------------------------
-class TieredTask:
+class TieredTask(TrainTask):
     """Both tiers on the shared loop; which terms are on depends on the phase of the step."""
 
     def __init__(self, cfg: TieredConfig, sentences: dict[str, list[str]]):
@@ -256,16 +256,6 @@ class TieredTask:
         self.eval_seconds += time.perf_counter() - t0
         return metrics
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
-        from invemb.training.plots import plot_run
-
-        plot_run(run_dir)
 
 
 # -- save / load ---------------------------------------------------------------------------

@@ -80,6 +80,10 @@ class StepContext:
 
 
 class TrainTask(Protocol):
+    """What the loop trains. The project's tasks subclass it to inherit the defaults of the last
+    four methods (every trainable parameter in one group, no extra state, the metric curves at
+    each epoch end)."""
+
     model: nn.Module
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> Sequence[Any]:
@@ -93,15 +97,22 @@ class TrainTask(Protocol):
         """Held-out metrics at the end of an epoch (rank 0 only)."""
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """Optimizer groups; a group may carry ``lr_scale`` (e.g. 0.1 for backbone layers)."""
+        """Optimizer groups; a group may carry ``lr_scale`` (e.g. 0.1 for backbone layers). By
+        default one group of every trainable parameter."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
 
     def state_dict(self) -> dict[str, Any]:
-        """Extra task state to checkpoint (e.g. a negative queue)."""
+        """Extra task state to checkpoint (e.g. a negative queue); none by default."""
+        return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` gave; nothing by default."""
 
     def on_epoch_end(self, run_dir: Path, epoch: int) -> None:
-        """Plots and reports (rank 0 only)."""
+        """Plots and reports (rank 0 only); by default the run's metric curves."""
+        from invemb.training.plots import plot_run
+
+        plot_run(run_dir)
 
     # Optional: ``after_step(step)`` runs on every rank after each optimizer step, for task state
     # that must see the whole step (e.g. a negative queue gathered from every rank).
