@@ -29,6 +29,18 @@ def data():
     return x, units, q, exact
 
 
+def test_flat_search_in_query_chunks_equals_faiss(data):
+    x, units, q, exact = data
+    index = UnitIndex.build(x, units, IndexConfig(kind="flat"))
+    want_scores, want_ids = index.index.search(q, 10)  # FAISS's own exact scan
+    # 3000 vectors and a budget of 7000 scores: chunks of 2 queries, the last of the 199 holds one
+    scores, ids = index._flat_search(q[:199], 10, max_scores=7000)
+    assert ids.shape == scores.shape == (199, 10)
+    assert (ids == want_ids[:199]).mean() > 0.999  # ties may order differently
+    np.testing.assert_allclose(scores, want_scores[:199], atol=1e-5)
+    assert (exact == want_ids).mean() > 0.999
+
+
 def test_hnsw_parameters_reach_faiss_and_survive_save_load(data, tmp_path):
     x, units, q, exact = data
     cfg = IndexConfig(kind="hnsw", hnsw_m=8, hnsw_ef_construction=40, hnsw_ef_search=64)
