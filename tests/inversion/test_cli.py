@@ -172,3 +172,30 @@ def test_demo_inversion_reuses_a_finished_controller(cli_run, monkeypatch, tmp_p
     monkeypatch.setattr(invemb.inversion.harness, "eval_sentences", lambda corpus, kind, n: toy_sentences(n, seed=9))
     summary = demo_inversion(EMConfig.preset("tiny"), Path(em), root / "run", "tiny", n=2)
     assert summary["n"] == 2 and 0.0 <= summary["token_f1"] <= 100.0
+
+
+def test_demo_inversion_resumes_a_controller_killed_before_its_first_checkpoint(monkeypatch, tmp_path):
+    """A demo killed while the controller built its states (config.json written, no checkpoint yet)
+    continues that run on the next `make demo` instead of refusing a non-empty folder."""
+    import invemb.em.data
+    import invemb.inversion.train
+    from invemb.em.config import EMConfig
+    from invemb.em.probe import demo_inversion
+
+    class Called(Exception):
+        pass
+
+    def record(em, cfg, out, resume=False, **kwargs):
+        raise Called(resume)
+
+    monkeypatch.setattr(invemb.inversion.train, "train_controller", record)
+    monkeypatch.setattr(invemb.em.data, "corpus_dir", lambda cfg: tmp_path)
+    started = tmp_path / "controller"
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    with pytest.raises(Called) as called:
+        demo_inversion(EMConfig.preset("tiny"), tmp_path / "em", started, "tiny", n=2)
+    assert called.value.args == (True,)
+    with pytest.raises(Called) as called:
+        demo_inversion(EMConfig.preset("tiny"), tmp_path / "em", tmp_path / "fresh", "tiny", n=2)
+    assert called.value.args == (False,)

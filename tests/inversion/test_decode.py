@@ -7,6 +7,7 @@ from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, 
 from invemb.inversion.controller import Controller
 from invemb.inversion.decode import CountingEncoder, DecodeConfig, OraclePolicy, beam_decode
 from invemb.inversion.segment import Segmenter
+from invemb.inversion.train import StateSet
 from invemb.training.metrics_log import read_metrics
 from toy import BagEncoder, toy_sentences, toy_vocab
 
@@ -139,6 +140,48 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert [r["epoch"] for r in epochs] == [0, 1]
     with pytest.raises(ValueError, match="another encoder"):
         train_controller("toy", cfg, tmp_path / "run", resume=True, encoder=BagEncoder(salt="x"))
+
+
+def test_a_run_killed_while_encoding_its_states_resumes_without_reencoding(tmp_path):
+    from invemb.io import write_jsonl
+    from invemb.inversion.train import ControllerTrainConfig, train_controller
+
+    class Killed(RuntimeError):
+        pass
+
+    class DyingEncoder(BagEncoder):
+        """Dies on its ``die_at``-th encode call (1-based)."""
+
+        def __init__(self, die_at: int = 0):
+            super().__init__()
+            self.die_at = die_at
+
+        def encode(self, texts, batch_size: int = 64):
+            if self.calls + 1 == self.die_at:
+                raise Killed()
+            return super().encode(texts, batch_size)
+
+    toy_vocab().save(tmp_path / "vocab.json")
+    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(40, seed=5)])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
+                                       max_sentences=40, dev_sentences=8).replace(**{"train.epochs": 1})
+    clean = DyingEncoder()
+    train_controller("toy", cfg, tmp_path / "clean", encoder=clean)
+    # Fingerprint, units, dev targets, dev buffers, train targets, train buffers: die on the last.
+    assert clean.calls == 6
+    with pytest.raises(Killed):
+        train_controller("toy", cfg, tmp_path / "run", encoder=DyingEncoder(die_at=clean.calls))
+    assert len(list((tmp_path / "run/states_encoded").glob("*.safetensors"))) == 3  # the finished chunks
+    with pytest.raises(FileExistsError, match="not empty"):
+        train_controller("toy", cfg, tmp_path / "run", encoder=DyingEncoder())
+    resumed = DyingEncoder()
+    train_controller("toy", cfg, tmp_path / "run", resume=True, encoder=resumed)
+    assert resumed.calls == 2  # the fingerprint and the unfinished chunk (unit vectors and three chunks were kept)
+    assert not (tmp_path / "run/states_encoded").exists()
+    for name in ("states_train", "states_dev"):
+        assert (tmp_path / "run" / f"{name}.json").read_text() == (tmp_path / "clean" / f"{name}.json").read_text()
+        a, b = StateSet.load(tmp_path / "run" / name), StateSet.load(tmp_path / "clean" / name)
+        assert torch.equal(a.targets, b.targets) and torch.equal(a.buffer_vecs, b.buffer_vecs)
 
 
 def _toy_states(noise_share: float, seed: int = 3):

@@ -64,7 +64,7 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
     corpus = corpus_dir(cfg)  # the corpus the EM was trained from; its test split is held out from both
     if not (controller_out / "model.safetensors").exists():  # written last, once training has finished
         ccfg = ControllerTrainConfig.preset(preset).replace(corpus=str(corpus))
-        resume = (controller_out / "checkpoints" / "latest.json").exists()
+        resume = (controller_out / "config.json").exists()  # started: killed while building states or training
         train_controller(str(em_run), ccfg, controller_out, resume=resume)
     ctrl = load_run(controller_out, em=str(em_run))
     rows = ctrl.invert_texts(eval_sentences(corpus, "wiki", n), progress=False)

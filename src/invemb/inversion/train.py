@@ -132,7 +132,9 @@ class StateSet:
 
 
 def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, index, cfg: ControllerTrainConfig,
-                 seed: int, progress: bool = True) -> StateSet:
+                 seed: int, progress: bool = True, spill: Path | None = None) -> StateSet:
+    """Sample training states of ``sentences``. ``spill``: a folder keeping each finished chunk of
+    encodings, so a run killed while encoding re-encodes only the chunks it had not finished."""
     vocab = segmenter.vocab
     kept, units = [], []
     for s in sentences:
@@ -143,7 +145,7 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
             units.append(ids)
     if not kept:
         raise ValueError("no training sentence is covered by the vocabulary (check --vocab and the sentences)")
-    targets = _encode(encoder, kept, "targets", progress)
+    targets = _encode(encoder, kept, "targets", progress, spill=spill)
     _, found = index.search(targets, cfg.hard_negatives + max(len(u) for u in units))
     hard = torch.zeros(len(kept), cfg.hard_negatives, dtype=torch.long)
     n_hard = []
@@ -169,12 +171,20 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
     data = StateSet(units, targets, states, torch.zeros(len(states), encoder.dim), hard, noise)
     texts = [render([vocab.units[u] for u in data.buffer(j)]) for j in range(len(states))]
     todo = [j for j, t in enumerate(texts) if t]
-    data.buffer_vecs[todo] = _encode(encoder, [texts[j] for j in todo], "buffer texts", progress)
+    data.buffer_vecs[todo] = _encode(encoder, [texts[j] for j in todo], "buffer texts", progress, spill=spill)
     return data
 
 
-def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512) -> torch.Tensor:
+def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512,
+            spill: Path | None = None) -> torch.Tensor:
+    """Vectors (N, D) of ``texts``, ``chunk`` at a time; with ``spill``, each chunk is read from (or
+    written to) a file there named by a hash of its texts."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
     from invemb.encoder import check_vectors
+    from invemb.io import atomic_save_file
 
     out = torch.empty(len(texts), encoder.dim)
     starts = range(0, len(texts), chunk)
@@ -184,7 +194,17 @@ def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk
         starts = tqdm(starts, desc=f"encode {what}", unit="chunk", dynamic_ncols=True, mininterval=1.0)
     for i in starts:
         part = texts[i:i + chunk]
-        out[i:i + len(part)] = check_vectors(encoder.encode(part), len(part), encoder.dim, "encoder", what).float()
+        kept = None
+        if spill is not None:
+            kept = spill / f"{hashlib.sha256(chr(0).join(part).encode()).hexdigest()[:24]}.safetensors"
+            if kept.exists():
+                out[i:i + len(part)] = load_file(str(kept))["vectors"]
+                continue
+        vecs = check_vectors(encoder.encode(part), len(part), encoder.dim, "encoder", what).float()
+        out[i:i + len(part)] = vecs
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_file(kept, lambda p: save_file({"vectors": vecs.contiguous()}, p))
     return out
 
 
@@ -436,12 +456,17 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
         else:
             index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
             segmenter = Segmenter(vocab)
+            # Finished chunks of encodings wait in the run folder until both state sets are saved:
+            # --resume after a kill during the encoding (minutes at the default size) reuses them.
+            spill = out / "states_encoded" if main else None
             dev = build_states(_sentences(cfg, "dev", cfg.dev_sentences, seed), segmenter, encoder, index,
-                               cfg.replace(noise_share=0.0), seed + 1, cfg.train.progress)  # dev: gold prefixes
+                               cfg.replace(noise_share=0.0), seed + 1, cfg.train.progress, spill)  # dev: gold prefixes
             data = build_states(_sentences(cfg, "train", cfg.max_sentences, seed), segmenter, encoder, index, cfg, seed,
-                                cfg.train.progress)
+                                cfg.train.progress, spill)
             dev.save(dev_path)
             data.save(data_path)
+            if spill is not None:
+                shutil.rmtree(spill, ignore_errors=True)
     torch.manual_seed(seed)
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
