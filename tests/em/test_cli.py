@@ -115,3 +115,28 @@ def test_train_commands_take_quiet(command, module, function, monkeypatch):
         res = runner.invoke(app, command + flags)
         assert res.exit_code == 0, res.output
         assert seen[-1] is progress
+
+
+def test_demo_continues_an_em_run_it_started(monkeypatch, tmp_path):
+    """`make demo` after a kill: once the run folder has its config.json (features cached), the demo
+    continues that run (from its checkpoint, or from step 0 before the first one); before that it
+    starts afresh."""
+    import invemb.em.train
+    from invemb.em.probe import demo
+
+    class Called(Exception):
+        pass
+
+    def record(cfg, out, resume=False, progress=True):
+        raise Called(resume)
+
+    monkeypatch.setattr(invemb.em.train, "train_em", record)
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    with pytest.raises(Called) as called:
+        demo("tiny", started)
+    assert called.value.args == (True,)
+    with pytest.raises(Called) as called:
+        demo("tiny", tmp_path / "fresh")
+    assert called.value.args == (False,)

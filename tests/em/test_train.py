@@ -85,6 +85,36 @@ def test_killed_run_resumes_to_same_metrics(tiny_em_run, tmp_path, monkeypatch):
             assert resumed[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_loop_again(tiny_em_run, tmp_path, monkeypatch):
+    from invemb.em import train as em_train
+    from invemb.em.train import train_em
+
+    run, cfg, metrics = tiny_em_run
+
+    class Killed(RuntimeError):
+        pass
+
+    original = em_train.EMTask.loss
+
+    def dying_loss(self, model, batch, ctx):
+        if ctx.step == 1:
+            raise Killed()
+        return original(self, model, batch, ctx)
+
+    monkeypatch.setattr(em_train.EMTask, "loss", dying_loss)
+    with pytest.raises(Killed):
+        train_em(cfg, tmp_path / "killed", progress=False)
+    assert not (tmp_path / "killed/checkpoints").exists() or not list((tmp_path / "killed/checkpoints").iterdir())
+    assert read_metrics(tmp_path / "killed/metrics.jsonl", "step")  # it had logged its first step
+    monkeypatch.setattr(em_train.EMTask, "loss", original)
+    resumed = train_em(cfg, tmp_path / "killed", resume=True, progress=False)
+    for k, v in metrics.items():
+        if k.startswith("dev_"):
+            assert resumed[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+    steps = [r["step"] for r in read_metrics(tmp_path / "killed/metrics.jsonl", "step")]
+    assert steps == sorted(set(steps)) and steps[0] == 1  # one fresh log, no row of the killed attempt twice
+
+
 def test_unfrozen_top_layer_trains_and_saves_its_backbone(tiny_em_run, tmp_path):
     from invemb.backbone.hf import HFBackbone
     from invemb.em.train import train_em

@@ -31,7 +31,8 @@ def demo(preset: str, out: Path, resume: bool = False, controller_out: Path | No
     if (out / "final_metrics.json").exists():
         typer.echo(f"{out} is already trained; showing its report (delete the folder to retrain)")
     else:
-        train_em(EMConfig.preset(preset), out, resume=resume or (out / "checkpoints" / "latest.json").exists())
+        # config.json is written once the features are cached: from there on a killed demo continues its run
+        train_em(EMConfig.preset(preset), out, resume=resume or (out / "config.json").exists())
     final = json.loads((out / "final_metrics.json").read_text())
     backbone = json.loads((out / "backbone_metrics.json").read_text())
     typer.echo("\n== nearest units ==")

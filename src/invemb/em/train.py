@@ -26,6 +26,7 @@ from invemb.em.model import (HeadOutput, TokenEmbeddingModel, TokenHead, check_b
                              build_head)
 from invemb.io import atomic_write_json, atomic_write_text
 from invemb.training import distributed
+from invemb.training.checkpoint import latest_checkpoint
 from invemb.training.loop import StepContext, Trainer, TrainTask, resolve_device
 from invemb.training.schedules import cosine_between
 
@@ -431,10 +432,11 @@ def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: boo
     if cfg.backbone.unfreeze_layers:  # the loop then trains (and checkpoints) the top layers too
         task.model = EMTrainable(head, backbone)
     trainer = Trainer(task, cfg.train.replace(progress=progress), out)
-    if not resume and main:  # references: the raw backbone, and the untrained head
+    if main and not (out / "untrained_metrics.json").exists():  # references: the raw backbone, the untrained head
         atomic_write_json(out / "backbone_metrics.json", backbone_dev_metrics(data, cache, unit_rows))
         atomic_write_json(out / "untrained_metrics.json", task.evaluate(-1))
-    final = trainer.fit(resume=resume)
+    # A run killed before its first checkpoint has its data and features cached: it starts its loop again.
+    final = trainer.fit(resume=resume and latest_checkpoint(out) is not None)
     t_train = time.perf_counter()
     if not main:  # under torchrun only rank 0 writes the run's final files
         return final

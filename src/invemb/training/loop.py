@@ -239,6 +239,8 @@ class Trainer:
             step, start_epoch, skip_micro = state["step"], state["epoch"], state["micro_in_epoch"]
             self.log.truncate_after(step)
             last_eval = state.get("last_eval", {})
+        else:
+            self.log.clear()
 
         bar = None
         if cfg.progress and self.is_main:

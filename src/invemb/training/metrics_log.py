@@ -20,6 +20,11 @@ class MetricsLog:
         self.path = Path(path)
         self.enabled = enabled
 
+    def clear(self) -> None:
+        """A run that starts at step 0 (also one killed before its first checkpoint) starts a fresh log."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows written after the checkpoint so the log has no duplicates."""
         if not self.enabled or not self.path.exists():
