@@ -28,7 +28,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         preset: str = typer.Option("default", help="tiny | default | full"),
         out: Path = typer.Option(None, help="run folder (default: runs/em-PRESET)"),
         backbone: Optional[str] = typer.Option(None, help="local Hugging Face encoder folder (default: bundled all-MiniLM-L6-v2)"),
-        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint (killed earlier: its cached features, loop from step 0)"),
         set_: List[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. loss.order=0 train.epochs=2"),
         quiet: bool = typer.Option(False, help="no progress bars"),
     ):
@@ -68,13 +68,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def demo_cmd(
         preset: str = typer.Option("default", help="tiny | default | full"),
         out: Path = typer.Option(None, help="run folder (default: runs/em-PRESET)"),
-        resume: bool = typer.Option(False, "--resume", help="continue a killed demo run"),
         inversion: bool = typer.Option(True, "--inversion/--no-inversion",
                                        help="go on to train an inversion controller and invert held-out sentences"),
         controller_out: Path = typer.Option(None, help="controller run folder (default: runs/controller-PRESET)"),
     ):
         """The main job: corpus -> vocabulary -> lexicon -> features -> train EM -> report,
         then train the inversion controller on it and rebuild held-out sentences from their vectors.
+        Run again after a kill, it continues where it stopped (cached data and features, checkpoints).
 
         \b
         Example: invemb demo --preset default --out runs/em-default
@@ -83,7 +83,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.em.probe import demo
 
         ctrl = (controller_out or Path(f"runs/controller-{preset}")) if inversion else None
-        demo(preset, out or Path(f"runs/em-{preset}"), resume=resume, controller_out=ctrl)
+        demo(preset, out or Path(f"runs/em-{preset}"), controller_out=ctrl)
 
     ablate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                              help="Ablations: what each objective buys, one short run per dropped term.")

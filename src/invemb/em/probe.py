@@ -19,9 +19,10 @@ def neighbours(run: str | Path, texts: list[str], k: int = 10) -> dict[str, list
     return dict(zip(texts, index.neighbours(vecs, k)))
 
 
-def demo(preset: str, out: Path, resume: bool = False, controller_out: Path | None = None, n_invert: int = 6) -> dict:
+def demo(preset: str, out: Path, controller_out: Path | None = None, n_invert: int = 6) -> dict:
     """Train (or finish) the EM of ``preset`` into ``out`` and print a short report; with
-    ``controller_out``, go on to train an inversion controller on it and invert held-out sentences."""
+    ``controller_out``, go on to train an inversion controller on it and invert held-out sentences.
+    A demo killed part-way continues where it stopped when run again."""
     import typer
 
     from invemb.em.config import EMConfig
@@ -32,7 +33,7 @@ def demo(preset: str, out: Path, resume: bool = False, controller_out: Path | No
         typer.echo(f"{out} is already trained; showing its report (delete the folder to retrain)")
     else:
         # config.json is written once the features are cached: from there on a killed demo continues its run
-        train_em(EMConfig.preset(preset), out, resume=resume or (out / "config.json").exists())
+        train_em(EMConfig.preset(preset), out, resume=(out / "config.json").exists())
     final = json.loads((out / "final_metrics.json").read_text())
     backbone = json.loads((out / "backbone_metrics.json").read_text())
     typer.echo("\n== nearest units ==")
