@@ -56,27 +56,33 @@ def test_mismatched_backbone_refused(tiny_em_run, tmp_path):
         load_run(run, backbone=other)
 
 
+class Killed(RuntimeError):
+    pass
+
+
+def _dying_loss(at_step: int):
+    """EMTask.loss that raises :class:`Killed` at optimizer step ``at_step`` (a kill mid-run)."""
+    from invemb.em.train import EMTask
+
+    original = EMTask.loss
+
+    def loss(self, model, batch, ctx):
+        if ctx.step == at_step:
+            raise Killed()
+        return original(self, model, batch, ctx)
+
+    return loss
+
+
 def test_killed_run_resumes_to_same_metrics(tiny_em_run, tmp_path, monkeypatch):
     from invemb.em import train as em_train
     from invemb.em.train import train_em
 
     run, cfg, metrics = tiny_em_run
-
-    class Killed(RuntimeError):
-        pass
-
-    original = em_train.EMTask.loss
-
-    def dying_loss(self, model, batch, ctx):
-        if ctx.step == 3:
-            raise Killed()
-        return original(self, model, batch, ctx)
-
     killed_cfg = cfg.replace(**{"train.checkpoint_every": 2})
-    monkeypatch.setattr(em_train.EMTask, "loss", dying_loss)
-    with pytest.raises(Killed):
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(em_train.EMTask, "loss", _dying_loss(3))
         train_em(killed_cfg, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(em_train.EMTask, "loss", original)
     with pytest.raises(FileExistsError, match="--resume"):
         train_em(killed_cfg, tmp_path / "killed", progress=False)
     resumed = train_em(killed_cfg, tmp_path / "killed", resume=True, progress=False)
@@ -90,23 +96,11 @@ def test_a_run_killed_before_its_first_checkpoint_starts_its_loop_again(tiny_em_
     from invemb.em.train import train_em
 
     run, cfg, metrics = tiny_em_run
-
-    class Killed(RuntimeError):
-        pass
-
-    original = em_train.EMTask.loss
-
-    def dying_loss(self, model, batch, ctx):
-        if ctx.step == 1:
-            raise Killed()
-        return original(self, model, batch, ctx)
-
-    monkeypatch.setattr(em_train.EMTask, "loss", dying_loss)
-    with pytest.raises(Killed):
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(em_train.EMTask, "loss", _dying_loss(1))
         train_em(cfg, tmp_path / "killed", progress=False)
     assert not (tmp_path / "killed/checkpoints").exists() or not list((tmp_path / "killed/checkpoints").iterdir())
     assert read_metrics(tmp_path / "killed/metrics.jsonl", "step")  # it had logged its first step
-    monkeypatch.setattr(em_train.EMTask, "loss", original)
     resumed = train_em(cfg, tmp_path / "killed", resume=True, progress=False)
     for k, v in metrics.items():
         if k.startswith("dev_"):

@@ -121,14 +121,22 @@ def test_eval_suite_hook_and_harness(toy_run):
         controller_methods(ctrl, ["nope"])
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path):
+def _toy_train_config(tmp_path):
+    """A one-epoch tiny controller config on 40 toy sentences written to ``tmp_path``."""
     from invemb.io import write_jsonl
-    from invemb.inversion.train import ControllerTrainConfig, train_controller
+    from invemb.inversion.train import ControllerTrainConfig
 
     toy_vocab().save(tmp_path / "vocab.json")
     write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(40, seed=5)])
     cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
                                        max_sentences=40, dev_sentences=8).replace(**{"train.epochs": 1})
+    return cfg
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    from invemb.inversion.train import train_controller
+
+    cfg = _toy_train_config(tmp_path)
     encoder = BagEncoder()
     train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
     with pytest.raises(FileExistsError, match="not empty"):
@@ -143,8 +151,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
 
 
 def test_a_run_killed_while_encoding_its_states_resumes_without_reencoding(tmp_path):
-    from invemb.io import write_jsonl
-    from invemb.inversion.train import ControllerTrainConfig, train_controller
+    from invemb.inversion.train import train_controller
 
     class Killed(RuntimeError):
         pass
@@ -161,10 +168,7 @@ def test_a_run_killed_while_encoding_its_states_resumes_without_reencoding(tmp_p
                 raise Killed()
             return super().encode(texts, batch_size)
 
-    toy_vocab().save(tmp_path / "vocab.json")
-    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(40, seed=5)])
-    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
-                                       max_sentences=40, dev_sentences=8).replace(**{"train.epochs": 1})
+    cfg = _toy_train_config(tmp_path)
     clean = DyingEncoder()
     train_controller("toy", cfg, tmp_path / "clean", encoder=clean)
     # Fingerprint, units, dev targets, dev buffers, train targets, train buffers: die on the last.
