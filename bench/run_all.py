@@ -52,6 +52,7 @@ def finished(path: str, marker: str) -> bool:
 
 # name -> (command, needs: (run folder, file that marks it finished) or None, what produces it)
 STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
+    ("em_demo_cost", bench("em_demo_cost"), None),  # the EM part from nothing built, in its own data folder
     ("demo", invemb("demo", "--preset", "default", "--out", RUNS["em"], "--controller-out", RUNS["controller"]), None),
     ("em_features", bench("em_features"), None),
     ("em_cache", bench("em_cache"), (RUNS["em"], "final_metrics.json")),
