@@ -54,7 +54,8 @@ def main() -> None:
     final = json.loads((run / "final_metrics.json").read_text())
     report = {"preset": args.preset, "wall_s": round(wall, 1),
               "phases_s": {k: round(final[k], 1) for k in ("data_s", "features_s", "train_s", "total_s")},
-              "peak_rss_mb": round(peak_mb, 1),  # the demo's, not this script's "load_avg_1m_before": load_before,
+              "peak_rss_mb": round(peak_mb, 1),  # the demo's, not this script's
+              "load_avg_1m_before": load_before,
               "target_wall_s": 900, "target_peak_rss_mb": 6 * 1024,
               "within_targets": wall <= 900 and peak_mb <= 6 * 1024 if args.preset == "default" else None}
     if not args.keep:

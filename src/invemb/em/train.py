@@ -298,7 +298,6 @@ class EMTask(TrainTask):
         return self.model.head if isinstance(self.model, EMTrainable) else self.model
 
 
-
 @torch.no_grad()
 def all_unit_vectors(head: TokenHead, cache: FeatureCache, unit_rows: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
     """EM vectors of every vocabulary unit (V, D), from cached features."""

@@ -380,7 +380,6 @@ class ControllerTask(TrainTask):
         return out
 
 
-
 def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:
     from invemb.io import read_jsonl_texts
 

@@ -257,7 +257,6 @@ class TieredTask(TrainTask):
         return metrics
 
 
-
 # -- save / load ---------------------------------------------------------------------------
 def _run_config(model: TieredModel, cfg: TieredConfig | None) -> dict[str, Any]:
     return {"kind": "tiered", "model": model.cfg.to_dict(), "config": cfg.to_dict() if cfg else None}
