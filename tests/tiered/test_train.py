@@ -63,6 +63,25 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_cfg, toy_corpus, 
     assert invemb.load(tmp_path / "run").encode(["a cat"]).shape == (1, 32)
 
 
+def test_run_killed_before_its_first_checkpoint_resumes(tmp_path, make_cfg, toy_corpus, monkeypatch):
+    """--resume on a run with its config.json but no checkpoint yet trains from step 0, not a dead end."""
+    cfg = make_cfg(**{"train.epochs": 2, "train.checkpoint_every": 100})
+    real_loss = tiered_train.TieredTask.loss
+
+    def dying_loss(self, model, batch, ctx):
+        if ctx.step == 3:
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch, ctx)
+
+    monkeypatch.setattr(tiered_train.TieredTask, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
+    assert (tmp_path / "run/config.json").exists() and not (tmp_path / "run/checkpoints/latest.json").exists()
+    monkeypatch.setattr(tiered_train.TieredTask, "loss", real_loss)
+    train_tiered(cfg, tmp_path / "run", resume=True, sentences=toy_corpus)
+    assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl", "step")] == list(range(1, 21))
+
+
 def test_cli_train_encode_and_bad_override(tmp_path):
     from invemb.cli import app
 

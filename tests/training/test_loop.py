@@ -42,6 +42,23 @@ class ToyTask:
         self.evals = state.get("evals", 0)
 
 
+class Killed(RuntimeError):
+    pass
+
+
+class KilledTask(ToyTask):
+    """ToyTask whose loss raises :class:`Killed` at optimizer step ``at_step`` (a kill mid-run)."""
+
+    def __init__(self, at_step: int):
+        super().__init__()
+        self.at_step = at_step
+
+    def loss(self, model, batch, ctx):
+        if ctx.step == self.at_step:
+            raise Killed()
+        return super().loss(model, batch, ctx)
+
+
 def _cfg(**kw):
     return TrainConfig(epochs=3, lr=1e-2, warmup_steps=2, progress=False, **kw)
 
@@ -63,18 +80,9 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
     torch.manual_seed(0)
     full = Trainer(ToyTask(), _cfg(), tmp_path / "a").fit()
 
-    class Killed(RuntimeError):
-        pass
-
-    class KilledTask(ToyTask):
-        def loss(self, model, batch, ctx):
-            if ctx.step == 17:
-                raise Killed()
-            return super().loss(model, batch, ctx)
-
     torch.manual_seed(0)
     with pytest.raises(Killed):
-        Trainer(KilledTask(), _cfg(checkpoint_every=5), tmp_path / "b").fit()
+        Trainer(KilledTask(at_step=17), _cfg(checkpoint_every=5), tmp_path / "b").fit()
     assert json.loads((tmp_path / "b/checkpoints/latest.json").read_text())["step"] == 15
     torch.manual_seed(123)  # a different process state must not matter
     resumed = Trainer(ToyTask(), _cfg(checkpoint_every=5), tmp_path / "b").fit(resume=True)
@@ -86,6 +94,22 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(ToyTask(), _cfg(), tmp_path).fit(resume=True)
+
+
+def test_resume_without_checkpoint_can_restart_from_step_zero(tmp_path):
+    """A run killed before its first checkpoint: with ``require_checkpoint=False`` the loop starts over,
+    drops the dead run's metric rows and ends where an uninterrupted run ends."""
+    torch.manual_seed(0)
+    full = Trainer(ToyTask(), _cfg(), tmp_path / "a").fit()
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        Trainer(KilledTask(at_step=5), _cfg(checkpoint_every=100), tmp_path / "b").fit()
+    assert not (tmp_path / "b/checkpoints/latest.json").exists()
+    assert read_metrics(tmp_path / "b/metrics.jsonl", "step")  # the dead run logged steps
+    torch.manual_seed(0)
+    again = Trainer(ToyTask(), _cfg(), tmp_path / "b").fit(resume=True, require_checkpoint=False)
+    assert again["dev_mse"] == pytest.approx(full["dev_mse"], rel=1e-6, abs=1e-8)
+    assert [r["step"] for r in read_metrics(tmp_path / "b/metrics.jsonl", "step")] == list(range(1, 37))
 
 
 def test_grad_accumulation_equals_bigger_batch(tmp_path):

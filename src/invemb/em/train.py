@@ -26,7 +26,6 @@ from invemb.em.model import (HeadOutput, TokenEmbeddingModel, TokenHead, check_b
                              build_head)
 from invemb.io import atomic_write_json, atomic_write_text
 from invemb.training import distributed
-from invemb.training.checkpoint import latest_checkpoint
 from invemb.training.loop import StepContext, Trainer, TrainTask, resolve_device
 from invemb.training.schedules import cosine_between
 
@@ -435,7 +434,7 @@ def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: boo
         atomic_write_json(out / "backbone_metrics.json", backbone_dev_metrics(data, cache, unit_rows))
         atomic_write_json(out / "untrained_metrics.json", task.evaluate(-1))
     # A run killed before its first checkpoint has its data and features cached: it starts its loop again.
-    final = trainer.fit(resume=resume and latest_checkpoint(out) is not None)
+    final = trainer.fit(resume=resume, require_checkpoint=False)
     t_train = time.perf_counter()
     if not main:  # under torchrun only rank 0 writes the run's final files
         return final

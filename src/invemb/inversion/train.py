@@ -414,7 +414,6 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     from invemb.index import IndexConfig, UnitIndex
     from invemb.io import atomic_write_json, atomic_write_text
     from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
-    from invemb.training.checkpoint import latest_checkpoint
 
     out = Path(out)
     distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
@@ -476,7 +475,7 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     try:
         # A run killed before its first checkpoint still has its built states: --resume reuses them
         # and starts the loop from step 0.
-        final = Trainer(task, cfg.train, out).fit(resume=resume and latest_checkpoint(out) is not None)
+        final = Trainer(task, cfg.train, out).fit(resume=resume, require_checkpoint=False)
     finally:
         torch.set_num_threads(encode_threads)
     if not main:

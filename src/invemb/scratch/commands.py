@@ -20,7 +20,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         preset: str = typer.Option("default", "--preset", help="tiny | default | full"),
         moe: bool = typer.Option(False, "--moe", help="Mixture-of-Experts feed-forward in every moe.every-th block"),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="bpe | word (default: the preset's, bpe)"),
-        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint (killed before the first one: the loop from step 0)"),
         overrides: list[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. model.depth=2"),
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
         quiet: bool = typer.Option(False, help="no progress bars"),

@@ -372,7 +372,7 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
         torch.set_num_threads(cfg.threads)
     task = ScratchTask(cfg, tokenizer, pairs)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    final = Trainer(task, cfg.train, out).fit(resume=resume)
+    final = Trainer(task, cfg.train, out).fit(resume=resume, require_checkpoint=False)
     train_seconds = time.perf_counter() - t0 - task.eval_seconds
     # CPU seconds of this process: on a machine shared with other jobs, wall time overstates
     # cost; CPU time (at threads=1) is close to what an idle core would take.

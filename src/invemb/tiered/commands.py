@@ -17,7 +17,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def train_tiered_cmd(
         out: Path = typer.Option(..., "--out", help="run folder to write"),
         preset: str = typer.Option("default", "--preset", help="tiny | default | full"),
-        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint (killed before the first one: the loop from step 0)"),
         overrides: list[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. model.chunker.mode=learned"),
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
         quiet: bool = typer.Option(False, help="no progress bars"),

@@ -346,7 +346,7 @@ def train_tiered(cfg: TieredConfig, out: str | Path, resume: bool = False,
     if not resume and main:
         atomic_write_json(out / "config.json", _run_config(task.model, cfg))
     t0 = time.perf_counter()
-    final = Trainer(task, cfg.train, out).fit(resume=resume)
+    final = Trainer(task, cfg.train, out).fit(resume=resume, require_checkpoint=False)
     train_seconds = time.perf_counter() - t0 - task.eval_seconds
     if not main:
         return {"run": str(out), "rank": distributed.dist_info()[0]}

@@ -202,7 +202,11 @@ class Trainer:
         return math.ceil(n_micro / per_step)
 
     # -- main --------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, float]:
+    def fit(self, resume: bool = False, require_checkpoint: bool = True) -> dict[str, float]:
+        """Train; returns the last held-out metrics. ``resume`` continues from the latest checkpoint.
+        With ``require_checkpoint=False`` a resume that finds none starts the loop from step 0 (a run
+        killed before its first checkpoint: the caller has already checked that the folder holds the
+        run's own config and kept what it built before the loop)."""
         cfg, task = self.cfg, self.task
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -225,10 +229,10 @@ class Trainer:
         step, start_epoch, skip_micro = 0, 0, 0
         last_eval: dict[str, float] = {}
 
-        if resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None:
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None and require_checkpoint:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+        if ckpt is not None:
             model_state, state = load_checkpoint(ckpt)
             if state.get("world", 1) != self.world:
                 raise ValueError(f"checkpoint was written with world size {state.get('world', 1)}, now {self.world}: "
