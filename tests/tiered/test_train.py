@@ -41,12 +41,15 @@ def test_tiny_run_losses_fall_and_the_run_loads(tmp_path, make_cfg, toy_corpus):
     torch.testing.assert_close(invemb.load(tmp_path / "copy").encode(toy_corpus["dev"][:4]), v)
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_cfg, toy_corpus, monkeypatch):
-    cfg = make_cfg(**{"train.epochs": 2, "train.checkpoint_every": 4})
+@pytest.mark.parametrize("kill_at, checkpoint_every", [(9, 4), (3, 100)], ids=["after-checkpoint", "before-first-checkpoint"])
+def test_killed_run_resumes(tmp_path, make_cfg, toy_corpus, monkeypatch, kill_at, checkpoint_every):
+    """Killed after a checkpoint, --resume continues from it; killed before the first one, it trains
+    from step 0 (not a dead end). Either way the run ends with one metric row per step."""
+    cfg = make_cfg(**{"train.epochs": 2, "train.checkpoint_every": checkpoint_every})
     real_loss = tiered_train.TieredTask.loss
 
     def dying_loss(self, model, batch, ctx):
-        if ctx.step == 9:
+        if ctx.step == kill_at:
             raise KeyboardInterrupt
         return real_loss(self, model, batch, ctx)
 
@@ -54,6 +57,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_cfg, toy_corpus, 
     with pytest.raises(KeyboardInterrupt):
         train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
     assert not (tmp_path / "run/model.safetensors").exists()
+    assert (tmp_path / "run/checkpoints/latest.json").exists() == (kill_at > checkpoint_every)
     with pytest.raises(FileExistsError, match="--resume"):
         train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
     monkeypatch.setattr(tiered_train.TieredTask, "loss", real_loss)
@@ -61,25 +65,6 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, make_cfg, toy_corpus, 
     steps = read_metrics(tmp_path / "run/metrics.jsonl", "step")
     assert [r["step"] for r in steps] == list(range(1, 21))
     assert invemb.load(tmp_path / "run").encode(["a cat"]).shape == (1, 32)
-
-
-def test_run_killed_before_its_first_checkpoint_resumes(tmp_path, make_cfg, toy_corpus, monkeypatch):
-    """--resume on a run with its config.json but no checkpoint yet trains from step 0, not a dead end."""
-    cfg = make_cfg(**{"train.epochs": 2, "train.checkpoint_every": 100})
-    real_loss = tiered_train.TieredTask.loss
-
-    def dying_loss(self, model, batch, ctx):
-        if ctx.step == 3:
-            raise KeyboardInterrupt
-        return real_loss(self, model, batch, ctx)
-
-    monkeypatch.setattr(tiered_train.TieredTask, "loss", dying_loss)
-    with pytest.raises(KeyboardInterrupt):
-        train_tiered(cfg, tmp_path / "run", sentences=toy_corpus)
-    assert (tmp_path / "run/config.json").exists() and not (tmp_path / "run/checkpoints/latest.json").exists()
-    monkeypatch.setattr(tiered_train.TieredTask, "loss", real_loss)
-    train_tiered(cfg, tmp_path / "run", resume=True, sentences=toy_corpus)
-    assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl", "step")] == list(range(1, 21))
 
 
 def test_cli_train_encode_and_bad_override(tmp_path):
