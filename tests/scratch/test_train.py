@@ -141,15 +141,35 @@ def test_cli_bad_input_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_compare_moe_tiny_on_real_corpus(tmp_path):
-    """The whole comparison through the CLI on the real Wikipedia summaries (tiny preset)."""
+def test_cli_compare_moe_tiny_on_real_corpus(tmp_path, monkeypatch):
+    """The whole comparison through the CLI on the real Wikipedia summaries (tiny preset), killed in
+    its MoE run first: the same command again keeps the dense run and finishes the MoE one."""
+    import invemb.scratch.train as train_mod
     from invemb.cli import app
+    from invemb.config import parse_overrides
 
     out = tmp_path / "cmp"
-    res = CliRunner().invoke(app, ["compare", "moe", "--preset", "tiny", "--no-reference", "--out", str(out),
-                                   "--set", "train.progress=false", "--set", "threads=1", "--set", "train.epochs=1",
-                                   "--set", "data.max_articles=200"])
+    sets = ["train.progress=false", "threads=1", "train.epochs=1", "data.max_articles=200"]
+    real_loss = train_mod.ScratchTask.loss
+
+    def dying_loss(self, model, batch, ctx):
+        if self.cfg.model.use_moe and ctx.step == 3:
+            raise KeyboardInterrupt
+        return real_loss(self, model, batch, ctx)
+
+    monkeypatch.setattr(train_mod.ScratchTask, "loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.compare_moe("tiny", out, parse_overrides(sets), reference=False)
+    monkeypatch.setattr(train_mod.ScratchTask, "loss", real_loss)
+    dense_written = (out / "dense/model.safetensors").stat().st_mtime_ns
+    assert (out / "moe/config.json").exists() and not (out / "moe/summary.json").exists()
+    with pytest.raises(FileExistsError, match="other settings"):
+        train_mod.compare_moe("tiny", out, parse_overrides(sets[:-1]), reference=False)
+
+    args = ["compare", "moe", "--preset", "tiny", "--no-reference", "--out", str(out)]
+    res = CliRunner().invoke(app, args + [a for kv in sets for a in ("--set", kv)])
     assert res.exit_code == 0, res.output
+    assert (out / "dense/model.safetensors").stat().st_mtime_ns == dense_written  # kept, not retrained
     result = json.loads((out / "compare.json").read_text())
     dense, moe = result["models"]["dense"], result["models"]["moe"]
     assert dense["steps"] == moe["steps"] and dense["train_pairs"] == moe["train_pairs"]

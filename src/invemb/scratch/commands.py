@@ -49,6 +49,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
     ) -> None:
         """Train dense and MoE with equal active parameters, same data and steps; write report.md.
+        Killed part-way, the same command again continues (finished runs kept, a started one resumed).
 
         Example: invemb compare moe --preset default --out runs/compare-moe
         """

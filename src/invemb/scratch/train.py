@@ -390,6 +390,7 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
                "train_tokens_per_s": round(sum(r.get("tokens", 0) for r in steps) / max(train_seconds, 1e-9), 1),
                "eval": final}
     atomic_write_text(out / "report.md", _run_report(summary))
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 
@@ -426,7 +427,10 @@ def inference_tokens_per_s(encoders: dict[str, ScratchEncoder], texts: list[str]
 
 def compare_moe(preset: str, out: str | Path, overrides: dict[str, Any] | None = None,
                 tokenizer_kind: str | None = None, reference: bool = True) -> dict[str, Any]:
-    """Train dense and MoE (same data, tokenizer, steps, active params); write report.md."""
+    """Train dense and MoE (same data, tokenizer, steps, active params); write report.md.
+
+    Killed part-way, the same call again continues: a finished run is kept, a started one resumes
+    (from step 0 if it had no checkpoint yet), and both use the tokenizer saved at the start."""
     out = Path(out)
     if (out / "compare.json").exists():
         raise FileExistsError(f"{out} already holds a comparison; pick another --out")
@@ -436,13 +440,28 @@ def compare_moe(preset: str, out: str | Path, overrides: dict[str, Any] | None =
         raise ValueError(f"not a fair comparison: top-{moe_cfg.top_k} experts of width {moe_cfg.expert_hidden} give "
                          f"{moe_cfg.expert_hidden * moe_cfg.top_k} active FFN units per token against the dense "
                          f"{base.model.ffn_hidden}; set model.moe.expert_hidden={base.model.ffn_hidden // moe_cfg.top_k}")
+    settings = {"preset": preset, "config": base.to_dict()}
+    settings_path, tokenizer_path = out / "compare_config.json", out / "tokenizer.json"
+    if settings_path.exists() and json.loads(settings_path.read_text()) != json.loads(json.dumps(settings)):
+        raise FileExistsError(f"{out} holds a comparison started with other settings (its compare_config.json); "
+                              f"run it again with those or pick another --out")
     pairs = build_pairs(base.data)
-    tokenizer = train_tokenizer(base, pairs)
+    if tokenizer_path.exists():
+        tokenizer = ScratchTokenizer.load(tokenizer_path)
+    else:
+        tokenizer = train_tokenizer(base, pairs)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(settings_path, settings)
+        tokenizer.save(tokenizer_path)
     results: dict[str, Any] = {"preset": preset, "models": {}}
     dev = {k: v for k, v in pairs.items() if k.startswith("dev_")}
     for name, use_moe in (("dense", False), ("moe", True)):
         cfg = base.replace(**{"model.use_moe": use_moe})
-        summary = train_scratch(cfg, out / name, pairs=pairs, tokenizer=tokenizer)
+        run = out / name
+        if (run / "summary.json").exists():
+            summary = json.loads((run / "summary.json").read_text())  # finished before a kill
+        else:
+            summary = train_scratch(cfg, run, resume=(run / "config.json").exists(), pairs=pairs, tokenizer=tokenizer)
         encoder = load_run(out / name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncation is reported in the run's metrics (data/truncated)
