@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -86,12 +87,29 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
 DONE = {"demo": (RUNS["controller"], "model.safetensors"), "train_tiered": (RUNS["tiered"], "model.safetensors"),
         "moe_train": (RUNS["compare"], "compare.json"), "train_bpe_small": (RUNS["bpe_small"], "model.safetensors")}
 
+# Training steps that take --resume when their run folder was started (the demo and moe_train continue by themselves).
+RESUME = {"train_tiered": RUNS["tiered"], "train_bpe_small": RUNS["bpe_small"]}
+
+
+def plan(only: list[str], skip: list[str]) -> Iterator[tuple[str, list[str], str]]:
+    """(name, command, why it does not run or "") for each selected step, looked at as the loop reaches
+    it (a generator: a step's inputs may be trained by the steps before it)."""
+    for name, cmd, needs in STEPS:
+        if (only and name not in only) or name in skip:
+            continue
+        if name in DONE and finished(*DONE[name]):
+            yield name, cmd, "already trained"
+            continue
+        if name in RESUME and finished(RESUME[name], "config.json"):
+            cmd = cmd + ["--resume"]  # a killed training run continues; the plain command refuses its folder
+        yield name, cmd, f"skipped: {needs[0]}/{needs[1]} missing" if needs and not finished(*needs) else ""
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma list of step names")
     ap.add_argument("--skip", default="", help="comma list of step names")
-    ap.add_argument("--list", action="store_true", help="print the steps and exit")
+    ap.add_argument("--list", action="store_true", help="print the steps (whether each would run now) and exit")
     args = ap.parse_args()
     names = [s[0] for s in STEPS]
     only = [n for n in args.only.split(",") if n]
@@ -99,19 +117,14 @@ def main() -> None:
     for n in only + skip:
         if n not in names:
             sys.exit(f"error: unknown step {n!r}; steps: {', '.join(names)}")
-    if args.list:
-        for name, cmd, _ in STEPS:
-            print(f"{name:15s} {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}")
+    if args.list:  # what each step would do if it were reached now
+        for name, cmd, status in plan(only, skip):
+            print(f"{name:16s} {status or 'runs':16s} {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}")
         return
     summary = []
-    for name, cmd, needs in STEPS:
-        if (only and name not in only) or name in skip:
-            continue
-        if name in DONE and finished(*DONE[name]):
-            summary.append({"step": name, "status": "already trained", "seconds": 0.0})
-            continue
-        if needs and not finished(*needs):
-            summary.append({"step": name, "status": f"skipped: {needs[0]}/{needs[1]} missing", "seconds": 0.0})
+    for name, cmd, status in plan(only, skip):
+        if status:
+            summary.append({"step": name, "status": status, "seconds": 0.0})
             continue
         print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
         start, start_wall = time.perf_counter(), time.time()

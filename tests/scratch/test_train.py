@@ -121,7 +121,8 @@ def test_dense_word_tokenizer_resume_matches_uninterrupted(tmp_path, pairs):
     with pytest.raises(FileExistsError, match="--resume"):
         train_scratch(cfg, tmp_path / "b", pairs=pairs)
     resumed = train_scratch(cfg, tmp_path / "b", resume=True, pairs=pairs)
-    assert resumed["steps"] == full["steps"]
+    assert resumed["steps"] == full["steps"] and resumed["resumed_from_step"] == 20 and full["resumed_from_step"] == 0
+    assert "steps after 20 only" in (tmp_path / "b/report.md").read_text()
     for k, v in full["eval"].items():
         assert resumed["eval"][k] == pytest.approx(v, abs=1e-5), k
     assert json.loads((tmp_path / "b/config.json").read_text())["config"]["tokenizer"]["kind"] == "word"
@@ -170,6 +171,8 @@ def test_cli_compare_moe_tiny_on_real_corpus(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, args + [a for kv in sets for a in ("--set", kv)])
     assert res.exit_code == 0, res.output
     assert (out / "dense/model.safetensors").stat().st_mtime_ns == dense_written  # kept, not retrained
+    killed_moe = json.loads((out / "compare.json").read_text())["models"]["moe"]
+    assert killed_moe["resumed_from_step"] == 0  # killed before its first checkpoint: trained from step 0
     result = json.loads((out / "compare.json").read_text())
     dense, moe = result["models"]["dense"], result["models"]["moe"]
     assert dense["steps"] == moe["steps"] and dense["train_pairs"] == moe["train_pairs"]

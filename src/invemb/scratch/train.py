@@ -371,6 +371,9 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = ScratchTask(cfg, tokenizer, pairs)
+    pointer = out / "checkpoints" / "latest.json"
+    # Timings and tokens/s cover the steps this call trains; a resumed run's earlier steps took other time.
+    start_step = json.loads(pointer.read_text())["step"] if resume and pointer.exists() else 0
     t0, cpu0 = time.perf_counter(), time.process_time()
     final = Trainer(task, cfg.train, out).fit(resume=resume, require_checkpoint=False)
     train_seconds = time.perf_counter() - t0 - task.eval_seconds
@@ -387,8 +390,9 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
     summary = {"run": str(out), "moe": cfg.model.use_moe, "steps": len(steps), "train_pairs": len(pairs["train"]),
                "params": count_params(task.model), "train_seconds": round(train_seconds, 1),
                "train_cpu_seconds": round(train_cpu_seconds, 1),
-               "train_tokens_per_s": round(sum(r.get("tokens", 0) for r in steps) / max(train_seconds, 1e-9), 1),
-               "eval": final}
+               "train_tokens_per_s": round(sum(r.get("tokens", 0) for r in steps if r["step"] > start_step)
+                                           / max(train_seconds, 1e-9), 1),
+               "resumed_from_step": start_step, "eval": final}
     atomic_write_text(out / "report.md", _run_report(summary))
     atomic_write_json(out / "summary.json", summary)
     return summary
@@ -399,7 +403,8 @@ def _run_report(s: dict[str, Any]) -> str:
              f"- steps: {s['steps']}, training pairs: {s['train_pairs']}",
              f"- parameters: {s['params']['total']:,} total, {s['params']['active']:,} active per token",
              f"- training: {s['train_seconds']} s wall, {s['train_cpu_seconds']} s CPU "
-             f"({s['train_tokens_per_s']} tokens/s, evaluation excluded)", "",
+             f"({s['train_tokens_per_s']} tokens/s, evaluation excluded"
+             + (f"; steps after {s['resumed_from_step']} only, resumed there" if s.get("resumed_from_step") else "") + ")", "",
              "| held-out metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in s["eval"].items()]
     lines += ["", "Plots: plots/train_curves.png, plots/epoch_metrics.png" + (", plots/moe_expert_load.png" if s["moe"] else "")]
@@ -547,6 +552,9 @@ def _compare_report(r: dict[str, Any], cfg: ScratchConfig) -> str:
                        ("training tokens/s", lambda m: m["train_tokens_per_s"]),
                        ("inference tokens/s", lambda m: m["infer_tokens_per_s"])]:
         lines.append(f"| {label} | {get(dense)} | {get(moe)} |")
+    resumed = [f"{name} at step {m['resumed_from_step']}" for name, m in (("dense", dense), ("moe", moe)) if m.get("resumed_from_step")]
+    if resumed:
+        lines.append(f"\nResumed after a kill ({', '.join(resumed)}): its training seconds and tokens/s cover the steps after that only.")
     balance = {k: v for k, v in moe["eval"].items() if k.startswith("dev_moe/")}
     lines += ["", "## Expert load balance after training", "",
               "Router on held-out text in eval mode; load_max_over_mean = share of the most-loaded expert / "
