@@ -64,6 +64,43 @@ def test_invert_text_vectors_and_jsonl(cli_run, tmp_path):
 
 
 
+def test_invert_to_jsonl_continues_after_a_kill(cli_run, tmp_path, monkeypatch):
+    """Killed after its first chunk, the same call keeps those rows and inverts only the rest, to the
+    rows an uninterrupted run writes; other inputs do not pick up the dead run's rows."""
+    from invemb.inversion import load_run
+    from invemb.inversion.controller import Controller, invert_to_jsonl
+
+    root, em = cli_run
+    ctrl = load_run(root / "run", em=em)
+    texts = ["Big fox near.", "The cat sat on the mat.", "", "A dog ran.", "Old tree."]
+    full = invert_to_jsonl(ctrl, tmp_path / "full.jsonl", texts=texts, chunk=2)
+    real, calls = Controller.invert_texts, []
+
+    def dies_on_second_chunk(self, part, **kw):
+        calls.append(list(part))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, part, **kw)
+
+    monkeypatch.setattr(Controller, "invert_texts", dies_on_second_chunk)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        invert_to_jsonl(ctrl, out, texts=texts, chunk=2)
+    assert not out.exists() and len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == 3  # header + 2
+    calls.clear()
+    monkeypatch.setattr(Controller, "invert_texts", lambda self, part, **kw: calls.append(list(part)) or real(self, part, **kw))
+    rows = invert_to_jsonl(ctrl, out, texts=texts, chunk=2)
+    assert calls == [texts[2:4], texts[4:]]  # the first chunk was kept
+    assert not (tmp_path / "out.jsonl.partial").exists()
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(full) == strip([json.loads(x) for x in out.read_text().splitlines()])
+
+    (tmp_path / "out.jsonl.partial").write_text((tmp_path / "full.jsonl").read_text())  # no matching header
+    calls.clear()
+    invert_to_jsonl(ctrl, out, texts=texts[:2], chunk=2)
+    assert calls == [texts[:2]]
+
+
 def test_invert_decode_overrides_change_the_search(cli_run):
     root, em = cli_run
     base = ["invert", "Big fox near the old tree.", "--em", em, "--controller", str(root / "run")]

@@ -60,13 +60,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Rebuild text from sentence vectors, printing each step (unit, slot, cosine) for one text.
+        With --input / --vectors, killed part-way, the same command again continues where it stopped.
 
         Example: invemb invert "The cat sat on the mat." --em backbone --controller runs/controller --decode expand=6
         """
         import numpy as np
 
         from invemb.inversion import load_run
-        from invemb.io import read_jsonl_texts, write_jsonl
+        from invemb.inversion.controller import invert_to_jsonl
+        from invemb.io import read_jsonl_texts
 
         given = [x for x in (text is not None, vectors is not None, input is not None) if x]
         if len(given) != 1:
@@ -85,14 +87,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             else:
                 emit(row)
             return
+        # A killed run leaves OUT.jsonl.partial: the same command again continues after its rows.
+        settings = {"em": em, "controller": str(controller.resolve()), "runtime": runtime}
         if vectors is not None:
             if not vectors.exists():
                 raise FileNotFoundError(f"{vectors}: no such file")
-            mat = np.load(vectors, allow_pickle=False)
-            rows = [r.to_dict() for r in ctrl.invert_vectors(mat, progress=True)]
+            rows = invert_to_jsonl(ctrl, output, vectors=np.load(vectors, allow_pickle=False), settings=settings,
+                                   progress=True)
         else:
-            rows = ctrl.invert_texts(read_jsonl_texts(input), progress=True)
-        write_jsonl(output, rows)
+            rows = invert_to_jsonl(ctrl, output, texts=read_jsonl_texts(input), settings=settings, progress=True)
         scored = [r["cosine"] for r in rows if r["cosine"] is not None]
         emit({"inverted": len(rows), "output": str(output), "mean_cosine": sum(scored) / len(scored) if scored else None,
               "encoder_calls": sum(r["encoder_calls"] for r in rows) / max(1, len(rows))}, plain)

@@ -8,6 +8,7 @@ encoder vector, computed once), ``model.safetensors`` (weights), checkpoints, me
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -177,40 +178,111 @@ class Controller:
         return beam_decode(vector, self.policy, self.encoder, self.vocab.units, decode or self.decode_cfg)
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
-                       batch: int = 16) -> list[InversionResult]:
+                       batch: int = 16, on_done=None) -> list[InversionResult]:
         """Invert an (N, D) matrix, ``batch`` vectors decoded in lockstep at a time (the same searches as
-        one by one, in fewer and bigger index, Placer and encoder calls; 1: one by one)."""
-        vectors = torch.as_tensor(vectors).float()
-        if vectors.ndim != 2:
-            raise ValueError(f"expected an (N, {self.encoder.dim}) matrix of vectors, got shape {tuple(vectors.shape)}")
-        for i, v in enumerate(vectors):  # check them all before spending time on any
-            try:
-                check_target(v, self.encoder.dim)
-            except ValueError as err:
-                raise ValueError(f"vector {i}: {err}") from None
+        one by one, in fewer and bigger index, Placer and encoder calls; 1: one by one). ``on_done(k)``
+        is called as k more are finished (a progress bar of the caller's)."""
+        vectors = self.check_vectors(vectors)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(vectors), desc="invert", unit="vec", dynamic_ncols=True)
+            on_done = bar.update
         out: list[InversionResult] = []
         step = max(1, batch)
         for start in range(0, len(vectors), step):
             out += beam_decode_many(vectors[start: start + step], self.policy, self.encoder, self.vocab.units,
-                                    decode or self.decode_cfg, on_done=bar.update if bar is not None else None)
+                                    decode or self.decode_cfg, on_done=on_done)
         if bar is not None:
             bar.close()
         return out
 
+    def check_vectors(self, vectors) -> torch.Tensor:
+        """(N, D) float vectors, each finite, non-zero and of the encoder's width: checked all before any
+        time is spent; the error names the first bad row."""
+        vectors = torch.as_tensor(vectors).float()
+        if vectors.ndim != 2:
+            raise ValueError(f"expected an (N, {self.encoder.dim}) matrix of vectors, got shape {tuple(vectors.shape)}")
+        for i, v in enumerate(vectors):
+            try:
+                check_target(v, self.encoder.dim)
+            except ValueError as err:
+                raise ValueError(f"vector {i}: {err}") from None
+        return vectors
+
     def invert_texts(self, texts: Sequence[str], decode: DecodeConfig | None = None, progress: bool = False,
-                     batch: int = 16) -> list[dict]:
+                     batch: int = 16, on_done=None) -> list[dict]:
         """Encode each text and invert it: rows with text, reconstruction, cosine, steps, encoder_calls,
         seconds. An empty text gives an empty reconstruction with cosine None (undefined)."""
         nonempty = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
         results = {}
+        if on_done is not None and len(nonempty) < len(texts):
+            on_done(len(texts) - len(nonempty))
         if nonempty:
             vecs = self.encoder.encoder.encode([texts[i] for i in nonempty])
-            results = dict(zip(nonempty, self.invert_vectors(vecs, decode, progress, batch)))
+            results = dict(zip(nonempty, self.invert_vectors(vecs, decode, progress, batch, on_done)))
         return [{"text": t, **results[i].to_dict()} if i in results else
                 {"text": t, "reconstruction": "", "cosine": None, "steps": [], "encoder_calls": 0, "seconds": 0.0}
                 for i, t in enumerate(texts)]
+
+
+def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] | None = None, vectors=None,
+                    settings: dict | None = None, progress: bool = False, chunk: int = 64) -> list[dict]:
+    """Invert ``texts`` (rows as :meth:`Controller.invert_texts`) or ``vectors`` (rows as
+    :meth:`InversionResult.to_dict`) into the JSONL file ``output``; returns the rows.
+
+    Finished rows go to ``output.partial`` a chunk at a time (a multiple of the lockstep batch, so the
+    searches are the ones one call would run), under a first line that fingerprints the inputs, the
+    controller, its decoding settings and ``settings`` (what else the caller chose: the EM, the runtime).
+    Called again after a kill with the same fingerprint, it keeps those rows and inverts the rest; the
+    whole file replaces ``output`` atomically at the end."""
+    import hashlib
+
+    from invemb.io import atomic_write_text, write_jsonl
+
+    if (texts is None) == (vectors is None):
+        raise ValueError("give texts or vectors, not both")
+    output = Path(output)
+    items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
+    digest = hashlib.sha256()
+    digest.update(json.dumps(items, ensure_ascii=False).encode() if texts is not None else items.numpy().tobytes())
+    digest.update(json.dumps([ctrl.info, ctrl.decode_cfg.to_dict(), settings or {}], sort_keys=True, default=str).encode())
+    header = {"invemb_partial": digest.hexdigest()}
+    partial = output.with_name(output.name + ".partial")
+    rows: list[dict] = []
+    if partial.exists():
+        lines = partial.read_text(encoding="utf-8").split("\n")
+        if lines and lines[0] == json.dumps(header):
+            for line in lines[1:]:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # the end, or a line cut by the kill
+            rows = rows[: len(rows) // chunk * chunk]  # whole chunks only
+            if rows:
+                import sys
+
+                print(f"{output}: continuing an interrupted run, {len(rows)} of {len(items)} rows kept", file=sys.stderr)
+    atomic_write_text(partial, json.dumps(header) + "\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), initial=len(rows), desc="invert", unit="text" if texts is not None else "vec",
+                   dynamic_ncols=True)
+    on_done = bar.update if bar is not None else None
+    for start in range(len(rows), len(items), chunk):
+        part = items[start: start + chunk]
+        new = (ctrl.invert_texts(part, on_done=on_done) if texts is not None
+               else [r.to_dict() for r in ctrl.invert_vectors(part, on_done=on_done)])
+        with open(partial, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
+            fh.flush()
+            os.fsync(fh.fileno())
+        rows += new
+    if bar is not None:
+        bar.close()
+    write_jsonl(output, rows)
+    partial.unlink()
+    return rows
