@@ -36,11 +36,22 @@ def user_errors(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except USER_ERRORS as err:
-            msg = str(err).strip().strip("'\"") or type(err).__name__
-            typer.echo(f"error: {msg.splitlines()[0]}", err=True)
+            typer.echo(f"error: {error_line(err)}", err=True)
             raise typer.Exit(2)
 
     return wrapper
+
+
+def error_line(err: BaseException) -> str:
+    """One line for a user error: a KeyError's key without repr quotes, an OS error as 'path: reason'."""
+    if isinstance(err, KeyError) and err.args:
+        msg = str(err.args[0])
+    elif isinstance(err, OSError) and err.filename and err.strerror:
+        msg = f"{err.filename}: {err.strerror}"
+    else:
+        msg = str(err)
+    lines = msg.strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def emit(obj: Any, plain: bool = False) -> None:

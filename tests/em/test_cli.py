@@ -62,6 +62,8 @@ def test_user_errors_are_one_line(tiny_em_run, tmp_path):
     assert result.exit_code == 2 and "not UTF-8 at byte offset 15" in result.output
     result = runner.invoke(app, ["neighbours", "cat", "--model", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "error:" in result.output
+    result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(tmp_path / "none.jsonl"), "--output", "o.npy"])
+    assert result.exit_code == 2 and f"error: {tmp_path / 'none.jsonl'}: No such file or directory\n" in result.output
     result = runner.invoke(app, ["train", "em", "--preset", "huge", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "unknown preset" in result.output
     result = runner.invoke(app, ["train", "em", "--preset", "tiny", "--set", "loss.nope=1", "--out", str(tmp_path / "r")])
@@ -140,3 +142,12 @@ def test_demo_continues_an_em_run_it_started(monkeypatch, tmp_path):
     with pytest.raises(Called) as called:
         demo("tiny", tmp_path / "fresh")
     assert called.value.args == (False,)
+
+
+def test_error_line_unquotes_keys_and_names_paths():
+    from invemb.cli import error_line
+
+    assert error_line(KeyError("unknown key 'x.y'")) == "unknown key 'x.y'"
+    assert error_line(FileNotFoundError(2, "No such file or directory", "/d/f.jsonl")) == "/d/f.jsonl: No such file or directory"
+    assert error_line(ValueError("'quoted' start\nsecond line")) == "'quoted' start"
+    assert error_line(ValueError("")) == "ValueError"
