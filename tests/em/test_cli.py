@@ -61,7 +61,7 @@ def test_user_errors_are_one_line(tiny_em_run, tmp_path):
     result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(raw), "--output", str(tmp_path / "o.npy")])
     assert result.exit_code == 2 and "not UTF-8 at byte offset 15" in result.output
     result = runner.invoke(app, ["neighbours", "cat", "--model", str(tmp_path / "missing")])
-    assert result.exit_code == 2 and "error:" in result.output
+    assert result.exit_code == 2 and "missing: not an EM run folder (no config.json)" in result.output
     result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(tmp_path / "none.jsonl"), "--output", "o.npy"])
     assert result.exit_code == 2 and f"error: {tmp_path / 'none.jsonl'}: No such file or directory\n" in result.output
     result = runner.invoke(app, ["train", "em", "--preset", "huge", "--out", str(tmp_path / "r")])

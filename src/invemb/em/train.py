@@ -489,6 +489,8 @@ def load_run(run: str | Path, backbone: str | None = None, runtime: str = "torch
     backbone folder elsewhere; a different backbone is refused with a message naming both.
     ``runtime``: the backbone's (``"torch"`` or ``"onnx"``, see :meth:`HFBackbone.use_runtime`)."""
     run = Path(run)
+    if not (run / "config.json").exists():
+        raise FileNotFoundError(f"{run}: not an EM run folder (no config.json)")
     saved = json.loads((run / "config.json").read_text())
     if saved.get("kind") != "em":
         raise ValueError(f"{run}: not an EM run (kind={saved.get('kind')!r})")
