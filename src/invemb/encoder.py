@@ -31,7 +31,10 @@ def check_texts(texts: list[str]) -> list[str]:
     """Refuse empty or whitespace-only texts with one readable line (never a NaN vector)."""
     if isinstance(texts, str):
         raise TypeError("encode() takes a list of strings, not one string")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    not_str = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if not_str:
+        raise TypeError(f"encode() takes strings; position {not_str[0]} holds a {type(texts[not_str[0]]).__name__}")
+    bad = [i for i, t in enumerate(texts) if not t.strip()]
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
         raise ValueError(f"{len(bad)} empty or whitespace-only text(s) at position(s) {shown}")

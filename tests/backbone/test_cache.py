@@ -65,6 +65,10 @@ def test_killed_append_is_ignored(tmp_path, tiny_backbone):
 def test_empty_text_refused(tiny_backbone):
     with pytest.raises(ValueError, match="empty or whitespace-only"):
         tiny_backbone.encode(["fine", "   "])
+    with pytest.raises(TypeError, match="position 1 holds a NoneType"):
+        tiny_backbone.encode(["fine", None])
+    with pytest.raises(TypeError, match="not one string"):
+        tiny_backbone.encode("fine")
 
 
 def test_missing_backbone_is_one_clear_line(tmp_path):
