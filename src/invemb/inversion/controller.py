@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -242,7 +243,7 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     from invemb.io import atomic_write_text, write_jsonl
 
     if (texts is None) == (vectors is None):
-        raise ValueError("give texts or vectors, not both")
+        raise ValueError("give exactly one of texts or vectors")
     output = Path(output)
     items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
     digest = hashlib.sha256()
@@ -261,8 +262,6 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
                     break  # the end, or a line cut by the kill
             rows = rows[: len(rows) // chunk * chunk]  # whole chunks only
             if rows:
-                import sys
-
                 print(f"{output}: continuing an interrupted run, {len(rows)} of {len(items)} rows kept", file=sys.stderr)
     atomic_write_text(partial, json.dumps(header) + "\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     bar = None
