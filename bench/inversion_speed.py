@@ -1,5 +1,7 @@
 """Decoding speed of the controller: one sentence at a time against lockstep batches, on the torch
-and the onnxruntime backbone, in one run on the same sentences.
+and the onnxruntime backbone, in one run on the same sentences; and, on onnx in lockstep, the Placer
+without its pruning (the same searches, every candidate pair placed) and ``--gaps`` (fewer children
+encoded: ``DecodeConfig.expand_gap``).
 
 Every repeat decodes the sentences once with each setting in turn (drift in the shared machine hits
 all alike; each keeps its fastest repeat). Reports sentences/s, the ratio of each setting's time to
@@ -25,6 +27,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="sentences decoded in lockstep")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gaps", type=float, nargs="*", default=[], help="also decode with these expand_gap values (onnx, lockstep)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -35,13 +38,19 @@ def main() -> None:
     sentences = eval_sentences(resolve_corpus(args.corpus, args.em), "wiki", args.n)
     ctrls = {runtime: load_run(args.controller, em=invemb.load(args.em, runtime=runtime)) for runtime in ("torch", "onnx")}
     targets = ctrls["torch"].encoder.encoder.encode(sentences)
-    settings = {f"{runtime}_{'one_by_one' if batch == 1 else f'lockstep{batch}'}": (ctrl, batch)
+    # name -> (controller, lockstep batch, Placer pruning, decoding settings)
+    settings = {f"{runtime}_{'one_by_one' if batch == 1 else f'lockstep{batch}'}": (ctrl, batch, True, ctrl.decode_cfg)
                 for runtime, ctrl in ctrls.items() for batch in (1, args.batch)}
+    onnx = ctrls["onnx"]
+    settings[f"onnx_lockstep{args.batch}_placer_unpruned"] = (onnx, args.batch, False, onnx.decode_cfg)
+    for gap in args.gaps:
+        settings[f"onnx_lockstep{args.batch}_gap{gap:g}"] = (onnx, args.batch, True, onnx.decode_cfg.replace(expand_gap=gap))
     best = dict.fromkeys(settings, float("inf"))
     results = {}
     for _ in range(args.repeat):
-        for name, (ctrl, batch) in settings.items():
-            seconds, results[name] = timed(ctrl.invert_vectors, targets, batch=batch)
+        for name, (ctrl, batch, prune, decode) in settings.items():
+            ctrl.policy.prune_placer = prune
+            seconds, results[name] = timed(ctrl.invert_vectors, targets, decode, batch=batch)
             best[name] = min(best[name], seconds)
             print(name, f"{len(targets) / seconds:.3f} sent/s", flush=True)
     base = "torch_one_by_one"

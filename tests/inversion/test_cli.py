@@ -101,6 +101,26 @@ def test_invert_to_jsonl_continues_after_a_kill(cli_run, tmp_path, monkeypatch):
     assert calls == [texts[:2]]
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.5])
+def test_placer_pruning_keeps_every_search_the_same(cli_run, gap):
+    """The Placer skips the pairs that cannot yield a kept action: fewer Placer rows, same inversions."""
+    from invemb.inversion import load_run
+
+    root, em = cli_run
+    ctrl = load_run(root / "run", em=em, expand_gap=gap, units_k=6, expand=2)
+    placed = []
+    hook = ctrl.policy.model.placer.register_forward_hook(lambda mod, args, out: placed.append(len(args[1])))
+    texts = ["Big fox near the old tree.", "The cat sat on the mat.", "A dog ran."]
+    rows = {}
+    for prune in (True, False):
+        ctrl.policy.prune_placer = prune
+        placed.clear()
+        rows[prune] = ([{k: v for k, v in r.items() if k != "seconds"} for r in ctrl.invert_texts(texts)], sum(placed))
+    hook.remove()
+    assert rows[True][0] == rows[False][0]
+    assert rows[True][1] < rows[False][1]
+
+
 def test_invert_decode_overrides_change_the_search(cli_run):
     root, em = cli_run
     base = ["invert", "Big fox near the old tree.", "--em", em, "--controller", str(root / "run")]

@@ -42,8 +42,10 @@ def _rows(s: BufferSummary, rows: torch.Tensor) -> BufferSummary:
 class ModelPolicy:
     """Selector -> unit index -> Placer, batched over the live hypotheses of one beam step."""
 
-    def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index, frequent: list[int] | None = None):
+    def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index, frequent: list[int] | None = None,
+                 prune_placer: bool = True):
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
+        self.prune_placer = prune_placer  # skip Placer pairs that cannot yield a kept action (same proposals kept)
         # Function words sit far from any sentence vector, so the index rarely returns them; the
         # most frequent units are offered to every hypothesis and the cosine re-scoring decides.
         self.frequent = torch.tensor(list(frequent or []), dtype=torch.long)  # (F,) most frequent first
@@ -78,15 +80,49 @@ class ModelPolicy:
                 pair_hyp.append(i)
                 pair_unit.append(u)
                 pair_logp.append(lp)
-        rows = torch.tensor(pair_hyp, dtype=torch.long)
-        out = self.model.placer(_rows(s, rows), self.unit_vectors[torch.tensor(pair_unit, dtype=torch.long)])
-        slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1)
+        slot_top: dict[int, tuple[list[float], list[int]]] = {}  # pair -> its best slots' (log-probs, slots)
+
+        def place(pairs: list[int]):
+            """The Placer over ``pairs`` (indices into pair_*), filling slot_top."""
+            rows = torch.tensor([pair_hyp[p] for p in pairs], dtype=torch.long)
+            out = self.model.placer(_rows(s, rows), self.unit_vectors[torch.tensor([pair_unit[p] for p in pairs], dtype=torch.long)])
+            slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1)
+            for k, p in enumerate(pairs):
+                n = len(hyps[pair_hyp[p]].units) + 1
+                top = torch.topk(slot_logp[k, :n], min(cfg.slots, n))
+                slot_top[p] = (top.values.tolist(), top.indices.tolist())
+            return out
+
+        by_hyp: dict[int, list[int]] = {}
+        for p, i in enumerate(pair_hyp):
+            by_hyp.setdefault(i, []).append(p)
+        if self.prune_placer:
+            # An action's log-probability is its unit's plus a slot's (<= 0), so a unit whose own is below a
+            # hypothesis's expand-th best action (or below its best minus expand_gap) cannot be among the
+            # actions the decoder keeps: the Placer runs first on each hypothesis's first pair (the move head
+            # reads it) and its `expand` likeliest units, then only on the other units above that bound.
+            chosen = set()
+            for ps in by_hyp.values():
+                chosen.add(ps[0])
+                chosen.update(sorted(ps, key=lambda q: -pair_logp[q])[: cfg.expand])
+            first = sorted(chosen)
+        else:
+            first = list(range(len(pair_hyp)))
+        out = place(first)
+        rest = []
+        for ps in by_hyp.values():
+            best = sorted((pair_logp[p] + v for p in ps if p in slot_top for v in slot_top[p][0]), reverse=True)
+            bound = best[cfg.expand - 1] if len(best) >= cfg.expand else float("-inf")
+            if cfg.expand_gap > 0 and best:
+                bound = max(bound, best[0] - cfg.expand_gap)
+            rest += [p for p in ps if p not in slot_top and pair_logp[p] >= bound]
+        if rest:
+            place(sorted(rest))
         proposals = [Proposal([], stop_prob=p) for p in stop]
-        for p, (i, u, lp) in enumerate(zip(pair_hyp, pair_unit, pair_logp)):
-            n_slots = min(cfg.slots, len(hyps[i].units) + 1)
-            top = torch.topk(slot_logp[p, : len(hyps[i].units) + 1], n_slots)
-            for v, slot in zip(top.values.tolist(), top.indices.tolist()):
-                proposals[i].actions.append(Action(u, slot, lp + v))
+        for p in sorted(slot_top):  # pair order, so ties break as they always have
+            for v, slot in zip(*slot_top[p]):
+                proposals[pair_hyp[p]].actions.append(Action(pair_unit[p], slot, pair_logp[p] + v))
+        pair_hyp = [pair_hyp[p] for p in first]  # the move logits' rows
         self._moves(s, hyps, out.move_logits, pair_hyp, cfg, proposals)
         return proposals
 
