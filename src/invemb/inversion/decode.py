@@ -37,6 +37,7 @@ class DecodeConfig(Config):
     expand: int = 7
     # Also drop children whose action log-probability is more than this below the hypothesis's best
     # action (0: off): a confident policy then spends fewer encoder calls. At least one child is kept.
+    # 150 wiki test sentences, token F1 / calls: off 38.8 / 213, 1.5 38.6 / 188, 1 37.6 / 169, 0.5 35.7 / 114.
     expand_gap: float = 0.0
     model_weight: float = 0.05  # weight of the model's mean log-probability next to the cosine
     repeat_penalty: float = 0.05  # cosine taken off units already in the buffer
