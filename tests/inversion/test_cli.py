@@ -211,6 +211,39 @@ def test_eval_inversion_cli_writes_metrics_rows_and_plots(cli_run, tmp_path):
     assert res.exit_code == 2 and "unknown method(s) oracle" in res.output
 
 
+def test_eval_inversion_continues_after_a_kill(cli_run, monkeypatch, tmp_path):
+    """Killed in its second method, the same evaluation again keeps the first method's rows (it does not
+    decode again) and ends with the results of an uninterrupted run; other settings start over."""
+    import invemb.inversion.baselines as baselines
+    from invemb.inversion import load_run
+    from invemb.inversion.controller import Controller
+    from invemb.inversion.harness import compare_methods
+
+    root, em = cli_run
+    ctrl = load_run(root / "run", em=em)
+    sets = {"wiki": toy_sentences(4, seed=11)}
+    full = compare_methods(ctrl, sets, ["controller", "bag"], tmp_path / "full", "tiny", progress=False)
+    real_bag = baselines.bag_of_units
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(baselines, "bag_of_units", killed)
+    out = tmp_path / "rep"
+    with pytest.raises(KeyboardInterrupt):
+        compare_methods(ctrl, sets, ["controller", "bag"], out, "tiny", progress=False)
+    assert json.loads((out / "partial.json").read_text())["done"] == [["wiki", "controller"]]
+    monkeypatch.setattr(baselines, "bag_of_units", real_bag)
+    monkeypatch.setattr(Controller, "invert_vectors", killed)  # from here the controller's rows must be reused
+    with pytest.raises(KeyboardInterrupt):  # other settings (the baselines' preset): nothing is reused
+        compare_methods(ctrl, sets, ["controller", "bag"], out, "default", progress=False)
+    again = compare_methods(ctrl, sets, ["controller", "bag"], out, "tiny", progress=False)
+    strip = lambda r: {m: {k: v for k, v in x["summary"].items() if k not in ("seconds", "sentences_per_s")}  # noqa: E731
+                       for m, x in r["wiki"].items()}
+    assert strip(again) == strip(full)
+    assert not (out / "partial.json").exists() and (out / "results.json").exists()
+
+
 def test_demo_inversion_reuses_a_finished_controller(cli_run, monkeypatch, tmp_path):
     """`make demo` a second time inverts with the controller it trained, it does not train again."""
     import invemb.em.data

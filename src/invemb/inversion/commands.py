@@ -178,7 +178,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Inversion metrics (BLEU, ROUGE-L, token F1, exact match, cosine, encoder calls, seconds)
-        of the controller and the baselines side by side, with a per-length breakdown.
+        of the controller and the baselines side by side, with a per-length breakdown. With --out, killed
+        part-way, the same command again keeps the finished (set, method) rows and runs the rest.
 
         Example: invemb eval inversion --em backbone --controller runs/controller --n 50 --out reports/inversion
         """
@@ -188,7 +189,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
         corpus = resolve_corpus(corpus or Path("data/built/corpus"), em)
         sets = {s: eval_sentences(corpus, s, n) for s in set_}
-        results = compare_methods(ctrl, sets, method, out, preset)
+        results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime})
         if plain:
             emit([{"set": s, "method": m, **r["summary"]} for s, per in results.items() for m, r in per.items()], plain=True)
         else:

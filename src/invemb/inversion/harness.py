@@ -6,6 +6,7 @@ then encoded once more to report cos(encode(reconstruction), target) the same wa
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -88,19 +89,26 @@ def _results(method: Method | Batched, name: str, targets: torch.Tensor, progres
     return out
 
 
-def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], encoder, progress: bool = True) -> dict:
-    """{method: {"summary", "by_length", "rows"}} for every method on ``sentences``."""
+def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], encoder, progress: bool = True,
+                finished: dict[str, list[dict]] | None = None, on_rows: Callable[[str, list[dict]], None] | None = None) -> dict:
+    """{method: {"summary", "by_length", "rows"}} for every method on ``sentences``. ``finished``: rows
+    of methods already run on these sentences (kept, not run again); ``on_rows(name, rows)`` is called as
+    each method that runs here finishes."""
     targets = encoder.encode(list(sentences))  # (N, D)
     out = {}
     for name, method in methods.items():
-        rows = [{"text": text, "reconstruction": res.text, "encoder_calls": res.encoder_calls, "seconds": seconds,
-                 "steps": len(res.steps)} for text, (res, seconds) in zip(sentences, _results(method, name, targets, progress))]
-        filled = [j for j, r in enumerate(rows) if r["reconstruction"].strip()]
-        vecs = encoder.encode([rows[j]["reconstruction"] for j in filled]) if filled else torch.empty(0, encoder.dim)
-        for r in rows:
-            r["cosine"] = None
-        for j, v in zip(filled, vecs):
-            rows[j]["cosine"] = float(v @ targets[j])
+        rows = (finished or {}).get(name)
+        if rows is None:
+            rows = [{"text": text, "reconstruction": res.text, "encoder_calls": res.encoder_calls, "seconds": seconds,
+                     "steps": len(res.steps)} for text, (res, seconds) in zip(sentences, _results(method, name, targets, progress))]
+            filled = [j for j, r in enumerate(rows) if r["reconstruction"].strip()]
+            vecs = encoder.encode([rows[j]["reconstruction"] for j in filled]) if filled else torch.empty(0, encoder.dim)
+            for r in rows:
+                r["cosine"] = None
+            for j, v in zip(filled, vecs):
+                rows[j]["cosine"] = float(v @ targets[j])
+            if on_rows is not None:
+                on_rows(name, rows)
         out[name] = {"summary": metrics.summarise(rows), "by_length": metrics.by_length(rows), "rows": rows}
     return out
 
@@ -124,20 +132,50 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
 
 
 def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequence[str], out: str | Path | None = None,
-                       preset: str = "default", progress: bool = True) -> dict:
-    """Metrics per set and method; with ``out``, writes results.json, rows JSONL and F1-vs-length plots."""
-    from invemb.io import atomic_write_json, write_jsonl
+                    preset: str = "default", progress: bool = True, settings: dict | None = None) -> dict:
+    """Metrics per set and method; with ``out``, writes results.json, rows JSONL and F1-vs-length plots.
+
+    With ``out``, each (set, method) is recorded in ``out/partial.json`` as it finishes, under a
+    fingerprint of the sentences, the controller, its decoding settings, the baseline preset and
+    ``settings`` (what else the caller chose: the EM, the runtime). Killed part-way, the same call again
+    keeps those rows and runs only the rest; partial.json goes once results.json is written."""
+    import hashlib
+
+    from invemb.io import atomic_write_json, read_jsonl, write_jsonl
+
+    state: dict = {"done": []}
+    if out is not None:
+        out = Path(out)
+        key = hashlib.sha256(json.dumps([dict(sets), controller.info, controller.decode_cfg.to_dict(), preset, settings or {}],
+                                        sort_keys=True, default=str).encode()).hexdigest()
+        state_path = out / "partial.json"
+        if state_path.exists():
+            saved = json.loads(state_path.read_text())
+            if saved.get("fingerprint") == key and all((out / f"rows_{a}_{b}.jsonl").exists() for a, b in saved["done"]):
+                state = saved
+                if progress and state["done"]:
+                    print(f"{out}: continuing an interrupted evaluation, finished: "
+                          + ", ".join(f"{a}/{b}" for a, b in state["done"]), file=sys.stderr)
+        state["fingerprint"] = key
 
     results = {}
     for set_name, sentences in sets.items():
-        res = run_methods(controller_methods(controller, methods, preset), sentences, controller.encoder.encoder, progress)
+        finished = {b: read_jsonl(out / f"rows_{a}_{b}.jsonl") for a, b in state["done"] if a == set_name}
+
+        def record(method: str, rows: list[dict], set_name: str = set_name) -> None:
+            if out is None:
+                return
+            write_jsonl(out / f"rows_{set_name}_{method}.jsonl", rows)
+            state["done"].append([set_name, method])
+            atomic_write_json(out / "partial.json", state)
+
+        res = run_methods(controller_methods(controller, methods, preset), sentences, controller.encoder.encoder, progress,
+                          finished=finished, on_rows=record)
         results[set_name] = {m: {"summary": r["summary"], "by_length": r["by_length"]} for m, r in res.items()}
         if out is not None:
-            out = Path(out)
-            for m, r in res.items():
-                write_jsonl(out / f"rows_{set_name}_{m}.jsonl", r["rows"])
             metrics.plot_f1_vs_length({m: r["rows"] for m, r in res.items()}, out / f"f1_vs_length_{set_name}.png",
                                       f"token F1 against length ({set_name})")
     if out is not None:
-        atomic_write_json(Path(out) / "results.json", results)
+        atomic_write_json(out / "results.json", results)
+        (out / "partial.json").unlink(missing_ok=True)
     return results
