@@ -85,7 +85,8 @@ def test_killed_run_resumes_to_same_metrics(tiny_em_run, tmp_path, monkeypatch):
         train_em(killed_cfg, tmp_path / "killed", progress=False)
     with pytest.raises(FileExistsError, match="--resume"):
         train_em(killed_cfg, tmp_path / "killed", progress=False)
-    resumed = train_em(killed_cfg, tmp_path / "killed", resume=True, progress=False)
+    other_cfg = killed_cfg.replace(**{"train.lr": 1.0, "loss.order": 0.0})  # resume trains the run's own config
+    resumed = train_em(other_cfg, tmp_path / "killed", resume=True, progress=False)
     for k, v in metrics.items():
         if k.startswith("dev_"):
             assert resumed[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k

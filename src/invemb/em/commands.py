@@ -28,7 +28,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         preset: str = typer.Option("default", help="tiny | default | full"),
         out: Path = typer.Option(None, help="run folder (default: runs/em-PRESET)"),
         backbone: Optional[str] = typer.Option(None, help="local Hugging Face encoder folder (default: bundled all-MiniLM-L6-v2)"),
-        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint (killed earlier: its cached features, loop from step 0)"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run with its own config (--preset / --set ignored) from its last checkpoint (killed earlier: its cached features, loop from step 0)"),
         set_: List[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. loss.order=0 train.epochs=2"),
         quiet: bool = typer.Option(False, help="no progress bars"),
     ):

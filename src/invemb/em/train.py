@@ -401,8 +401,16 @@ def run_config_dict(cfg: EMConfig, backbone: HFBackbone, vocab_fingerprint: str)
 
 
 def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, float]:
-    """Build data, cache features, train the head, write the run folder; returns the final dev metrics."""
+    """Build data, cache features, train the head, write the run folder; returns the final dev metrics.
+    ``resume`` continues the run in ``out`` with its own config (the run's, not ``cfg``: only where the
+    backbone is and which device runs it come from ``cfg``)."""
     out = Path(out)
+    if resume:
+        if not (out / "config.json").exists():
+            raise FileNotFoundError(f"--resume: {out} has no config.json")
+        own = EMConfig.from_dict(json.loads((out / "config.json").read_text())["em"])
+        cfg = own.replace(**{"backbone.path": cfg.backbone.path, "backbone.device": cfg.backbone.device,
+                             "train.device": cfg.train.device})
     distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if out.exists() and (out / "metrics.jsonl").exists() and not resume:
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
