@@ -86,11 +86,12 @@ class ModelPolicy:
             """The Placer over ``pairs`` (indices into pair_*), filling slot_top."""
             rows = torch.tensor([pair_hyp[p] for p in pairs], dtype=torch.long)
             out = self.model.placer(_rows(s, rows), self.unit_vectors[torch.tensor([pair_unit[p] for p in pairs], dtype=torch.long)])
-            slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1)
+            slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1), -inf beyond each buffer's slots
+            top = torch.topk(slot_logp, min(cfg.slots, slot_logp.shape[1]), dim=-1)  # (P, k), finite ones first
+            values, slots = top.values.tolist(), top.indices.tolist()
             for k, p in enumerate(pairs):
-                n = len(hyps[pair_hyp[p]].units) + 1
-                top = torch.topk(slot_logp[k, :n], min(cfg.slots, n))
-                slot_top[p] = (top.values.tolist(), top.indices.tolist())
+                n = min(cfg.slots, len(hyps[pair_hyp[p]].units) + 1)  # a buffer of u units has u + 1 slots
+                slot_top[p] = (values[k][:n], slots[k][:n])
             return out
 
         by_hyp: dict[int, list[int]] = {}
