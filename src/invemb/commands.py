@@ -107,18 +107,18 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, help="texts per batch"),
         runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU)"),
     ):
-        """Encode texts to an .npy matrix (rows in input order, L2-normalised).
+        """Encode texts to an .npy matrix (rows in input order, L2-normalised), with a progress bar.
+        Killed part-way, the same command again keeps the finished chunks (OUTPUT.partial/).
 
         Example: invemb encode --model runs/em-default --input texts.jsonl --output vecs.npy
         """
-        import numpy as np
-
         import invemb
-        from invemb.io import atomic_save_file, read_jsonl_texts
+        from invemb.api import encode_to_npy
+        from invemb.io import read_jsonl_texts
 
         texts = read_jsonl_texts(input)
         if not texts:
             raise ValueError(f"{input}: no texts")
-        vecs = invemb.load(model, runtime=runtime).encode(texts, batch_size=batch_size).numpy().astype(np.float32)
-        atomic_save_file(output, lambda p: np.save(open(p, "wb"), vecs))
-        emit({"texts": len(texts), "dim": int(vecs.shape[1]), "output": str(output)})
+        n, dim = encode_to_npy(invemb.load(model, runtime=runtime), texts, output, settings={"model": model, "runtime": runtime},
+                               batch_size=batch_size, progress=True)
+        emit({"texts": n, "dim": int(dim), "output": str(output)})

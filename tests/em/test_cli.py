@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -151,3 +152,39 @@ def test_error_line_unquotes_keys_and_names_paths():
     assert error_line(FileNotFoundError(2, "No such file or directory", "/d/f.jsonl")) == "/d/f.jsonl: No such file or directory"
     assert error_line(ValueError("'quoted' start\nsecond line")) == "'quoted' start"
     assert error_line(ValueError("")) == "ValueError"
+
+
+def test_encode_to_npy_continues_after_a_kill(tiny_em_run, tmp_path):
+    """Killed after its first chunk, the same call encodes only the rest; the matrix equals one call's."""
+    import invemb
+    from invemb.api import encode_to_npy
+
+    run, _, _ = tiny_em_run
+    encoder = invemb.load(run)
+    texts = [f"text number {i} about cats" for i in range(7)]
+    whole = encoder.encode(texts).numpy()
+    seen = []
+    real = encoder.encode
+
+    def dies_on_second_chunk(batch, batch_size=64):
+        if len(batch) == 3 and seen:  # the probe texts of the fingerprint are another batch
+            raise KeyboardInterrupt
+        if len(batch) == 3:
+            seen.append(batch)
+        return real(batch, batch_size=batch_size)
+
+    encoder.encode = dies_on_second_chunk
+    with pytest.raises(KeyboardInterrupt):
+        encode_to_npy(encoder, texts, tmp_path / "v.npy", chunk=3)
+    assert sorted(p.name for p in (tmp_path / "v.npy.partial").iterdir()) == ["chunk_000000.npy", "fingerprint.json"]
+    shutil.copytree(tmp_path / "v.npy.partial", tmp_path / "w.npy.partial")  # a dead run's chunks beside another output
+    seen.clear()
+    encoder.encode = lambda batch, batch_size=64: seen.append(list(batch)) or real(batch, batch_size=batch_size)
+    assert encode_to_npy(encoder, texts, tmp_path / "v.npy", chunk=3) == (7, encoder.dim)
+    assert [b for b in seen if b[0].startswith("text number")] == [texts[3:6], texts[6:]]
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), whole, atol=1e-6)
+    assert not (tmp_path / "v.npy.partial").exists()
+    seen.clear()  # other texts: the chunks of another input are not reused
+    encode_to_npy(encoder, texts[1:3], tmp_path / "w.npy", chunk=3)
+    assert [b for b in seen if b[0].startswith("text number")] == [texts[1:3]]
+    np.testing.assert_allclose(np.load(tmp_path / "w.npy"), whole[1:3], atol=1e-6)
