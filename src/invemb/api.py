@@ -72,48 +72,39 @@ def invert(vector_or_text: Any, em: str | Path, controller: str | Path, **kwargs
 def encode_to_npy(encoder: Encoder, texts: list[str], output: str | Path, settings: dict | None = None,
                   batch_size: int = 64, chunk: int = 2048, progress: bool = False) -> tuple[int, int]:
     """Encode ``texts`` into the (N, dim) float32 ``.npy`` file ``output`` (rows in input order); returns
-    its shape. Finished chunks wait in ``output.partial/`` under a fingerprint of the texts, the
-    encoder's vectors for a few probe texts and ``settings`` (the caller's model name, runtime...), so
-    that the same call after a kill encodes only the rest; the whole file replaces ``output`` at the end."""
-    import hashlib
-    import shutil
-
+    its shape. Finished chunks wait in ``output.partial/`` (a :class:`invemb.io.PartialFolder` keyed by
+    the texts, the encoder's vectors for a few probe texts and ``settings``: the caller's model name,
+    runtime...), so that the same call after a kill encodes only the rest."""
     import numpy as np
 
     from invemb.encoder import check_texts
     from invemb.inversion.units import encoder_fingerprint
-    from invemb.io import atomic_save_file, atomic_write_json
+    from invemb.io import PartialFolder, atomic_save_file, content_key
 
     texts = check_texts(texts)  # every text checked before any time is spent
     if not texts:
         raise ValueError("no texts to encode")
     output = Path(output)
-    key = hashlib.sha256(json.dumps([texts, encoder_fingerprint(encoder), settings or {}, batch_size, chunk],
-                                    ensure_ascii=False, sort_keys=True).encode()).hexdigest()
-    partial = output.with_name(output.name + ".partial")
-    stamp = partial / "fingerprint.json"
-    if partial.is_dir() and (not stamp.exists() or json.loads(stamp.read_text()).get("key") != key):
-        shutil.rmtree(partial)  # another input or encoder: nothing in it applies
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stamp, {"key": key})
-    starts = list(range(0, len(texts), chunk))
-    done = 0
-    while done < len(starts) and (partial / f"chunk_{done:06d}.npy").exists():
-        done += 1
+    partial = PartialFolder(output.with_name(output.name + ".partial"),
+                            content_key(texts, encoder_fingerprint(encoder), settings or {}, batch_size, chunk))
+    parts = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
+    names = [f"chunk_{k:06d}.npy" for k in range(len(parts))]
+    todo = [k for k, name in enumerate(names) if not partial.has(name)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(texts), initial=min(len(texts), done * chunk), desc="encode", unit="text", dynamic_ncols=True)
-    for k in range(done, len(starts)):
-        part = texts[starts[k]: starts[k] + chunk]
+        bar = tqdm(total=len(texts), initial=len(texts) - sum(len(parts[k]) for k in todo), desc="encode", unit="text",
+                   dynamic_ncols=True)
+    for k in todo:
+        part = parts[k]
         vecs = encoder.encode(part, batch_size=batch_size).float().numpy()  # (n, dim)
-        atomic_save_file(partial / f"chunk_{k:06d}.npy", lambda p, v=vecs: np.save(open(p, "wb"), v))
+        atomic_save_file(partial.slot(names[k]), lambda p, v=vecs: np.save(open(p, "wb"), v))
         if bar is not None:
             bar.update(len(part))
     if bar is not None:
         bar.close()
-    matrix = np.concatenate([np.load(partial / f"chunk_{k:06d}.npy") for k in range(len(starts))]).astype(np.float32)
+    matrix = np.concatenate([np.load(partial.path(name)) for name in names]).astype(np.float32)
     atomic_save_file(output, lambda p: np.save(open(p, "wb"), matrix))
-    shutil.rmtree(partial)
+    partial.discard()
     return matrix.shape

@@ -1,8 +1,11 @@
-"""Atomic, pickle-free file writes: temp file in the same folder, fsync, rename."""
+"""Atomic, pickle-free file writes (temp file in the same folder, fsync, rename), and the finished
+pieces of long jobs kept across a kill (:class:`PartialFolder`)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -84,3 +87,43 @@ def read_jsonl_texts(path: str | Path, key: str = "text") -> list[str]:
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def content_key(*parts: Any) -> str:
+    """sha256 of ``parts`` as sorted-key JSON (what a cached or partial result was computed from)."""
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class PartialFolder:
+    """A folder of the finished pieces of a long job, so that the same job run again after a kill
+    redoes only the rest. Its ``key`` (see :func:`content_key`) says what the pieces were computed
+    from: pieces of another key are not seen, and the first piece written empties them out (a run
+    with other settings that dies before finishing a piece leaves the folder as it was). Pieces are
+    written atomically, so a piece that exists is whole; :meth:`discard` removes the folder once the
+    job's output is written."""
+
+    def __init__(self, folder: str | Path, key: str):
+        self.folder, self.key = Path(folder), key
+        stamp = self.folder / "fingerprint.json"
+        self.ours = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+
+    def has(self, name: str) -> bool:
+        return self.ours and (self.folder / name).exists()
+
+    def path(self, name: str) -> Path:
+        """Where piece ``name`` is read from."""
+        return self.folder / name
+
+    def slot(self, name: str) -> Path:
+        """Where piece ``name`` is to be written (atomically, by the caller)."""
+        if not self.ours:
+            if self.folder.is_dir():
+                shutil.rmtree(self.folder)
+            elif self.folder.exists():  # a stray file where the folder goes
+                self.folder.unlink()
+            atomic_write_json(self.folder / "fingerprint.json", {"key": self.key})
+            self.ours = True
+        return self.folder / name
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,9 @@ def test_invert_to_jsonl_continues_after_a_kill(cli_run, tmp_path, monkeypatch):
     out = tmp_path / "out.jsonl"
     with pytest.raises(KeyboardInterrupt):
         invert_to_jsonl(ctrl, out, texts=texts, chunk=2)
-    assert not out.exists() and len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == 3  # header + 2
+    kept = [x for f in sorted((tmp_path / "out.jsonl.partial").glob("chunk_*.jsonl")) for x in f.read_text().splitlines()]
+    assert not out.exists() and len(kept) == 2  # the first chunk's rows
+    shutil.copytree(tmp_path / "out.jsonl.partial", tmp_path / "other.jsonl.partial")  # beside another output
     calls.clear()
     monkeypatch.setattr(Controller, "invert_texts", lambda self, part, **kw: calls.append(list(part)) or real(self, part, **kw))
     rows = invert_to_jsonl(ctrl, out, texts=texts, chunk=2)
@@ -95,9 +98,8 @@ def test_invert_to_jsonl_continues_after_a_kill(cli_run, tmp_path, monkeypatch):
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(rows) == strip(full) == strip([json.loads(x) for x in out.read_text().splitlines()])
 
-    (tmp_path / "out.jsonl.partial").write_text((tmp_path / "full.jsonl").read_text())  # no matching header
-    calls.clear()
-    invert_to_jsonl(ctrl, out, texts=texts[:2], chunk=2)
+    calls.clear()  # the dead run's chunks beside another output, of other texts: not reused
+    invert_to_jsonl(ctrl, tmp_path / "other.jsonl", texts=texts[:2], chunk=2)
     assert calls == [texts[:2]]
 
 
@@ -232,7 +234,7 @@ def test_eval_inversion_continues_after_a_kill(cli_run, monkeypatch, tmp_path):
     out = tmp_path / "rep"
     with pytest.raises(KeyboardInterrupt):
         compare_methods(ctrl, sets, ["controller", "bag"], out, "tiny", progress=False)
-    assert json.loads((out / "partial.json").read_text())["done"] == [["wiki", "controller"]]
+    assert sorted(f.name for f in (out / "partial").glob("*.jsonl")) == ["wiki_controller.jsonl"]
     monkeypatch.setattr(baselines, "bag_of_units", real_bag)
     monkeypatch.setattr(Controller, "invert_vectors", killed)  # from here the controller's rows must be reused
     with pytest.raises(KeyboardInterrupt):  # other settings (the baselines' preset): nothing is reused
@@ -241,7 +243,7 @@ def test_eval_inversion_continues_after_a_kill(cli_run, monkeypatch, tmp_path):
     strip = lambda r: {m: {k: v for k, v in x["summary"].items() if k not in ("seconds", "sentences_per_s")}  # noqa: E731
                        for m, x in r["wiki"].items()}
     assert strip(again) == strip(full)
-    assert not (out / "partial.json").exists() and (out / "results.json").exists()
+    assert not (out / "partial").exists() and (out / "results.json").exists()
 
 
 def test_demo_inversion_reuses_a_finished_controller(cli_run, monkeypatch, tmp_path):

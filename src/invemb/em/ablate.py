@@ -6,13 +6,12 @@ and steps, every metric side by side.
 only the first run pays for features), runs the evaluation suite over all of them in one pass, and
 writes ``ablation.md`` / ``ablation.json``: every dev metric and every suite metric of each
 ablated run next to the full run, with the difference. A killed ablation is continued by running
-the same command again: finished runs are kept, a run with a checkpoint is resumed.
+the same command again: finished runs are kept, a started one is resumed.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +60,8 @@ def _train(cfg, run: Path, progress: bool) -> None:
 
     if (run / "final_metrics.json").exists():
         return  # finished by an earlier call
-    if (run / "checkpoints" / "latest.json").exists():
-        train_em(cfg, run, resume=True, progress=progress)
-        return
-    if run.exists():  # killed before its first checkpoint: nothing in it is worth keeping
-        shutil.rmtree(run)
-    train_em(cfg, run, progress=progress)
+    # config.json is written once the features are cached: from there on a killed run continues (as make demo's)
+    train_em(cfg, run, resume=(run / "config.json").exists(), progress=progress)
 
 
 def ablate_em(preset: str, drop: list[str], epochs: int, out: str | Path, suite: str = "word,order",

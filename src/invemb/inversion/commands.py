@@ -87,7 +87,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             else:
                 emit(row)
             return
-        # A killed run leaves OUT.jsonl.partial: the same command again continues after its rows.
+        # A killed run leaves OUT.jsonl.partial/: the same command again continues after its rows.
         settings = {"em": em, "controller": str(controller.resolve()), "runtime": runtime}
         if vectors is not None:
             if not vectors.exists():

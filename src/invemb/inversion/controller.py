@@ -8,7 +8,6 @@ encoder vector, computed once), ``model.safetensors`` (weights), checkpoints, me
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -270,55 +269,42 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     """Invert ``texts`` (rows as :meth:`Controller.invert_texts`) or ``vectors`` (rows as
     :meth:`InversionResult.to_dict`) into the JSONL file ``output``; returns the rows.
 
-    Finished rows go to ``output.partial`` a chunk at a time (a multiple of the lockstep batch, so the
-    searches are the ones one call would run), under a first line that fingerprints the inputs, the
-    controller, its decoding settings and ``settings`` (what else the caller chose: the EM, the runtime).
-    Called again after a kill with the same fingerprint, it keeps those rows and inverts the rest; the
-    whole file replaces ``output`` atomically at the end."""
+    Finished chunks of rows (a multiple of the lockstep batch, so the searches are the ones one call
+    would run) wait in ``output.partial/``, a :class:`invemb.io.PartialFolder` keyed by the inputs, the
+    controller, its decoding settings and ``settings`` (what else the caller chose: the EM, the runtime):
+    called again after a kill, it keeps them and inverts the rest."""
     import hashlib
 
-    from invemb.io import atomic_write_text, write_jsonl
+    from invemb.io import PartialFolder, content_key, read_jsonl, write_jsonl
 
     if (texts is None) == (vectors is None):
         raise ValueError("give exactly one of texts or vectors")
     output = Path(output)
     items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
-    digest = hashlib.sha256()
-    digest.update(json.dumps(items, ensure_ascii=False).encode() if texts is not None else items.numpy().tobytes())
-    digest.update(json.dumps([ctrl.info, ctrl.decode_cfg.to_dict(), settings or {}], sort_keys=True, default=str).encode())
-    header = {"invemb_partial": digest.hexdigest()}
-    partial = output.with_name(output.name + ".partial")
-    rows: list[dict] = []
-    if partial.exists():
-        lines = partial.read_text(encoding="utf-8").split("\n")
-        if lines and lines[0] == json.dumps(header):
-            for line in lines[1:]:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # the end, or a line cut by the kill
-            rows = rows[: len(rows) // chunk * chunk]  # whole chunks only
-            if rows:
-                print(f"{output}: continuing an interrupted run, {len(rows)} of {len(items)} rows kept", file=sys.stderr)
-    atomic_write_text(partial, json.dumps(header) + "\n" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    inputs = items if texts is not None else hashlib.sha256(items.numpy().tobytes()).hexdigest()
+    partial = PartialFolder(output.with_name(output.name + ".partial"),
+                            content_key(inputs, ctrl.info, ctrl.decode_cfg.to_dict(), settings or {}, chunk))
+    starts = range(0, len(items), chunk)
+    names = [f"chunk_{k:06d}.jsonl" for k in range(len(starts))]
+    kept = sum(min(chunk, len(items) - start) for start, name in zip(starts, names) if partial.has(name))
+    if kept:
+        print(f"{output}: continuing an interrupted run, {kept} of {len(items)} rows kept", file=sys.stderr)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(items), initial=len(rows), desc="invert", unit="text" if texts is not None else "vec",
+        bar = tqdm(total=len(items), initial=kept, desc="invert", unit="text" if texts is not None else "vec",
                    dynamic_ncols=True)
     on_done = bar.update if bar is not None else None
-    for start in range(len(rows), len(items), chunk):
+    for start, name in zip(starts, names):
+        if partial.has(name):
+            continue
         part = items[start: start + chunk]
-        new = (ctrl.invert_texts(part, on_done=on_done) if texts is not None
-               else [r.to_dict() for r in ctrl.invert_vectors(part, on_done=on_done)])
-        with open(partial, "a", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
-            fh.flush()
-            os.fsync(fh.fileno())
-        rows += new
+        write_jsonl(partial.slot(name), ctrl.invert_texts(part, on_done=on_done) if texts is not None
+                    else [r.to_dict() for r in ctrl.invert_vectors(part, on_done=on_done)])
     if bar is not None:
         bar.close()
+    rows = [row for name in names for row in read_jsonl(partial.path(name))]
     write_jsonl(output, rows)
-    partial.unlink()
+    partial.discard()
     return rows

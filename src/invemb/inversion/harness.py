@@ -135,47 +135,39 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
                     preset: str = "default", progress: bool = True, settings: dict | None = None) -> dict:
     """Metrics per set and method; with ``out``, writes results.json, rows JSONL and F1-vs-length plots.
 
-    With ``out``, each (set, method) is recorded in ``out/partial.json`` as it finishes, under a
-    fingerprint of the sentences, the controller, its decoding settings, the baseline preset and
-    ``settings`` (what else the caller chose: the EM, the runtime). Killed part-way, the same call again
-    keeps those rows and runs only the rest; partial.json goes once results.json is written."""
-    import hashlib
+    With ``out``, each finished (set, method) waits in ``out/partial/``, a :class:`invemb.io.PartialFolder`
+    keyed by the sentences, the controller, its decoding settings, the baseline preset and ``settings``
+    (what else the caller chose: the EM, the runtime): killed part-way, the same call again keeps those
+    rows and runs only the rest."""
+    from invemb.io import PartialFolder, atomic_write_json, content_key, read_jsonl, write_jsonl
 
-    from invemb.io import atomic_write_json, read_jsonl, write_jsonl
-
-    state: dict = {"done": []}
+    partial = None
     if out is not None:
         out = Path(out)
-        key = hashlib.sha256(json.dumps([dict(sets), controller.info, controller.decode_cfg.to_dict(), preset, settings or {}],
-                                        sort_keys=True, default=str).encode()).hexdigest()
-        state_path = out / "partial.json"
-        if state_path.exists():
-            saved = json.loads(state_path.read_text())
-            if saved.get("fingerprint") == key and all((out / f"rows_{a}_{b}.jsonl").exists() for a, b in saved["done"]):
-                state = saved
-                if progress and state["done"]:
-                    print(f"{out}: continuing an interrupted evaluation, finished: "
-                          + ", ".join(f"{a}/{b}" for a, b in state["done"]), file=sys.stderr)
-        state["fingerprint"] = key
-
+        partial = PartialFolder(out / "partial", content_key(dict(sets), controller.info, controller.decode_cfg.to_dict(),
+                                                             preset, settings or {}))
     results = {}
     for set_name, sentences in sets.items():
-        finished = {b: read_jsonl(out / f"rows_{a}_{b}.jsonl") for a, b in state["done"] if a == set_name}
+        finished = {}
+        if partial is not None:
+            finished = {m: read_jsonl(partial.path(f"{set_name}_{m}.jsonl")) for m in methods
+                        if partial.has(f"{set_name}_{m}.jsonl")}
+            if finished and progress:
+                print(f"{out}: continuing an interrupted evaluation, {set_name}: {', '.join(finished)} kept", file=sys.stderr)
 
         def record(method: str, rows: list[dict], set_name: str = set_name) -> None:
-            if out is None:
-                return
-            write_jsonl(out / f"rows_{set_name}_{method}.jsonl", rows)
-            state["done"].append([set_name, method])
-            atomic_write_json(out / "partial.json", state)
+            if partial is not None:
+                write_jsonl(partial.slot(f"{set_name}_{method}.jsonl"), rows)
 
         res = run_methods(controller_methods(controller, methods, preset), sentences, controller.encoder.encoder, progress,
                           finished=finished, on_rows=record)
         results[set_name] = {m: {"summary": r["summary"], "by_length": r["by_length"]} for m, r in res.items()}
         if out is not None:
+            for m, r in res.items():
+                write_jsonl(out / f"rows_{set_name}_{m}.jsonl", r["rows"])
             metrics.plot_f1_vs_length({m: r["rows"] for m, r in res.items()}, out / f"f1_vs_length_{set_name}.png",
                                       f"token F1 against length ({set_name})")
     if out is not None:
         atomic_write_json(out / "results.json", results)
-        (out / "partial.json").unlink(missing_ok=True)
+        partial.discard()
     return results

@@ -371,11 +371,10 @@ def train_scratch(cfg: ScratchConfig, out: str | Path, resume: bool = False, pai
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = ScratchTask(cfg, tokenizer, pairs)
-    pointer = out / "checkpoints" / "latest.json"
-    # Timings and tokens/s cover the steps this call trains; a resumed run's earlier steps took other time.
-    start_step = json.loads(pointer.read_text())["step"] if resume and pointer.exists() else 0
+    trainer = Trainer(task, cfg.train, out)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    final = Trainer(task, cfg.train, out).fit(resume=resume, require_checkpoint=False)
+    final = trainer.fit(resume=resume, require_checkpoint=False)
+    start_step = trainer.start_step  # timings and tokens/s cover the steps this call trained
     train_seconds = time.perf_counter() - t0 - task.eval_seconds
     # CPU seconds of this process: on a machine shared with other jobs, wall time overstates
     # cost; CPU time (at threads=1) is close to what an idle core would take.

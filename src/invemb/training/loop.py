@@ -245,6 +245,7 @@ class Trainer:
             last_eval = state.get("last_eval", {})
         else:
             self.log.clear()
+        self.start_step = step  # where this call's training began (a resumed run's earlier steps ran elsewhen)
 
         bar = None
         if cfg.progress and self.is_main:
