@@ -208,6 +208,12 @@ def test_eval_inversion_cli_writes_metrics_rows_and_plots(cli_run, tmp_path):
     assert summary["encoder_calls"] > 0 and results["wiki"]["bag"]["summary"]["encoder_calls"] == 0
     assert len((out / "rows_wiki_controller.jsonl").read_text().splitlines()) == 4
     assert (out / "f1_vs_length_wiki.png").stat().st_size > 0
+    # Each row keeps the units in the order they were chosen; by_step scores the choice at each step.
+    first = json.loads((out / "rows_wiki_controller.jsonl").read_text().splitlines()[0])
+    assert len(first["placed"]) <= first["steps"] and all(isinstance(u, str) for u in first["placed"])
+    by_step = results["wiki"]["bag"]["by_step"]  # the bag "places" its top units in rank order
+    assert by_step and by_step[0]["step"] == 1 and by_step[0]["rows"] == 4 and 0 <= by_step[0]["precision"] <= 100
+    assert (out / "precision_by_step_wiki.png").stat().st_size > 0
     res = runner.invoke(app, ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus),
                               "--method", "oracle"])
     assert res.exit_code == 2 and "unknown method(s) oracle" in res.output

@@ -60,6 +60,22 @@ def test_token_f1_exact_match_bleu_rouge():
     assert set(metrics.by_length(rows)) == {"1-10", "11-20"}
 
 
+def test_precision_by_step_counts_each_reference_token_once(tmp_path):
+    steps = [{"unit": "cat", "slot": 0}, {"unit": "the", "slot": 0}, {"unit": "cat", "slot": 1, "moved_from": 0},
+             {"unit": "prime minister", "slot": 2}, {"unit": "the", "slot": 0}]
+    assert metrics.placed_units(steps) == ["cat", "the", "prime minister", "the"]  # the move re-places "cat"
+    rows = [{"text": "The cat saw the prime minister.", "placed": ["cat", "the", "prime minister", "the"]},
+            {"text": "The dog sat.", "placed": ["cat", "the", "the"]},  # the second "the" is one too many
+            {"text": "A prime example.", "placed": ["prime minister"]},  # a phrase counts only whole
+            {"text": "No trace.", "placed": []}]
+    by_step = metrics.precision_by_step(rows, min_rows=1)
+    assert [(p["step"], p["rows"]) for p in by_step] == [(1, 3), (2, 2), (3, 2), (4, 1)]
+    assert [p["precision"] for p in by_step] == pytest.approx([100 / 3, 100.0, 50.0, 100.0])
+    assert [p["step"] for p in metrics.precision_by_step(rows, min_rows=2)] == [1, 2, 3]  # step 4: one row only
+    path = metrics.plot_precision_by_step({"controller": by_step, "blackbox": []}, tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_multi_positive_infonce_matches_formula():
     g = torch.Generator().manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)

@@ -173,12 +173,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         corpus: Optional[Path] = typer.Option(None, help="built corpus folder (default: data/built/corpus, else the EM run's)"),
         preset: str = typer.Option("default", help="baseline sizes: tiny | default | full"),
         decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE (repeat)"),
-        out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png"),
+        out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png, precision_by_step_*.png"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU: faster decoding)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Inversion metrics (BLEU, ROUGE-L, token F1, exact match, cosine, encoder calls, seconds)
-        of the controller and the baselines side by side, with a per-length breakdown. With --out, killed
+        of the controller and the baselines side by side, with a per-length breakdown and the precision of the unit chosen at each step. With --out, killed
         part-way, the same command again keeps the finished (set, method) rows and runs the rest.
 
         Example: invemb eval inversion --em backbone --controller runs/controller --n 50 --out reports/inversion

@@ -91,7 +91,7 @@ def _results(method: Method | Batched, name: str, targets: torch.Tensor, progres
 
 def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], encoder, progress: bool = True,
                 finished: dict[str, list[dict]] | None = None, on_rows: Callable[[str, list[dict]], None] | None = None) -> dict:
-    """{method: {"summary", "by_length", "rows"}} for every method on ``sentences``. ``finished``: rows
+    """{method: {"summary", "by_length", "by_step", "rows"}} for every method on ``sentences``. ``finished``: rows
     of methods already run on these sentences (kept, not run again); ``on_rows(name, rows)`` is called as
     each method that runs here finishes."""
     targets = encoder.encode(list(sentences))  # (N, D)
@@ -100,7 +100,7 @@ def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], 
         rows = (finished or {}).get(name)
         if rows is None:
             rows = [{"text": text, "reconstruction": res.text, "encoder_calls": res.encoder_calls, "seconds": seconds,
-                     "steps": len(res.steps)} for text, (res, seconds) in zip(sentences, _results(method, name, targets, progress))]
+                     "steps": len(res.steps), "placed": metrics.placed_units(res.steps)} for text, (res, seconds) in zip(sentences, _results(method, name, targets, progress))]
             filled = [j for j, r in enumerate(rows) if r["reconstruction"].strip()]
             vecs = encoder.encode([rows[j]["reconstruction"] for j in filled]) if filled else torch.empty(0, encoder.dim)
             for r in rows:
@@ -109,7 +109,8 @@ def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], 
                 rows[j]["cosine"] = float(v @ targets[j])
             if on_rows is not None:
                 on_rows(name, rows)
-        out[name] = {"summary": metrics.summarise(rows), "by_length": metrics.by_length(rows), "rows": rows}
+        out[name] = {"summary": metrics.summarise(rows), "by_length": metrics.by_length(rows),
+                     "by_step": metrics.precision_by_step(rows), "rows": rows}
     return out
 
 
@@ -133,7 +134,8 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
 
 def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequence[str], out: str | Path | None = None,
                     preset: str = "default", progress: bool = True, settings: dict | None = None) -> dict:
-    """Metrics per set and method; with ``out``, writes results.json, rows JSONL and F1-vs-length plots.
+    """Metrics per set and method; with ``out``, writes results.json, rows JSONL, F1-vs-length
+    and precision-by-step plots.
 
     With ``out``, each finished (set, method) waits in ``out/partial/``, a :class:`invemb.io.PartialFolder`
     keyed by the sentences, the controller, its decoding settings, the baseline preset and ``settings``
@@ -161,12 +163,14 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
 
         res = run_methods(controller_methods(controller, methods, preset), sentences, controller.encoder.encoder, progress,
                           finished=finished, on_rows=record)
-        results[set_name] = {m: {"summary": r["summary"], "by_length": r["by_length"]} for m, r in res.items()}
+        results[set_name] = {m: {k: r[k] for k in ("summary", "by_length", "by_step")} for m, r in res.items()}
         if out is not None:
             for m, r in res.items():
                 write_jsonl(out / f"rows_{set_name}_{m}.jsonl", r["rows"])
             metrics.plot_f1_vs_length({m: r["rows"] for m, r in res.items()}, out / f"f1_vs_length_{set_name}.png",
                                       f"token F1 against length ({set_name})")
+            metrics.plot_precision_by_step({m: r["by_step"] for m, r in res.items()}, out / f"precision_by_step_{set_name}.png",
+                                           f"precision of the unit chosen at each step ({set_name})")
     if out is not None:
         atomic_write_json(out / "results.json", results)
         partial.discard()

@@ -146,6 +146,69 @@ def by_length(rows: Sequence[dict], buckets=LENGTH_BUCKETS) -> dict[str, dict]:
     return out
 
 
+def placed_units(steps: Sequence[dict]) -> list[str]:
+    """The units a decoding inserted, in the order it chose them (a move re-places a unit: left out)."""
+    return [s["unit"] for s in steps if "unit" in s and "moved_from" not in s]
+
+
+def precision_by_step(rows: Sequence[dict], min_rows: int = 5) -> list[dict]:
+    """Per insertion step t (1-based), the share (0-100) of the units chosen at step t that the
+    reference holds, over the rows' ``placed`` lists (:func:`placed_units`). A unit is right when all
+    its lowercased tokens are in the reference and not already claimed by an earlier right unit, so a
+    unit chosen twice counts once. Steps that fewer than ``min_rows`` rows reach (all rows, when there
+    are fewer) are left out. A flat
+    curve means mistakes come from the first step on; a falling one, that they compound."""
+    hits: list[int] = []
+    reached: list[int] = []
+    for r in rows:
+        left = Counter(_tokens(r["text"]))
+        for t, unit in enumerate(r.get("placed") or []):
+            need = Counter(_tokens(unit))
+            right = bool(need) and not (need - left)
+            if right:
+                left -= need
+            if t == len(hits):
+                hits.append(0)
+                reached.append(0)
+            hits[t] += right
+            reached[t] += 1
+    return [{"step": t + 1, "precision": 100.0 * h / n, "rows": n}
+            for t, (h, n) in enumerate(zip(hits, reached)) if n >= min(min_rows, len(rows))]
+
+
+def plot_precision_by_step(by_step: dict[str, Sequence[dict]], path: str | Path, title: str = "") -> Path:
+    """Per-step precision (:func:`precision_by_step`), one line per method, with the number of rows
+    reaching each step on a second axis (the late steps rest on few sentences)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from invemb.io import atomic_save_file
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    counts = ax.twinx()
+    for name, points in by_step.items():
+        if not points:
+            continue
+        xs = [p["step"] for p in points]
+        line, = ax.plot(xs, [p["precision"] for p in points], marker="o", markersize=3, label=name)
+        counts.plot(xs, [p["rows"] for p in points], color=line.get_color(), alpha=0.3, linestyle=":")
+    ax.set_xlabel("insertion step")
+    ax.set_ylabel("units in the reference (%)")
+    ax.set_ylim(-2, 102)
+    counts.set_ylabel("sentences reaching the step (dotted)")
+    counts.set_ylim(bottom=0)
+    ax.set_title(title or "precision of the unit chosen at each step")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_file(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+    return path
+
+
 def plot_f1_vs_length(rows_by_method: dict[str, Sequence[dict]], path: str | Path, title: str = "") -> Path:
     """Scatter of per-sentence token F1 against reference length, one colour per method, with the
     per-length mean as a line."""
