@@ -133,19 +133,36 @@ def _toy_train_config(tmp_path):
     return cfg
 
 
-def test_resume_continues_from_the_last_checkpoint(tmp_path):
-    from invemb.inversion.train import train_controller
+def test_resume_continues_from_the_last_checkpoint_with_the_runs_own_config(tmp_path, monkeypatch):
+    from invemb.inversion.train import ControllerTask, train_controller
 
-    cfg = _toy_train_config(tmp_path)
+    class Killed(RuntimeError):
+        pass
+
+    original = ControllerTask.loss
+
+    def dying_loss(self, model, batch, ctx):
+        if ctx.step == 5:
+            raise Killed()
+        return original(self, model, batch, ctx)
+
+    cfg = _toy_train_config(tmp_path).replace(**{"train.epochs": 2, "train.checkpoint_every": 2})
     encoder = BagEncoder()
-    train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
+    clean = train_controller("toy", cfg, tmp_path / "clean", encoder=encoder)
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(ControllerTask, "loss", dying_loss)
+        train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
     with pytest.raises(FileExistsError, match="not empty"):
         train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
     texts_before = encoder.texts
-    train_controller("toy", cfg.replace(**{"train.epochs": 2}), tmp_path / "run", resume=True, encoder=encoder)
+    other = cfg.replace(**{"train.epochs": 4, "train.lr": 1.0, "max_sentences": 20})  # ignored: the run's own config
+    resumed = train_controller("toy", other, tmp_path / "run", resume=True, encoder=encoder)
     assert encoder.texts - texts_before < 20  # states came from the run folder, not re-encoded
     epochs = read_metrics(tmp_path / "run/metrics.jsonl", "epoch")
     assert [r["epoch"] for r in epochs] == [0, 1]
+    for k, v in clean.items():
+        if k.startswith("dev_"):
+            assert resumed[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
     with pytest.raises(ValueError, match="another encoder"):
         train_controller("toy", cfg, tmp_path / "run", resume=True, encoder=BagEncoder(salt="x"))
 

@@ -21,7 +21,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         em: str = typer.Option(..., help="the encoder: an EM run folder, an HF folder, or `backbone`"),
         out: Path = typer.Option(..., help="run folder to write"),
         preset: str = typer.Option("default", help="tiny | default | full"),
-        resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint (killed earlier: its saved states, loop from step 0)"),
+        resume: bool = typer.Option(False, "--resume", help="continue a killed run with its own config (--preset / --set ignored) from its last checkpoint (killed earlier: its saved states, loop from step 0)"),
         vocab: Optional[Path] = typer.Option(None, help="unit vocabulary (default: EM run's vocab.json, else data/built/vocab.json)"),
         unit_cache: Optional[Path] = typer.Option(None, help="a unit_vectors.safetensors to reuse (checked against encoder + vocab)"),
         set_: List[str] = typer.Option([], "--set", help="ControllerTrainConfig override key=value, e.g. train.epochs=2 (repeat)"),

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from invemb.config import Config
 from invemb.encoder import Encoder
+from invemb.io import PartialFolder
 from invemb.inversion.controller import ControllerModel
 from invemb.inversion.decode import DecodeConfig, render
 from invemb.inversion.placer import PlacerConfig
@@ -132,9 +133,9 @@ class StateSet:
 
 
 def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, index, cfg: ControllerTrainConfig,
-                 seed: int, progress: bool = True, spill: Path | None = None) -> StateSet:
-    """Sample training states of ``sentences``. ``spill``: a folder keeping each finished chunk of
-    encodings, so a run killed while encoding re-encodes only the chunks it had not finished."""
+                 seed: int, progress: bool = True, spill: PartialFolder | None = None) -> StateSet:
+    """Sample training states of ``sentences``. ``spill``: keeps each finished chunk of encodings, so
+    a run killed while encoding re-encodes only the chunks it had not finished."""
     vocab = segmenter.vocab
     kept, units = [], []
     for s in sentences:
@@ -176,15 +177,13 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
 
 
 def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512,
-            spill: Path | None = None) -> torch.Tensor:
-    """Vectors (N, D) of ``texts``, ``chunk`` at a time; with ``spill``, each chunk is read from (or
-    written to) a file there named by a hash of its texts."""
-    import hashlib
-
+            spill: PartialFolder | None = None) -> torch.Tensor:
+    """Vectors (N, D) of ``texts``, ``chunk`` at a time; with ``spill``, each chunk is a piece there
+    named by a hash of its texts (its key names the encoder)."""
     from safetensors.torch import load_file, save_file
 
     from invemb.encoder import check_vectors
-    from invemb.io import atomic_save_file
+    from invemb.io import atomic_save_file, content_key
 
     out = torch.empty(len(texts), encoder.dim)
     starts = range(0, len(texts), chunk)
@@ -194,17 +193,14 @@ def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk
         starts = tqdm(starts, desc=f"encode {what}", unit="chunk", dynamic_ncols=True, mininterval=1.0)
     for i in starts:
         part = texts[i:i + chunk]
-        kept = None
-        if spill is not None:
-            kept = spill / f"{hashlib.sha256(chr(0).join(part).encode()).hexdigest()[:24]}.safetensors"
-            if kept.exists():
-                out[i:i + len(part)] = load_file(str(kept))["vectors"]
-                continue
+        name = f"{content_key(part)[:24]}.safetensors"
+        if spill is not None and spill.has(name):
+            out[i:i + len(part)] = load_file(str(spill.path(name)))["vectors"]
+            continue
         vecs = check_vectors(encoder.encode(part), len(part), encoder.dim, "encoder", what).float()
         out[i:i + len(part)] = vecs
-        if kept is not None:
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save_file(kept, lambda p: save_file({"vectors": vecs.contiguous()}, p))
+        if spill is not None:
+            atomic_save_file(spill.slot(name), lambda p: save_file({"vectors": vecs.contiguous()}, p))
     return out
 
 
@@ -408,14 +404,20 @@ def resolve_vocab(cfg: ControllerTrainConfig, em: str) -> Path:
 def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resume: bool = False,
                      encoder: Encoder | None = None, unit_cache: str | Path | None = None) -> dict:
     """Train a controller for the encoder ``em`` (a run folder, HF folder or "backbone") into ``out``.
-    Sentences come from ``cfg.train_file``, else ``cfg.corpus``, else the EM run's own corpus."""
+    Sentences come from ``cfg.train_file``, else ``cfg.corpus``, else the EM run's own corpus.
+    ``resume`` continues the run in ``out`` with its own config (the run's, not ``cfg``: only the
+    device and the progress bars come from ``cfg``), as the EM, scratch and tiered trainers do."""
     import invemb
     from invemb.inversion.harness import resolve_corpus
     from invemb.index import IndexConfig, UnitIndex
-    from invemb.io import atomic_write_json, atomic_write_text
+    from invemb.io import atomic_write_json, atomic_write_text, content_key
     from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
 
     out = Path(out)
+    started = json.loads((out / "config.json").read_text()) if resume and (out / "config.json").exists() else None
+    if started is not None:
+        cfg = ControllerTrainConfig.from_dict(started["config"]).replace(
+            **{"train.device": cfg.train.device, "train.progress": cfg.train.progress})
     distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if not resume and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or pick a new --out")
@@ -431,9 +433,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     vocab = Vocab.load(vocab_path)
     info = {"kind": "controller", "em": str(em), "encoder_fingerprint": fp, "vocab_fingerprint": vocab.fingerprint(),
             "dim": encoder.dim, "units": len(vocab), "vocab_source": str(vocab_path), "config": cfg.to_dict()}
-    if resume and (out / "config.json").exists():
-        old = json.loads((out / "config.json").read_text())
-        if (old["encoder_fingerprint"], old["vocab_fingerprint"]) != (fp, vocab.fingerprint()):
+    if started is not None:
+        if (started["encoder_fingerprint"], started["vocab_fingerprint"]) != (fp, vocab.fingerprint()):
             raise ValueError(f"{out} was started with another encoder or vocabulary; refusing to resume")
     seed = cfg.train.seed
     data_path, dev_path = out / "states_train", out / "states_dev"
@@ -456,7 +457,7 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
             segmenter = Segmenter(vocab)
             # Finished chunks of encodings wait in the run folder until both state sets are saved:
             # --resume after a kill during the encoding (minutes at the default size) reuses them.
-            spill = out / "states_encoded" if main else None
+            spill = PartialFolder(out / "states_encoded", content_key("controller states", fp)) if main else None
             dev = build_states(_sentences(cfg, "dev", cfg.dev_sentences, seed), segmenter, encoder, index,
                                cfg.replace(noise_share=0.0), seed + 1, cfg.train.progress, spill)  # dev: gold prefixes
             data = build_states(_sentences(cfg, "train", cfg.max_sentences, seed), segmenter, encoder, index, cfg, seed,
@@ -464,7 +465,7 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
             dev.save(dev_path)
             data.save(data_path)
             if spill is not None:
-                shutil.rmtree(spill, ignore_errors=True)
+                spill.discard()
     torch.manual_seed(seed)
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
