@@ -109,7 +109,7 @@ def main() -> None:
                          "ratio_moe_over_dense_real_tokens": round(paired["dense_real_tokens"], 3),
                          "router_load_max_over_mean": round(imbalance, 3), "buffer_slots_per_assignment": round(buffer_over_tokens, 3)}
         cf = moe.cfg.capacity_factor_train if mode == "train" else moe.cfg.capacity_factor_eval
-        print(f"{mode:5s} (capacity factor {cf}): dense {tps['dense']:,.0f} tok/s  MoE {tps['moe']:,.0f} tok/s  "
+        print(f"{mode:5s} (capacity factor {cf or 'none'}): dense {tps['dense']:,.0f} tok/s  MoE {tps['moe']:,.0f} tok/s  "
               f"RATIO MoE/dense on the same batch = {paired['dense']:.3f} (target >= 0.7)  | strict, dense on real "
               f"tokens only ({tps['dense_real_tokens']:,.0f} tok/s): ratio {paired['dense_real_tokens']:.3f}  "
               f"(untrained router: busiest expert {imbalance:.2f}x mean, {buffer_over_tokens:.2f} buffer slots per routed token)")

@@ -47,6 +47,24 @@ def test_dropped_tokens_get_zero_output_and_padding_is_not_routed():
     assert out.stats.load.sum() == pytest.approx(1.0)
 
 
+def test_outside_training_a_sequence_routes_the_same_alone_and_in_a_batch():
+    """No capacity limit at inference by default: with a router skewed to one expert, a sequence
+    encoded alone keeps every token, as it does inside a larger batch."""
+    moe = _moe(min_capacity=1).eval()
+    x = torch.randn(8, 12, 16)
+    with torch.no_grad():
+        moe.gate.proj.weight.zero_()
+        moe.gate.proj.weight[0] = x.reshape(-1, 16).mean(0) * 5
+        batch = moe(x)
+        alone = moe(x[:1])
+    assert batch.stats.drop_rate == 0 and alone.stats.drop_rate == 0
+    assert torch.allclose(alone.out[0], batch.out[0], atol=1e-6)
+    limited = _moe(min_capacity=1, capacity_factor_eval=1.0).eval()
+    limited.load_state_dict(moe.state_dict())
+    with torch.no_grad():
+        assert limited(x[:1]).stats.drop_rate > 0  # a limit makes the answer depend on the batch
+
+
 def test_balance_loss_equals_hand_computed_value():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
     first = probs.argmax(-1)  # experts 0, 0, 1, 2 -> f = (0.5, 0.25, 0.25)

@@ -35,7 +35,9 @@ class MoEConfig(Config):
     top_k: int = 1  # 1 (Switch) or 2 (GShard / ST-MoE)
     expert_hidden: int = 512  # H of each expert; equal active params: dense ffn_hidden // top_k
     capacity_factor_train: float = 1.25
-    capacity_factor_eval: float = 2.0
+    # 0: no limit outside training, so a text's vector does not depend on what else is in its batch
+    # (with a limit, a text encoded alone could lose tokens that a larger batch keeps)
+    capacity_factor_eval: float = 0.0
     min_capacity: int = 4
     balance_weight: float = 0.01  # Switch load-balancing loss coefficient
     z_loss_weight: float = 1e-3  # router z-loss coefficient (ST-MoE)
@@ -117,6 +119,9 @@ def z_loss_from_logsumexp(lse: torch.Tensor) -> torch.Tensor:
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, factor: float, minimum: int) -> int:
+    """Buffer slots per expert; ``factor`` 0 means no limit (every assignment fits)."""
+    if factor <= 0:
+        return num_tokens * top_k
     return min(max(minimum, math.ceil(factor * top_k * num_tokens / num_experts)), num_tokens * top_k)
 
 
@@ -151,8 +156,8 @@ class TopKGate(nn.Module):
         queue = (torch.arange(e, device=x.device).unsqueeze(1) == choice_major).cumsum(1)  # (E, K*N)
         demand = queue[:, -1] if n else queue.new_zeros(e)  # (E,) assignments per expert
         first_choice_counts = queue[:, n - 1] if n else demand  # (E,) the first choices queue first
-        # The buffer is no larger than the busiest expert needs: with balanced routing and the
-        # eval capacity factor (2.0) a full-capacity buffer would be mostly empty slots.
+        # The buffer is no larger than the busiest expert needs: without a limit (eval) or with a
+        # generous one, a full-capacity buffer would be mostly empty slots.
         cap = min(expert_capacity(n, e, k, factor, cfg.min_capacity), int(demand.max()) if n else 0)
         position = (queue.gather(0, choice_major) - 1).view(k, n)  # (K, N)
         keep = position < cap
