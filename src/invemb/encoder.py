@@ -1,6 +1,7 @@
 """The one protocol every encoder implements, and the checks shared by all of them."""
 from __future__ import annotations
 
+import unicodedata
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -27,17 +28,24 @@ class EncoderOutputError(RuntimeError):
     """An encoder returned vectors of the wrong shape or with NaN/inf."""
 
 
+def has_content(text: str) -> bool:
+    """Whether ``text`` holds a character other than whitespace and control / format characters
+    (a zero-width space or a NUL alone would give every encoder only its special tokens)."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf", "Cs") for ch in text)
+
+
 def check_texts(texts: list[str]) -> list[str]:
-    """Refuse empty or whitespace-only texts with one readable line (never a NaN vector)."""
+    """Refuse texts with nothing to encode (empty, whitespace-only, or only control / format
+    characters) with one readable line, the same for every encoder (never a NaN vector)."""
     if isinstance(texts, str):
         raise TypeError("encode() takes a list of strings, not one string")
     not_str = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if not_str:
         raise TypeError(f"encode() takes strings; position {not_str[0]} holds a {type(texts[not_str[0]]).__name__}")
-    bad = [i for i, t in enumerate(texts) if not t.strip()]
+    bad = [i for i, t in enumerate(texts) if not has_content(t)]
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
-        raise ValueError(f"{len(bad)} empty or whitespace-only text(s) at position(s) {shown}")
+        raise ValueError(f"{len(bad)} empty or whitespace-only text(s) (or only control characters) at position(s) {shown}")
     return list(texts)
 
 

@@ -65,6 +65,10 @@ def test_killed_append_is_ignored(tmp_path, tiny_backbone):
 def test_empty_text_refused(tiny_backbone):
     with pytest.raises(ValueError, match="empty or whitespace-only"):
         tiny_backbone.encode(["fine", "   "])
+    # Only control / format characters: the tokenizer would give just [CLS] [SEP], a vector of nothing.
+    with pytest.raises(ValueError, match=r"only control characters\) at position\(s\) 0, 2"):
+        tiny_backbone.encode(["\x00\x01", "fine", "\u200b\ufeff \u200d"])
+    assert tiny_backbone.encode(["caf\u00e9 \u200b", "\U0001F44D"]).shape[0] == 2  # content beside them is kept
     with pytest.raises(TypeError, match="position 1 holds a NoneType"):
         tiny_backbone.encode(["fine", None])
     with pytest.raises(TypeError, match="not one string"):

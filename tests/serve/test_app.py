@@ -41,6 +41,8 @@ def test_single_string_and_base64(client):
     ('{"input": ["ok", 7]}', 422, "input"),
     ('{"input": []}', 422, "empty list"),
     ('{"input": ["fine", "   "]}', 422, "text 1 is empty"),
+    ('{"input": ["a cat", "\\u0000", "ok"]}', 422, "text 1 is empty, whitespace only or only control characters"),
+    ('{"input": ["\\u200b\\ufeff"]}', 422, "text 0 is empty"),
     ('{"model": "x"}', 422, "input: Field required"),
     ('{"input": "a", "encoding_format": "int8"}', 422, "encoding_format"),
     ('{"input": "a", "dimensions": 8}', 422, "dimensions=8 is not supported"),

@@ -47,7 +47,8 @@ def test_pooling_is_differentiable_into_e1_states():
 
 
 @pytest.mark.parametrize("chunk,kind", [("cat", "word"), ("NASA", "caps"), ("1969", "numeric"), ("3rd", "numeric"),
-                                        (",", "punct"), ("😀", "emoji"), ("👍🏽", "emoji"), ("東京", "word"), ("I", "word")])
+                                        (",", "punct"), ("😀", "emoji"), ("👍🏽", "emoji"), ("東京", "word"), ("I", "word"),
+                                        ("नमस्ते", "word"), ("\u094d", "word"), ("🇺🇸", "emoji")])
 def test_chunk_types(chunk, kind):
     assert CHUNK_TYPES[chunk_type(chunk)] == kind
 
@@ -62,6 +63,22 @@ def test_word_chunks_keep_punctuation_and_emoji_apart_and_skip_spaces():
     assert [chunks[i] for i in range(len(chunks))] == ["Hi", ",", "NASA", "😀", "won", "3", "!"]
     assert [CHUNK_TYPES[t] for t in types] == ["word", "punct", "caps", "emoji", "word", "numeric", "punct"]
     assert all(c == -1 for ch, c in zip(text, char_chunk) if ch == " ")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("नमस्ते दुनिया", ["नमस्ते", "दुनिया"]),  # vowel signs and viramas are combining marks, not \w
+    ("สวัสดีครับ", ["สวัสดีครับ"]),
+    ("cafe\u0301 ok", ["cafe\u0301", "ok"]),  # a decomposed accent stays on its letter
+    ("👍🏽 🇺🇸 👨\u200d👩\u200d👧!", ["👍🏽", "🇺🇸", "👨\u200d👩\u200d👧", "!"]),  # one chunk per emoji grapheme
+])
+def test_word_chunks_keep_combining_marks_and_emoji_sequences_whole(text, expected):
+    char_chunk, types = chunks_from_starts(text, word_starts(text))
+    chunks: dict[int, str] = {}
+    for ch, c in zip(text, char_chunk):
+        if c >= 0:
+            chunks[c] = chunks.get(c, "") + ch
+    assert [chunks[i] for i in range(len(chunks))] == expected
+    assert [CHUNK_TYPES[t] for t in types] == [CHUNK_TYPES[chunk_type(c)] for c in expected]
 
 
 def test_stride_chunks_restart_after_spaces():

@@ -40,7 +40,7 @@ def test_presets_build(make_cfg):
     assert default.cfg.char.kind == "conv" and 400_000 < sum(p.numel() for p in default.parameters()) < 800_000
 
 
-@pytest.mark.parametrize("bad,match", [([""], "empty"), (["   \t\n"], "empty"), (["ok", "\x00\x07\u200b"], "position 1")])
+@pytest.mark.parametrize("bad,match", [([""], "empty"), (["   \t\n"], "empty"), (["ok", "\x00\x07\u200b"], r"position\(s\) 1")])
 def test_empty_whitespace_and_control_only_texts_are_refused(make_cfg, bad, match):
     with pytest.raises(ValueError, match=match):
         tiny_encoder(make_cfg).encode(bad)
@@ -66,9 +66,11 @@ def test_very_long_input_streams_in_windows(make_cfg):
     long = " ".join(["lorem ipsum dolor"] * 5000) + " " + "x" * 1000  # 86k characters, one 1000-char word
     pieces = windows(clean_text(long), enc.cfg.char)
     assert max(len(p) for p in pieces) <= enc.cfg.char.max_chars and "".join(pieces).replace(" ", "") == long.replace(" ", "")
-    with pytest.warns(UserWarning, match="windows"):
+    with pytest.warns(UserWarning, match="windows of 128 characters"):
         v = enc.encode([long, "short"], batch_size=16)
     assert v.shape == (2, enc.dim) and torch.isfinite(v).all()
+    with pytest.warns(UserWarning, match="windows of 128 UTF-8 bytes"):  # 100 characters, 200 bytes
+        tiny_encoder(make_cfg, **{"model.char.units": "bytes"}).encode(["\u00e9" * 100])
 
 
 def test_conv_e1_and_stride_and_learned_chunkers_encode(make_cfg):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from invemb.config import Config
-from invemb.encoder import Encoder, check_vectors
+from invemb.encoder import Encoder, check_vectors, has_content
 from invemb.serve.batching import MicroBatcher, QueueFull
 
 @dataclasses.dataclass
@@ -281,8 +281,9 @@ class Service:
             if len(t) > cfg.max_chars_per_text:
                 raise APIError(413, f"text {i} has {len(t)} characters; the limit is {cfg.max_chars_per_text}",
                                param=param, code="text_too_long")
-            if not t.strip():
-                raise APIError(422, f"text {i} is empty or whitespace only", param=param, code="empty_text")
+            if not has_content(t):  # the encoders' own rule (invemb.encoder.check_texts), answered here as a 422
+                raise APIError(422, f"text {i} is empty, whitespace only or only control characters", param=param,
+                               code="empty_text")
 
 
 def malloc_trim() -> Callable[[int], int] | None:

@@ -31,7 +31,9 @@ _KEEP_FORMAT = {"\u200d"}  # zero-width joiner: part of emoji sequences (family,
 
 @dataclasses.dataclass
 class CharEncoderConfig(Config):
-    units: str = "codepoint"  # "codepoint" (hashed into vocab_size buckets) or "bytes" (UTF-8, vocab 258)
+    # "codepoint" (ord % buckets: beyond the first ~2k code points unrelated characters share a unit,
+    # so two CJK words can collide) or "bytes" (UTF-8, vocab 258: longer inputs, no collisions)
+    units: str = "codepoint"
     vocab_size: int = 2048
     lowercase: bool = False
     max_chars: int = 256  # units per window; longer texts are streamed window by window

@@ -19,6 +19,7 @@ import re
 import unicodedata
 from typing import NamedTuple
 
+import regex
 import torch
 from torch import nn
 
@@ -27,7 +28,10 @@ from invemb.config import Config
 MODES = ("stride", "words", "learned")
 LABELS = ("words", "bpe")
 CHUNK_TYPES = ("word", "caps", "numeric", "punct", "emoji")
-_WORD_OR_SYMBOL = re.compile(r"\w+|\S", re.UNICODE)
+# A word keeps its combining marks (Devanagari and Thai vowel signs, a decomposed accent), which
+# \w alone does not match; any other non-space grapheme (an emoji with its skin tone, a flag, a ZWJ
+# family) is one chunk. The `regex` module knows \p{M} and grapheme clusters (\X); `re` does not.
+_WORD_OR_SYMBOL = regex.compile(r"[\w\p{M}]+|(?!\s)\X")
 _NON_SPACE = re.compile(r"\S+")
 
 
@@ -54,8 +58,8 @@ def chunk_type(chunk: str) -> int:
     if chunk.isalnum():
         return CHUNK_TYPES.index("numeric") if any(ch.isdigit() for ch in chunk) else 0
     cats = [unicodedata.category(ch) for ch in chunk]
-    if all(c in ("So", "Sk", "Mn") or ch == "\u200d" for c, ch in zip(cats, chunk)):
-        return CHUNK_TYPES.index("emoji")
+    if "So" in cats and all(c in ("So", "Sk", "Mn", "Me") or ch == "\u200d" for c, ch in zip(cats, chunk)):
+        return CHUNK_TYPES.index("emoji")  # a lone combining mark (a stride chunk can cut one off) is no emoji
     if all(c.startswith("P") or c.startswith("S") for c in cats):
         return CHUNK_TYPES.index("punct")
     if any(ch.isdigit() for ch in chunk):
@@ -69,7 +73,8 @@ Span = tuple[int, int]
 
 
 def word_spans(text: str) -> list[Span]:
-    """Mode "words": runs of word characters, and every other non-space character on its own."""
+    """Mode "words": runs of word characters with their combining marks, and every other non-space
+    grapheme on its own."""
     return [m.span() for m in _WORD_OR_SYMBOL.finditer(text)]
 
 

@@ -191,13 +191,11 @@ class TieredEncoder:
         self.cache_hits = 0
 
     def rows(self, texts: list[str]) -> tuple[list[str], list[int]]:
-        """The windows of every text and the text each window belongs to; refuses texts with nothing to encode."""
+        """The windows of every text and the text each window belongs to; refuses texts with nothing to
+        encode (check_texts: what survives clean_text is never empty)."""
         rows, owner = [], []
         for i, text in enumerate(check_texts(texts)):
-            cleaned = clean_text(text, self.cfg.char.lowercase)
-            if not cleaned:
-                raise ValueError(f"text at position {i} holds only whitespace or control characters")
-            for w in windows(cleaned, self.cfg.char):
+            for w in windows(clean_text(text, self.cfg.char.lowercase), self.cfg.char):
                 rows.append(w)
                 owner.append(i)
         return rows, owner
@@ -228,7 +226,8 @@ class TieredEncoder:
         rows, owner = self.rows(texts)
         if len(rows) > len(texts):
             warnings.warn(f"{len(rows) - len(texts)} extra window(s): long text(s) encoded in windows of "
-                          f"{self.cfg.char.max_chars} characters and averaged")
+                          f"{self.cfg.char.max_chars} {'UTF-8 bytes' if self.cfg.char.units == 'bytes' else 'characters'}"
+                          " and averaged")
         order = sorted(range(len(rows)), key=lambda r: len(rows[r]))  # similar lengths share a batch: less padding
         row_vec = torch.zeros(len(rows), self.dim)
         row_weight = torch.zeros(len(rows))
