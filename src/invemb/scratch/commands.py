@@ -19,7 +19,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="run folder to write"),
         preset: str = typer.Option("default", "--preset", help="tiny | default | full"),
         moe: bool = typer.Option(False, "--moe", help="Mixture-of-Experts feed-forward in every moe.every-th block"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="bpe | word (default: the preset's, bpe)"),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="bpe | word (default: the preset's, bpe; word maps every word outside its vocabulary, emoji and other scripts included, to one [UNK])"),
         resume: bool = typer.Option(False, "--resume", help="continue a killed run from its last checkpoint (killed before the first one: the loop from step 0)"),
         overrides: list[str] = typer.Option([], "--set", help="config override KEY=VALUE, e.g. model.depth=2"),
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
@@ -43,7 +43,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def compare_moe_cmd(
         out: Path = typer.Option(..., "--out", help="folder for dense/, moe/, compare.json and report.md"),
         preset: str = typer.Option("default", "--preset", help="tiny | default | full"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="bpe | word"),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="bpe | word (word: out-of-vocabulary words, emoji and other scripts become [UNK])"),
         overrides: list[str] = typer.Option([], "--set", help="config override KEY=VALUE for both models"),
         no_reference: bool = typer.Option(False, "--no-reference", help="skip the bundled MiniLM reference row"),
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
