@@ -36,6 +36,10 @@ def load(path: str | Path = "backbone", runtime: str = "torch", **kwargs: Any) -
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such run or model folder")
     kind = run_kind(p)
+    if kind == "controller":  # not an encoder: it inverts one
+        em = json.loads((p / "config.json").read_text()).get("em", "?")
+        raise ValueError(f"{p} is a controller run, not an encoder: load its encoder ({em}) instead, and the "
+                         "controller with invemb.inversion.load_run")
     if kind == "em":
         return importlib.import_module(RUN_KINDS[kind]).load_run(p, runtime=runtime, **kwargs)
     if runtime != "torch" and kind in RUN_KINDS:
@@ -69,6 +73,14 @@ def invert(vector_or_text: Any, em: str | Path, controller: str | Path, **kwargs
     return _invert(vector_or_text, em=em, controller=controller, **kwargs)
 
 
+def _save_npy(path: str | Path, array) -> None:
+    """np.save to exactly ``path`` (given a name, np.save would add ".npy" to a temporary file's)."""
+    import numpy as np
+
+    with open(path, "wb") as fh:
+        np.save(fh, array)
+
+
 def encode_to_npy(encoder: Encoder, texts: list[str], output: str | Path, settings: dict | None = None,
                   batch_size: int = 64, chunk: int = 2048, progress: bool = False) -> tuple[int, int]:
     """Encode ``texts`` into the (N, dim) float32 ``.npy`` file ``output`` (rows in input order); returns
@@ -77,14 +89,17 @@ def encode_to_npy(encoder: Encoder, texts: list[str], output: str | Path, settin
     runtime...), so that the same call after a kill encodes only the rest."""
     import numpy as np
 
-    from invemb.encoder import check_texts
+    from invemb.encoder import check_batch_size, check_texts, check_vectors
     from invemb.inversion.units import encoder_fingerprint
     from invemb.io import PartialFolder, atomic_save_file, content_key
 
-    texts = check_texts(texts)  # every text checked before any time is spent
+    texts = check_texts(texts)  # every text and setting checked before any time is spent
     if not texts:
         raise ValueError("no texts to encode")
+    check_batch_size(batch_size)
     output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"{output}: is a folder; give the .npy file to write")
     partial = PartialFolder(output.with_name(output.name + ".partial"),
                             content_key(texts, encoder_fingerprint(encoder), settings or {}, batch_size, chunk))
     parts = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]
@@ -98,13 +113,13 @@ def encode_to_npy(encoder: Encoder, texts: list[str], output: str | Path, settin
                    dynamic_ncols=True)
     for k in todo:
         part = parts[k]
-        vecs = encoder.encode(part, batch_size=batch_size).float().numpy()  # (n, dim)
-        atomic_save_file(partial.slot(names[k]), lambda p, v=vecs: np.save(open(p, "wb"), v))
+        vecs = check_vectors(encoder.encode(part, batch_size=batch_size), len(part), encoder.dim).float().numpy()  # (n, dim)
+        atomic_save_file(partial.slot(names[k]), lambda p, v=vecs: _save_npy(p, v))
         if bar is not None:
             bar.update(len(part))
     if bar is not None:
         bar.close()
     matrix = np.concatenate([np.load(partial.path(name)) for name in names]).astype(np.float32)
-    atomic_save_file(output, lambda p: np.save(open(p, "wb"), matrix))
+    atomic_save_file(output, lambda p: _save_npy(p, matrix))
     partial.discard()
     return matrix.shape

@@ -116,7 +116,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.api import encode_to_npy
         from invemb.io import read_jsonl_texts
 
-        texts = read_jsonl_texts(input)
+        texts = read_jsonl_texts(input, require_content=True)
         if not texts:
             raise ValueError(f"{input}: no texts")
         n, dim = encode_to_npy(invemb.load(model, runtime=runtime), texts, output, settings={"model": model, "runtime": runtime},

@@ -49,6 +49,13 @@ def check_texts(texts: list[str]) -> list[str]:
     return list(texts)
 
 
+def check_batch_size(batch_size: int) -> int:
+    """Refuse a batch size below 1 (a range() over it would run no batch and return unfilled rows)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch size must be a whole number of at least 1, got {batch_size!r}")
+    return batch_size
+
+
 def check_vectors(vectors: torch.Tensor, n: int, dim: int, who: str = "encoder", task: str = "") -> torch.Tensor:
     """Fail loudly (naming the encoder and the task) on a wrong shape or non-finite values."""
     where = f"{who}" + (f" on {task}" if task else "")

@@ -75,12 +75,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def read_jsonl_texts(path: str | Path, key: str = "text") -> list[str]:
-    """Lines of ``{"text": ...}``; errors name the file and line."""
+def read_jsonl_texts(path: str | Path, key: str = "text", require_content: bool = False) -> list[str]:
+    """Lines of ``{"text": ...}``; errors name the file and line. ``require_content``: refuse a text
+    an encoder would refuse (empty, whitespace or control characters only) by its line."""
+    from invemb.encoder import has_content
+
     texts: list[str] = []
     for n, obj in _jsonl_lines(path):
         if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
             raise ValueError(f"{path}:{n}: expected an object with a string {key!r} field")
+        if require_content and not has_content(obj[key]):
+            raise ValueError(f"{path}:{n}: the text is empty or holds only whitespace / control characters")
         texts.append(obj[key])
     return texts
 

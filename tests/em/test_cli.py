@@ -53,10 +53,25 @@ def test_neighbours_and_encode(tiny_em_run, tmp_path):
 def test_user_errors_are_one_line(tiny_em_run, tmp_path):
     run, _, _ = tiny_em_run
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine"}\n{"text": "   "}\n')
+    bad.write_text('{"text": "fine"}\n\n{"text": "\\u200b "}\n')
     result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(bad), "--output", str(tmp_path / "o.npy")])
-    assert result.exit_code == 2
-    assert "empty or whitespace-only" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2  # named by its line (blank lines are skipped, so not by its position)
+    assert f"{bad}:3: the text is empty or holds only whitespace / control characters" in result.output
+    assert "Traceback" not in result.output
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "fine"}\n')
+    for extra, needle in ((["--batch-size", "-1"], "batch size must be a whole number of at least 1, got -1"),
+                          (["--batch-size", "0"], "got 0")):
+        result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(good), "--output", str(tmp_path / "o.npy"), *extra])
+        assert result.exit_code == 2 and needle in result.output and not (tmp_path / "o.npy").exists()
+    (tmp_path / "folder.npy").mkdir()
+    result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(good), "--output", str(tmp_path / "folder.npy")])
+    assert result.exit_code == 2 and "folder.npy: is a folder; give the .npy file to write" in result.output
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    (ctl / "config.json").write_text(json.dumps({"kind": "controller", "em": str(run)}))
+    result = runner.invoke(app, ["encode", "--model", str(ctl), "--input", str(good), "--output", str(tmp_path / "o.npy")])
+    assert result.exit_code == 2 and f"{ctl} is a controller run, not an encoder: load its encoder ({run})" in result.output
     raw = tmp_path / "raw.jsonl"
     raw.write_bytes(b'{"text": "ok"}\n\xff\n')
     result = runner.invoke(app, ["encode", "--model", str(run), "--input", str(raw), "--output", str(tmp_path / "o.npy")])

@@ -82,14 +82,22 @@ def test_bad_inputs_and_mismatched_pairs(toy_run, tmp_path):
         ctrl.invert_vector(torch.zeros(encoder.dim))
     with pytest.raises(ValueError, match="vector 1"):
         ctrl.invert_vectors(torch.stack([torch.ones(encoder.dim), torch.zeros(encoder.dim)]))
-    rows = ctrl.invert_texts(["", "Big fox near."])
+    target = ctrl.encoder.encoder.encode(["Big fox near."])[0]
+    huge = ctrl.invert_vector(target * 1e20)  # its norm overflows float32
+    assert huge.text == ctrl.invert_vector(target).text != ""
+    rows = ctrl.invert_texts(["", "Big fox near.", "\u200b\x00"])
     assert rows[0]["reconstruction"] == "" and rows[0]["cosine"] is None and rows[1]["cosine"] > 0.9
+    assert rows[2]["reconstruction"] == "" and rows[2]["cosine"] is None  # nothing to encode, like ""
     with pytest.raises(ValueError, match="trained on encoder"):
         Controller.load(run, em=BagEncoder(salt="other"))
     with pytest.raises(ValueError, match="dimension"):
         Controller.load(run, em=BagEncoder(dim=16))
     info = json.loads((run / "config.json").read_text())
     assert info["kind"] == "controller" and info["vocab_fingerprint"] == toy_vocab().fingerprint()
+    (tmp_path / "em").mkdir()
+    (tmp_path / "em/config.json").write_text(json.dumps({"kind": "em", "em": {}}))
+    with pytest.raises(ValueError, match="config.json kind is 'em', not 'controller'"):  # not KeyError: 'config'
+        Controller.load(tmp_path / "em", em=encoder)
 
 
 def test_baselines_report_encoder_calls(toy_run):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from invemb.config import Config
-from invemb.encoder import check_texts
+from invemb.encoder import check_batch_size, check_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -207,6 +207,7 @@ class HFBackbone(torch.nn.Module):
     def features(self, texts: list[str], batch_size: int = 128, with_tokens: bool = False, progress: bool = False):
         """Pooled features (N, H) float32, and if asked the token states as a list of (T_i, H) fp16."""
         check_texts(texts)
+        check_batch_size(batch_size)
         pooled = torch.empty(len(texts), self.hidden)
         tokens: list[torch.Tensor | None] = [None] * len(texts) if with_tokens else []
         batches = list(self.length_sorted_batches(texts, batch_size))

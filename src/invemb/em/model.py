@@ -328,9 +328,10 @@ class TokenEmbeddingModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        from invemb.encoder import check_texts
+        from invemb.encoder import check_batch_size, check_texts
 
         check_texts(texts)
+        check_batch_size(batch_size)
         self.eval()
         out = torch.empty(len(texts), self.dim)
         batches = list(self.backbone.length_sorted_batches(texts, batch_size))

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from invemb.encoder import Encoder
+from invemb.encoder import Encoder, has_content
 from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
                                      beam_decode, beam_decode_many, check_target)
 from invemb.inversion.placer import Placer, PlacerConfig
@@ -154,6 +154,8 @@ def load_model(run: Path) -> tuple[ControllerModel, dict]:
     from invemb.inversion.train import ControllerTrainConfig
 
     info = json.loads((run / "config.json").read_text())
+    if info.get("kind") != "controller":
+        raise ValueError(f"{run}: config.json kind is {info.get('kind')!r}, not 'controller'")
     cfg = ControllerTrainConfig.from_dict(info["config"])
     model = ControllerModel(info["dim"], cfg.selector, cfg.placer, cfg.chunk)
     weights = run / "model.safetensors"
@@ -191,8 +193,6 @@ class Controller:
         if not (run / "config.json").exists():
             raise FileNotFoundError(f"{run}: not a controller run folder (no config.json)")
         model, info = load_model(run)
-        if info.get("kind") != "controller":
-            raise ValueError(f"{run}: config.json kind is {info.get('kind')!r}, not 'controller'")
         encoder = em if em is not None and not isinstance(em, (str, Path)) else invemb.load(str(em or info["em"]), runtime=runtime)
         if encoder.dim != info["dim"]:
             raise ValueError(f"encoder has dimension {encoder.dim}, the controller was trained on {info['dim']}")
@@ -251,8 +251,9 @@ class Controller:
     def invert_texts(self, texts: Sequence[str], decode: DecodeConfig | None = None, progress: bool = False,
                      batch: int = 16, on_done=None) -> list[dict]:
         """Encode each text and invert it: rows with text, reconstruction, cosine, steps, encoder_calls,
-        seconds. An empty text gives an empty reconstruction with cosine None (undefined)."""
-        nonempty = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        seconds. An empty text (or one of only whitespace / control characters) gives an empty
+        reconstruction with cosine None (undefined)."""
+        nonempty = [i for i, t in enumerate(texts) if isinstance(t, str) and has_content(t)]
         results = {}
         if on_done is not None and len(nonempty) < len(texts):
             on_done(len(texts) - len(nonempty))

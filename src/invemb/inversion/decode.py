@@ -136,10 +136,11 @@ def check_target(target: torch.Tensor, dim: int) -> torch.Tensor:
         raise ValueError(f"target vector has shape {tuple(t.shape)}; this encoder needs ({dim},)")
     if not torch.isfinite(t).all():
         raise ValueError("target vector contains NaN or infinite values")
-    norm = t.norm()
-    if norm < 1e-8:
+    scale = t.abs().max()
+    if scale == 0:
         raise ValueError("target vector is all zeros")
-    return t / norm
+    t = t / scale  # first: the norm of a finite vector with 1e20 entries overflows float32
+    return t / t.norm()
 
 
 def _apply(h: Hypothesis, a: Action) -> list[int]:

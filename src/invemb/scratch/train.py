@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from invemb.config import Config
-from invemb.encoder import check_texts, check_vectors
+from invemb.encoder import check_batch_size, check_texts, check_vectors
 from invemb.io import atomic_save_file, atomic_write_json, atomic_write_text
 from invemb.scratch.data import DataConfig, Pair, PairDataset, TripletDataset, build_pairs, in_batch_negative_batches
 from invemb.scratch.losses import contrastive_loss, multiple_negatives_ranking_loss, triplet_loss
@@ -85,6 +85,7 @@ class ScratchEncoder:
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         texts = check_texts(texts)
+        check_batch_size(batch_size)
         if not texts:
             return torch.empty(0, self.dim)
         self.model.eval()

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from invemb.config import Config
-from invemb.encoder import check_texts, check_vectors
+from invemb.encoder import check_batch_size, check_texts, check_vectors
 from invemb.tiered.char_encoder import N_SPECIAL, PAD_ID, CharEncoder, CharEncoderConfig, clean_text
 from invemb.tiered.chunker import (ChunkerConfig, ChunkProjector, Chunks, chunks_from_spans, label_spans, rule_spans,
                                    spans_from_starts, starts_of)
@@ -220,6 +220,7 @@ class TieredEncoder:
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of strings, not one string")
+        check_batch_size(batch_size)
         if not texts:
             return torch.empty(0, self.dim)
         self.model.eval()
