@@ -1,4 +1,6 @@
 """Each evaluator on encoders with known answers, and loud failures on bad output."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from invemb.eval.classification import KNNClassificationEvaluator
 from invemb.eval.inversion import InversionEvaluator
 from invemb.eval.retrieval import RetrievalEvaluator, RetrievalTask
 from invemb.eval.stats import EmbeddingStatsEvaluator
-from invemb.eval.typo import TypoEvaluator
+from invemb.eval.typo import TypoEvaluator, level_name
 from invemb.eval.wordsim import WordSimEvaluator
 from tests.conftest import FakeEncoder
 from tests.eval.conftest import BrokenEncoder
@@ -108,7 +110,7 @@ class CharEncoder:
         raise NotImplementedError
 
 
-def test_typo_robustness_levels_and_curve():
+def test_typo_robustness_levels_and_curve(tmp_path):
     sentences = ["the government announced a new policy on education", "their friend received the package yesterday",
                  "scientists believe the experiment was successful", "a beautiful garden grows behind the old house"]
     ev = TypoEvaluator(sentences, rates=(0.05, 0.2), seed=0)
@@ -120,9 +122,19 @@ def test_typo_robustness_levels_and_curve():
     # a hashed-text encoder: any edit gives an unrelated vector
     hashed = ev(FakeEncoder(dim=64))
     assert hashed["cos_noise20"] < 0.5
+    # Rates that round to one percent keep their own names (2 and 2.5 were both "noise2").
+    assert {level_name(r) for r in (0.02, 0.025, 0.1, 0.125)} == {"noise2", "noise2.5", "noise10", "noise12.5"}
+    from invemb.eval.report import plot_typo_curves
+
+    halves = TypoEvaluator(sentences, rates=(0.025, 0.05), seed=0)(CharEncoder())
+    assert {"cos_noise2.5", "mrr_noise5"} <= set(halves)
+    assert plot_typo_curves({"results": {"typo": {"char": halves}}}, tmp_path / "typo.png").stat().st_size > 0
+    for rates in ((), (0.1, 0.1), (0.0,), (1.5,)):
+        with pytest.raises(ValueError, match="typo rates must be distinct shares"):
+            TypoEvaluator(sentences, rates=rates)
 
 
-def test_inversion_hook(monkeypatch):
+def test_inversion_hook(monkeypatch, tmp_path):
     import sys
     import types
 
@@ -139,3 +151,12 @@ def test_inversion_hook(monkeypatch):
 
     assert InversionEvaluator("runs/ctrl", sentences=["a b"])(MemoEncoder(enc)) == {"bleu": 12.0}
     assert calls == [(enc, "runs/ctrl", ["a b"])]  # the suite's memo wrapper is taken off
+    from invemb.inversion.units import encoder_fingerprint
+
+    ctrl = tmp_path / "ctrl"
+    ctrl.mkdir()
+    (ctrl / "config.json").write_text(json.dumps({"kind": "controller", "em": "runs/em-x",
+                                                  "encoder_fingerprint": encoder_fingerprint(enc)}))
+    assert InversionEvaluator(str(ctrl), sentences=["a b"])(MemoEncoder(enc)) == {"bleu": 12.0}
+    with pytest.raises(NotRun, match=r"trained on another encoder \(runs/em-x\)"):
+        InversionEvaluator(str(ctrl), sentences=["a b"])(FakeEncoder(dim=8))

@@ -39,6 +39,28 @@ def test_run_suite_side_by_side_and_not_run():
     assert res["primary"] == {"relations": "synonym_margin", "stats": "effective_rank"}
 
 
+def test_an_evaluator_not_for_one_encoder_still_runs_on_the_others():
+    """A controller trained on one encoder: the inversion evaluator runs on that one; the others get
+    a reason under not_run and the rest of the suite is kept."""
+    from invemb.eval.base import NotRun
+
+    class OnlyFor:
+        primary_metric = "x"
+
+        def __call__(self, encoder):
+            if encoder.name != "mine":
+                raise NotRun(f"trained on another encoder, not {encoder.name}")
+            return {"x": 1.0}
+
+    res = run_suite({"mine": FakeEncoder(dim=16, name="mine"), "other": FakeEncoder(dim=16, name="other")},
+                    evaluators={"only": OnlyFor(), "stats": EmbeddingStatsEvaluator(TEXTS)}, progress=False)
+    assert res["results"]["only"] == {"mine": {"x": 1.0}} and set(res["results"]["stats"]) == {"mine", "other"}
+    assert res["not_run"] == {"only (other)": "trained on another encoder, not other"}
+    assert "| only (x, higher is better) | 1.0000 | – |" in markdown_report(res)
+    res = run_suite({"other": FakeEncoder(dim=16, name="other")}, evaluators={"only": OnlyFor()}, progress=False)
+    assert res["results"] == {} and res["not_run"] == {"only": "trained on another encoder, not other"}
+
+
 def test_run_suite_fails_loudly_on_bad_encoder():
     with pytest.raises(EncoderOutputError, match="broken-nan on relations"):
         run_suite({"ok": FakeEncoder(), "bad": BrokenEncoder("nan", dim=16)}, evaluators=evaluators(), progress=False)
@@ -121,6 +143,24 @@ def test_cli_eval_bad_input():
     assert result.exit_code == 2 and "unknown suite or evaluator 'nope'" in result.output
     result = CliRunner().invoke(app, ["eval", "--encoder", "/no/such/run", "--suite", "stats"])
     assert result.exit_code == 2 and "no such run or model folder" in result.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--vocab", "/no/vocab.json"], "/no/vocab.json: no such file or folder (given as vocab)"),
+    (["--set", "sts=/no/sts.tsv"], "/no/sts.tsv: no such file or folder (given as sts)"),
+    (["--set", "wiki_path=/no/wiki.json"], "(given as wiki_path)"),
+    (["--out", "README.md"], "README.md: exists and is not a folder"),
+    (["--set", "neighbours_k=0"], "eval sizes must be at least 1: neighbours_k=0"),
+    (["--set", "retrieval_queries=0", "--set", "knn_folds=1"], "retrieval_queries=0, knn_folds=1 (at least 2)"),
+    (["--set", "typo_rates=[]"], "typo_rates must be distinct shares"),
+])
+def test_cli_eval_refuses_bad_settings_before_loading_a_model(args, needle):
+    """Checked before any encoder loads: the encoder named here does not exist, so a check that came
+    later would answer with the encoder's error instead."""
+    from invemb.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--encoder", "/no/such/run", "--suite", "stats", *args])
+    assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
 
 
 def test_memo_encoder_encodes_each_text_once():

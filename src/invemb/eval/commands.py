@@ -22,7 +22,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def eval_cmd(
         ctx: typer.Context,
         encoder: List[str] = typer.Option([], "--encoder", "-e", help="run folder, backbone folder, or `backbone` (repeat)"),
-        suite: str = typer.Option("all", help="all | word | retrieval | order | relations | classification | typo | "
+        suite: str = typer.Option("all", help="all | word | sts | retrieval | order | relations | classification | typo | "
                                               "stats | inversion, an evaluator name, or a comma list"),
         out: Optional[Path] = typer.Option(None, help="folder for results.json, report.md and plots/"),
         preset: str = typer.Option("default", help="tiny | default | full (data sizes)"),
@@ -49,7 +49,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             cfg = cfg.replace(vocab=str(vocab))
         if controller:
             cfg = cfg.replace(controller=str(controller))
-        suite_names(suite)  # refuse an unknown suite before loading any model
+        suite_names(suite)  # refuse an unknown suite, a missing file or a bad --out before loading any model
+        cfg.check_paths(out)
         import functools
 
         import invemb

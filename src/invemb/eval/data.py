@@ -36,11 +36,18 @@ def wiki_articles(split: str = "test", wiki_path: str | None = None) -> list[dic
     return [dict(r) for r in _wiki_rows(wiki_path) if split is None or split_of(f"wiki:{r['title']}") == split]
 
 
+@functools.lru_cache(maxsize=4)
+def _sentence_pool(split: str, min_words: int, max_words: int, wiki_path: str | None) -> tuple[str, ...]:
+    """Every sentence of ``split``'s summaries within the word limits (split once per process)."""
+    return tuple(s for r in wiki_articles(split, wiki_path) for s in split_sentences(r["extract"])
+                 if min_words <= len(s.split()) <= max_words)
+
+
 def wiki_sentences(n: int = 500, seed: int = 0, split: str = "test", min_words: int = 6, max_words: int = 40,
                    wiki_path: str | None = None) -> list[str]:
-    """``n`` sentences sampled from held-out Wikipedia summaries."""
-    pool = [s for r in wiki_articles(split, wiki_path) for s in split_sentences(r["extract"])
-            if min_words <= len(s.split()) <= max_words]
+    """``n`` sentences sampled from held-out Wikipedia summaries (the sample depends on ``n`` and
+    ``seed`` only)."""
+    pool = list(_sentence_pool(split, min_words, max_words, wiki_path))
     rng = random.Random(seed)
     return rng.sample(pool, min(n, len(pool)))
 

@@ -2,7 +2,8 @@
 
 The hook: ``invemb.inversion.metrics.evaluate_inversion(encoder, controller, sentences) ->
 dict[str, float]`` (BLEU, ROUGE-L, token F1, exact match, cosine, as that package defines them).
-Until that function exists, or when no controller run is given, this evaluator is "not run".
+Without a controller run this evaluator is "not run"; so it is for each encoder the controller was
+not trained on (a suite comparing the backbone with an EM runs the controller on its own EM only).
 """
 from __future__ import annotations
 
@@ -33,5 +34,21 @@ class InversionEvaluator:
         evaluate = self._hook()
         if isinstance(encoder, MemoEncoder):  # the controller loads against the model itself
             encoder = encoder.encoder
+        self._check_trained_on(encoder)
         sentences = self._sentences if self._sentences is not None else self.loader()
         return {k: float(v) for k, v in evaluate(encoder, self.controller, sentences).items()}
+
+    def _check_trained_on(self, encoder) -> None:
+        """NotRun (not an error) for an encoder the controller was not trained on."""
+        import json
+        from pathlib import Path
+
+        from invemb.inversion.units import encoder_fingerprint
+
+        config = Path(self.controller) / "config.json"
+        if not config.exists():
+            return  # the controller's own loader says what is wrong with the folder
+        info = json.loads(config.read_text())
+        trained = info.get("encoder_fingerprint")
+        if trained is not None and trained != encoder_fingerprint(encoder):
+            raise NotRun(f"the controller {self.controller} was trained on another encoder ({info.get('em', '?')})")

@@ -160,16 +160,17 @@ def plot_bars(results: dict, out_dir: str | Path) -> list[Path]:
 
 def plot_typo_curves(results: dict, out_path: str | Path) -> Path | None:
     """cos(clean, noisy) and MRR against the share of characters hit, per encoder; real
-    misspellings as a separate marker at their measured share of sentences changed."""
+    misspellings as a dotted horizontal line (they have no character rate of their own)."""
     per = results["results"].get("typo")
     if not per:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for enc, m in per.items():
-        levels = sorted(int(k[len("cos_noise"):]) for k in m if re.fullmatch(r"cos_noise\d+", k))
+        levels = sorted((float(k[len("cos_noise"):]), k[len("cos_"):]) for k in m if re.fullmatch(r"cos_noise[\d.]+", k))
         for ax, what in zip(axes, ("cos", "mrr")):
-            line, = ax.plot([0] + levels, [1.0] + [m[f"{what}_noise{lv}"] for lv in levels], marker="o", label=enc)
+            line, = ax.plot([0] + [pct for pct, _ in levels], [1.0] + [m[f"{what}_{name}"] for _, name in levels],
+                            marker="o", label=enc)
             if f"{what}_real" in m:
                 ax.axhline(m[f"{what}_real"], color=line.get_color(), linestyle=":", linewidth=1)
     for ax, title in zip(axes, ("mean cos(clean, noisy)", "MRR of noisy queries")):

@@ -8,8 +8,8 @@ encoder output (NaN, wrong width) raises, naming the encoder and the task.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
+from pathlib import Path
 from typing import Callable
 
 from invemb.config import Config
@@ -39,6 +39,29 @@ class EvalConfig(Config):
     wiki_path: str = ""  # summaries_en-us.json; "" = the installed package's
     batch_size: int = 64
 
+    def __post_init__(self) -> None:
+        sizes = ("order_sentences", "relation_pairs", "units", "purity_queries", "neighbours_k", "retrieval_queries",
+                 "knn_texts", "knn_k", "typo_sentences", "stats_texts", "plot_units", "batch_size")
+        small = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
+        if self.knn_folds < 2:
+            small.append(f"knn_folds={self.knn_folds} (at least 2)")
+        if small:
+            raise ValueError(f"eval sizes must be at least 1: {', '.join(small)}")
+        rates = list(self.typo_rates)
+        if not rates or len(set(rates)) < len(rates) or not all(0 < r <= 1 for r in rates):
+            raise ValueError(f"typo_rates must be distinct shares of characters in (0, 1], at least one; got {rates}")
+
+    def check_paths(self, out: str | Path | None = None) -> None:
+        """Refuse a file the user named that is not there, and an ``out`` that is a file, before any
+        model loads (the evaluators would otherwise report a missing file as optional data "not
+        run", and a bad ``out`` would fail after the whole suite)."""
+        named = {"vocab": self.vocab, "controller": self.controller, "sts": self.sts, "wiki_path": self.wiki_path}
+        for key, path in named.items():
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"{path}: no such file or folder (given as {key})")
+        if out and Path(out).exists() and not Path(out).is_dir():
+            raise FileExistsError(f"{out}: exists and is not a folder; give a folder for the report")
+
     presets = {
         "tiny": {"order_sentences": 40, "relation_pairs": 100, "units": 400, "purity_queries": 50,
                  "retrieval_queries": 40, "knn_texts": 120, "knn_k": 5, "knn_folds": 3, "typo_sentences": 40,
@@ -65,10 +88,10 @@ def _factories(cfg: EvalConfig) -> dict[str, Callable[[], object]]:
 
     wiki, seed, n_q, bs = cfg.wiki_path or None, cfg.seed, cfg.retrieval_queries, cfg.batch_size
     vocab = (lambda: set(vocab_units(cfg.vocab, n=10**9)[0])) if cfg.vocab else (lambda: None)
-    # one sample of held-out sentences, sliced per evaluator: shared sentences are encoded once
-    pool = functools.lru_cache(maxsize=1)(
-        lambda: data.wiki_sentences(max(cfg.order_sentences, cfg.typo_sentences, cfg.stats_texts, 200), seed, wiki_path=wiki))
-    sentences = lambda n: (lambda: pool()[:n])
+    # Each evaluator its own sample of held-out sentences, so that its sentences depend on the seed
+    # and its own size only (a prefix of one shared sample changed with the other evaluators' sizes).
+    # Sentences two evaluators share are still encoded once (MemoEncoder).
+    sentences = lambda n: (lambda: data.wiki_sentences(n, seed, wiki_path=wiki))
     def sts():
         if not cfg.sts:
             raise NotRun("no sentence-pair file given (--set sts=PATH to a TSV: sentence1, sentence2, score)")
@@ -151,22 +174,31 @@ def run_suite(encoders: dict[str, object], suite: str = "all", cfg: EvalConfig |
     bar = tqdm(total=len(makers) * len(encoders), desc="eval", unit="run", dynamic_ncols=True, disable=not progress)
     for ev_name, make in makers.items():
         results[ev_name], seconds[ev_name] = {}, {}
+        skipped: dict[str, str] = {}  # encoder -> why this evaluator is not for it
+        done = 0
         try:
             evaluator = make()
             primary[ev_name] = evaluator.primary_metric
             for enc_name, encoder in encoders.items():
                 bar.set_postfix_str(f"{ev_name} / {enc_name}")
                 start = time.perf_counter()
-                results[ev_name][enc_name] = evaluator(encoder)
-                seconds[ev_name][enc_name] = round(time.perf_counter() - start, 2)
+                try:
+                    results[ev_name][enc_name] = evaluator(encoder)
+                    seconds[ev_name][enc_name] = round(time.perf_counter() - start, 2)
+                except NotRun as err:  # not for this encoder (a controller trained on another): the others run
+                    skipped[enc_name] = str(err)
+                done += 1
                 bar.update()
+            if not results[ev_name]:
+                raise NotRun("; ".join(dict.fromkeys(skipped.values())))
+            not_run.update({f"{ev_name} ({enc_name})": why for enc_name, why in skipped.items()})
             if hasattr(evaluator, "bm25"):
                 results[ev_name]["bm25"] = evaluator.bm25()
         except (NotRun, MissingDataError) as err:  # optional data missing: say why, run the rest
             not_run[ev_name] = str(err)
             results.pop(ev_name)
             primary.pop(ev_name, None)
-            bar.update(len(encoders) - len(seconds[ev_name]))
+            bar.update(len(encoders) - done)
     bar.close()
     return {"suite": suite, "config": cfg.to_dict(), "encoders": list(encoders), "primary": primary,
             "results": results, "not_run": not_run, "seconds": seconds}
@@ -191,6 +223,7 @@ def evaluate(encoders: dict[str, object], suite: str = "all", cfg: EvalConfig | 
     from invemb.eval.report import write_report
 
     cfg = cfg or EvalConfig()
+    cfg.check_paths(out)
     encoders = {name: MemoEncoder(enc) for name, enc in encoders.items()}  # shared by the suite and the plots
     results = run_suite(encoders, suite, cfg, progress)
     if out:
@@ -202,8 +235,6 @@ def name_encoders(specs: list[str], load=None) -> dict[str, object]:
     """``["backbone", "runs/em"]`` -> {"backbone": ..., "em": ...}: each spec loaded with
     :func:`invemb.api.load` (a run folder, a backbone folder, or ``backbone``), named by its
     folder, with ``#2``, ``#3`` added to repeated names."""
-    from pathlib import Path
-
     if load is None:
         from invemb.api import load
     if not specs:

@@ -12,8 +12,9 @@ from invemb.eval.retrieval import dense_rankings, retrieval_metrics
 
 
 def level_name(rate: float) -> str:
-    """0.05 -> "noise5": the suffix of this evaluator's per-level metrics."""
-    return f"noise{round(rate * 100)}"
+    """0.05 -> "noise5", 0.025 -> "noise2.5": the suffix of this evaluator's per-level metrics (the
+    percentage, so two rates never share a name)."""
+    return f"noise{round(rate * 100, 6):g}"
 
 
 def _noise_module():
@@ -31,6 +32,8 @@ class TypoEvaluator:
                  real_rate: float = 0.5, seed: int = 0, batch_size: int = 64, name: str = "typo"):
         if sentences is None and loader is None:
             raise ValueError("TypoEvaluator needs sentences or a loader")
+        if not rates or len(set(rates)) < len(rates) or not all(0 < r <= 1 for r in rates):
+            raise ValueError(f"typo rates must be distinct shares of characters in (0, 1], at least one; got {list(rates)}")
         self._sentences, self.loader, self.rates, self.real_rate = sentences, loader, tuple(rates), real_rate
         self.seed, self.batch_size, self.name = seed, batch_size, name
         middle = 0.1 if 0.1 in self.rates else self.rates[len(self.rates) // 2]
