@@ -169,6 +169,23 @@ def test_error_line_unquotes_keys_and_names_paths():
     assert error_line(ValueError("")) == "ValueError"
 
 
+def test_index_build_reads_the_em_runs_own_unit_vectors(tiny_em_run, tmp_path, monkeypatch):
+    """The run's unit_vectors.safetensors matches its encoder and vocabulary: nothing is encoded."""
+    import invemb.inversion.units as units
+    from invemb.index import UnitIndex
+
+    run, _, _ = tiny_em_run
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded the units again")
+
+    monkeypatch.setattr(units, "encode_units", no_encoding)
+    result = runner.invoke(app, ["index", "build", "--model", str(run), "--out", str(tmp_path / "idx")])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "idx/unit_vectors.safetensors").exists()  # read from the run, not copied
+    assert UnitIndex.load(tmp_path / "idx").units == json.loads((run / "vocab.json").read_text())["units"]
+
+
 def test_encode_to_npy_continues_after_a_kill(tiny_em_run, tmp_path):
     """Killed after its first chunk, the same call encodes only the rest; the matrix equals one call's."""
     import invemb

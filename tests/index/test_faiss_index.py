@@ -138,5 +138,11 @@ def test_cli_index_build_passes_faiss_parameters(tmp_path, tiny_bert_dir):
     assert res.exit_code == 0, res.output
     idx = UnitIndex.load(tmp_path / "p")
     assert (idx.index.nlist, idx.index.nprobe, idx.index.pq.M, idx.index.pq.nbits) == (4, 2, 8, 6)
-    res = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), "--kind", "ivfpq", "--pq-bits", "9"])
-    assert res.exit_code == 2 and "ivfpq needs at least" in res.output
+    # Refused before any unit is encoded (with the full vocabulary, encoding takes minutes).
+    for extra, needle in ((["--kind", "ivfpq", "--pq-bits", "9"], "ivfpq needs at least"),
+                          (["--kind", "bogus"], "unknown index kind 'bogus'"),
+                          (["--kind", "ivfpq", "--nlist", "4", "--pq-m", "5"], "pq_m=5 must divide the dimension"),
+                          (["--hnsw-m", "0", "--nprobe", "0"], "bad index settings: hnsw_m=0, ivf_nprobe=0")):
+        res = runner.invoke(app, base + ["--out", str(tmp_path / "bad"), *extra])
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert not (tmp_path / "bad").exists()

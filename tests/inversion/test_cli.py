@@ -178,6 +178,9 @@ def test_index_build(cli_run, tmp_path):
 
     idx = UnitIndex.load(tmp_path / "idx")
     assert idx.units == toy_vocab().units and idx.meta["vocab_fingerprint"] == toy_vocab().fingerprint()
+    res = runner.invoke(app, ["index", "build", "--model", str(root / "run"), "--vocab", str(root / "vocab.json"),
+                              "--out", str(tmp_path / "idx3")])
+    assert res.exit_code == 2 and "--vocab does not apply to a controller run" in res.output
     res = runner.invoke(app, ["index", "build", "--model", em, "--vocab", str(root / "vocab.json"), "--out", str(tmp_path / "idx2"),
                               "--kind", "hnsw"])
     assert res.exit_code == 0, res.output

@@ -49,6 +49,37 @@ class IndexConfig(Config):
 
     presets = {"tiny": {}, "default": {}, "full": {"kind": "hnsw"}}
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r}; choose from {', '.join(KINDS)}")
+        low = [f"{k}={getattr(self, k)}" for k in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe")
+               if getattr(self, k) < 1]
+        low += [f"{k}={getattr(self, k)}" for k in ("ivf_nlist", "ivf_train_size", "pq_m", "refine_k_factor", "threads")
+                if getattr(self, k) < 0]
+        if not 1 <= self.pq_bits <= 16:
+            low.append(f"pq_bits={self.pq_bits} (1 to 16)")
+        if low:
+            raise ValueError(f"bad index settings: {', '.join(low)}")
+
+    def kind_for(self, n: int, d: int) -> str:
+        """The kind of index this config builds over ``n`` vectors of width ``d``; settings that do
+        not fit them raise here, so a caller can check before spending time encoding the vectors."""
+        if n == 0:
+            raise ValueError("no unit vectors to index")
+        kind = self.kind if self.kind != "auto" else ("flat" if n < self.auto_threshold else "hnsw")
+        if kind == "ivfpq":
+            nlist, m = self.nlist_for(n), self.pq_m or max(1, d // 8)
+            if d % m:
+                raise ValueError(f"pq_m={m} must divide the dimension {d}")
+            n_train = min(n, self.ivf_train_size or 64 * nlist)
+            if n_train < max(nlist, 2 ** self.pq_bits):
+                raise ValueError(f"ivfpq needs at least {max(nlist, 2 ** self.pq_bits)} training vectors (nlist={nlist}, "
+                                 f"pq_bits={self.pq_bits}), got {n_train}: use --kind flat or hnsw for {n} units")
+        return kind
+
+    def nlist_for(self, n: int) -> int:
+        return self.ivf_nlist or max(1, int(4 * np.sqrt(n)))
+
 
 def _faiss():
     try:
@@ -79,8 +110,6 @@ class UnitIndex:
               meta: dict | None = None) -> "UnitIndex":
         faiss = _faiss()
         cfg = cfg or IndexConfig()
-        if cfg.kind not in KINDS:
-            raise ValueError(f"unknown index kind {cfg.kind!r}; choose from {', '.join(KINDS)}")
         x = np.ascontiguousarray(vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[0] != len(units):
             raise ValueError(f"{x.shape[0] if x.ndim == 2 else '?'} vectors for {len(units)} units")
@@ -89,9 +118,7 @@ class UnitIndex:
         if cfg.threads:
             faiss.omp_set_num_threads(cfg.threads)
         n, d = x.shape
-        if n == 0:
-            raise ValueError("no unit vectors to index")
-        kind = cfg.kind if cfg.kind != "auto" else ("flat" if n < cfg.auto_threshold else "hnsw")
+        kind = cfg.kind_for(n, d)
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif kind == "hnsw":
@@ -99,16 +126,10 @@ class UnitIndex:
             index.hnsw.efConstruction = cfg.hnsw_ef_construction
             index.hnsw.efSearch = cfg.hnsw_ef_search
         else:
-            nlist = cfg.ivf_nlist or max(1, int(4 * np.sqrt(n)))
-            m = cfg.pq_m or max(1, d // 8)
-            if d % m:
-                raise ValueError(f"pq_m={m} must divide the dimension {d}")
+            nlist, m = cfg.nlist_for(n), cfg.pq_m or max(1, d // 8)
             quantizer = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, cfg.pq_bits, faiss.METRIC_INNER_PRODUCT)
             n_train = min(n, cfg.ivf_train_size or 64 * nlist)
-            if n_train < max(nlist, 2 ** cfg.pq_bits):
-                raise ValueError(f"ivfpq needs at least {max(nlist, 2 ** cfg.pq_bits)} training vectors (nlist={nlist}, "
-                                 f"pq_bits={cfg.pq_bits}), got {n_train}: use --kind flat or hnsw for {n} units")
             sample = x if n_train >= n else x[np.sort(np.random.default_rng(cfg.seed).choice(n, n_train, replace=False))]
             index.train(sample)
             index.nprobe = cfg.ivf_nprobe

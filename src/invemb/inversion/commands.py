@@ -118,7 +118,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         refine: int = typer.Option(0, help="ivfpq: re-rank k * REFINE PQ candidates with the exact vectors (0: off)"),
         threads: int = typer.Option(0, help="FAISS threads (0: all cores)"),
     ):
-        """Encode every vocabulary unit (once) and build the FAISS unit index.
+        """Build the FAISS unit index over every vocabulary unit's vector (encoded once; an EM run's own
+        unit_vectors.safetensors is read instead when it matches the encoder and vocabulary).
 
         Examples:
 
@@ -127,32 +128,39 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
           invemb index build --model runs/em-default --out idx-hnsw --kind hnsw --hnsw-m 16 --ef-construction 80 --ef-search 64
           invemb index build --model runs/em-default --out idx-pq --kind ivfpq --nlist 1024 --nprobe 32 --pq-m 48
         """
+        import json
+
         from invemb.api import run_kind
         from invemb.index import IndexConfig, UnitIndex
         from invemb.inversion.units import cached_unit_vectors, encoder_fingerprint
         from invemb.text.vocab import Vocab
 
+        # Settings are checked before anything is encoded (all units of the default vocabulary: minutes).
+        cfg = IndexConfig(kind=kind, hnsw_m=hnsw_m, hnsw_ef_construction=ef_construction, hnsw_ef_search=ef_search,
+                          ivf_nlist=nlist, ivf_nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, ivf_train_size=train_size,
+                          refine_k_factor=refine, threads=threads)
         if run_kind(model) == "controller":
             from safetensors.torch import load_file
 
+            if vocab is not None:
+                raise ValueError("--vocab does not apply to a controller run: it indexes the units it was trained on")
             run = Path(model)
             vocab_obj = Vocab.load(run / "vocab.json")
+            info = json.loads((run / "config.json").read_text())
+            cfg.kind_for(len(vocab_obj), info["dim"])
             vecs = load_file(str(run / "unit_vectors.safetensors"))["units"]
-            import json
-
-            fp = json.loads((run / "config.json").read_text())["encoder_fingerprint"]
+            fp = info["encoder_fingerprint"]
         else:
             import invemb
 
             encoder = invemb.load(model)
-            default = Path(model) / "vocab.json" if model not in ("backbone", "default") and (Path(model) / "vocab.json").exists() \
-                else Path("data/built/vocab.json")
-            vocab_obj = Vocab.load(vocab or default)
+            own = model not in ("backbone", "default") and (Path(model) / "vocab.json").exists()
+            vocab_obj = Vocab.load(vocab or (Path(model) / "vocab.json" if own else Path("data/built/vocab.json")))
+            cfg.kind_for(len(vocab_obj), encoder.dim)
             fp = encoder_fingerprint(encoder)
-            vecs = cached_unit_vectors(encoder, vocab_obj, out / "unit_vectors.safetensors", fp)
-        cfg = IndexConfig(kind=kind, hnsw_m=hnsw_m, hnsw_ef_construction=ef_construction, hnsw_ef_search=ef_search,
-                          ivf_nlist=nlist, ivf_nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, ivf_train_size=train_size,
-                          refine_k_factor=refine, threads=threads)
+            # An EM run keeps its units' vectors (written when it finished): read there when they match.
+            run_vectors = Path(model) / "unit_vectors.safetensors" if own else None
+            vecs = cached_unit_vectors(encoder, vocab_obj, out / "unit_vectors.safetensors", fp, reuse=run_vectors)
         index = UnitIndex.build(vecs, vocab_obj.units, cfg,
                                 meta={"model": str(model), "encoder_fingerprint": fp, "vocab_fingerprint": vocab_obj.fingerprint()})
         index.save(out)

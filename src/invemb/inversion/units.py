@@ -38,20 +38,23 @@ def encode_units(encoder: Encoder, vocab: Vocab, batch_size: int = 256, progress
 
 
 def cached_unit_vectors(encoder: Encoder, vocab: Vocab, path: str | Path, encoder_id: str,
-                        progress: bool = True) -> torch.Tensor:
-    """Load ``path`` (safetensors) when it was written for this encoder and vocabulary, else encode
-    every unit and save it there atomically."""
+                        progress: bool = True, reuse: str | Path | None = None) -> torch.Tensor:
+    """Load ``path`` (safetensors) when it was written for this encoder and vocabulary, else the
+    file ``reuse`` when it was (read only: an EM run's own unit vectors), else encode every unit and
+    save them at ``path`` atomically."""
     from safetensors.torch import load_file, safe_open, save_file
 
     from invemb.io import atomic_save_file
 
     path = Path(path)
     want = {"encoder": encoder_id, "vocab": vocab.fingerprint()}
-    if path.exists():
-        with safe_open(str(path), "pt") as f:
+    for candidate in (path, reuse):
+        if candidate is None or not Path(candidate).exists():
+            continue
+        with safe_open(str(candidate), "pt") as f:
             meta = f.metadata() or {}
         if {k: meta.get(k) for k in want} == want:
-            vecs = load_file(str(path))["units"]
+            vecs = load_file(str(candidate))["units"]
             if vecs.shape == (len(vocab), encoder.dim):
                 return vecs
     vecs = encode_units(encoder, vocab, progress=progress)
