@@ -44,6 +44,16 @@ def atomic_save_file(path: Path, save: Callable[[str], None]) -> None:
     _atomic(path, lambda p: save(str(p)))
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG at ``path`` (folders made, written atomically), then closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    atomic_save_file(path, lambda p: fig.savefig(p, dpi=dpi, format="png"))
+    plt.close(fig)
+    return path
+
+
 def read_text_file(path: str | Path) -> str:
     """Read UTF-8 text; a bad byte raises one line naming the file and the byte offset."""
     path = Path(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invemb.io import atomic_write_json, atomic_write_text
+from invemb.io import atomic_write_json, atomic_write_text, save_figure
 
 PROBES = ["bank", "river", "money", "loan", "New York", "city", "prime minister", "president",
           "good", "bad", "not good", "excellent", "cat", "dog"]
@@ -152,9 +152,7 @@ def plot_bars(results: dict, out_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"bars_{ev}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, path))
     return written
 
 
@@ -178,11 +176,7 @@ def plot_typo_curves(results: dict, out_path: str | Path) -> Path | None:
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def plot_units(encoders: dict, units: list[str], categories: list[str], out_path: str | Path, seed: int = 0,
@@ -217,11 +211,7 @@ def plot_units(encoders: dict, units: list[str], categories: list[str], out_path
             ax.set_yticks([])
     axes[0][1].legend(fontsize=7, markerscale=2, loc="best")
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def plot_similarity_heatmap(encoders: dict, out_path: str | Path, probes: list[str] = PROBES) -> Path:
@@ -241,11 +231,7 @@ def plot_similarity_heatmap(encoders: dict, out_path: str | Path, probes: list[s
                 ax.text(j, i, f"{sim[i, j]:.2f}".lstrip("0").replace("-0", "-"), ha="center", va="center", fontsize=5)
         ax.set_title(name)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def write_report(results: dict, out_dir: str | Path, encoders: dict | None = None, units: tuple[list[str], list[str]] | None = None,

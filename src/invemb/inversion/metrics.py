@@ -184,7 +184,7 @@ def plot_precision_by_step(by_step: dict[str, Sequence[dict]], path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from invemb.io import atomic_save_file
+    from invemb.io import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     counts = ax.twinx()
@@ -202,11 +202,7 @@ def plot_precision_by_step(by_step: dict[str, Sequence[dict]], path: str | Path,
     ax.set_title(title or "precision of the unit chosen at each step")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_file(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_f1_vs_length(rows_by_method: dict[str, Sequence[dict]], path: str | Path, title: str = "") -> Path:
@@ -217,7 +213,7 @@ def plot_f1_vs_length(rows_by_method: dict[str, Sequence[dict]], path: str | Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from invemb.io import atomic_save_file
+    from invemb.io import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, rows in rows_by_method.items():
@@ -235,11 +231,7 @@ def plot_f1_vs_length(rows_by_method: dict[str, Sequence[dict]], path: str | Pat
     ax.set_title(title or "token F1 against sentence length")
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_file(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def evaluate_inversion(encoder, controller, sentences: Sequence[str]) -> dict[str, float]:

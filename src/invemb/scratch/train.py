@@ -17,7 +17,7 @@ import torch
 
 from invemb.config import Config
 from invemb.encoder import check_batch_size, check_texts, check_vectors
-from invemb.io import atomic_save_file, atomic_write_json, atomic_write_text
+from invemb.io import atomic_save_file, atomic_write_json, atomic_write_text, save_figure
 from invemb.scratch.data import DataConfig, Pair, PairDataset, TripletDataset, build_pairs, in_batch_negative_batches
 from invemb.scratch.losses import contrastive_loss, multiple_negatives_ranking_loss, triplet_loss
 from invemb.scratch.tokenizer import ScratchTokenizer, TokenizerConfig
@@ -312,10 +312,7 @@ def plot_expert_load(run_dir: str | Path) -> Path | None:
     axes[0, 0].set_title(f"expert load per MoE layer (uniform = {1 / len(experts):.2f})", fontsize=9)
     fig.tight_layout()
     path = run_dir / "plots" / "moe_expert_load.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_file(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # -- training entry points ------------------------------------------------------------------

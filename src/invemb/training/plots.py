@@ -27,7 +27,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from invemb.io import atomic_save_file
+    from invemb.io import save_figure
 
     run_dir = Path(run_dir)
     out_dir = run_dir / "plots"
@@ -59,9 +59,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.axis("off")
         fig.tight_layout()
         path = out_dir / "train_curves.png"
-        atomic_save_file(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, path))
     ekeys = sorted({k for r in epochs for k, v in r.items() if k not in _SKIP and not k.startswith("train_") and isinstance(v, (int, float))})
     if epochs and ekeys:
         cols = 3
@@ -79,7 +77,5 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.axis("off")
         fig.tight_layout()
         path = out_dir / "epoch_metrics.png"
-        atomic_save_file(path, lambda p: fig.savefig(p, dpi=110, format="png"))
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, path))
     return written
