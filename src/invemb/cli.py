@@ -23,7 +23,8 @@ train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=(
     "process with 2*A; only rank 0 writes; --resume needs the same number of processes."))
 app.add_typer(train_app, name="train")
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, KeyError, TypeError,
+               PermissionError)
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -53,8 +53,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def corpus_build(
         out: Path = typer.Option(Path("data/built/corpus"), help="output folder"),
         preset: str = typer.Option("default", help="tiny | default | full"),
-        source: List[str] = typer.Option([], "--source", help="wiki, wordnet, brown, nlp (repeat; default: all four)"),
-        file: List[Path] = typer.Option([], "--file", help="your own .txt or .jsonl file (repeat)"),
+        source: List[str] = typer.Option([], "--source", help="wiki, wordnet, brown, nlp, files (repeat; default: the first four, plus files with --file; files alone: --source files)"),
+        file: List[Path] = typer.Option([], "--file", help="your own .txt (a document per paragraph) or .jsonl (a document per line) file (repeat)"),
         wiki: Optional[str] = typer.Option(None, help="path to summaries_en-us.json"),
     ):
         """Split, normalise, deduplicate and split by document hash.
@@ -88,6 +88,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.text.lexicon import LexiconConfig, build_lexicon
         from invemb.text.vocab import VocabConfig, build_vocab
 
+        if out.is_dir():  # refused before the counting, not after
+            raise IsADirectoryError(f"{out}: is a folder; give the vocabulary's .json file")
         vocab = build_vocab(Corpus(corpus).sentences("train"), VocabConfig.preset(preset), progress=True)
         vocab.save(out)
         result = {"units": len(vocab), "by_category": vocab.by_category(), "path": str(out)}

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
+    if path.is_dir():  # else os.replace fails naming the temporary file
+        raise IsADirectoryError(f"{path}: is a folder, not a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -12,6 +12,8 @@ def test_splitter_handles_abbreviations_and_decimals():
 
 def test_normalize_nfc_and_whitespace():
     assert normalize("Cafe\u0301  au\tlait \n") == "Caf\u00e9 au lait"
+    # invisible format and control characters would become vocabulary units
+    assert normalize("defined as \u20601/12\u2060 of the\u00admass\x96 \ufeffok\u200b") == "defined as 1/12 of themass ok"
 
 
 def test_split_is_deterministic_and_roughly_proportional():
@@ -36,6 +38,29 @@ def test_build_from_user_files_dedups_and_keeps_docs_together(tmp_path):
     assert all(len(s) == 1 for s in by_doc.values())
 
 
+def test_duplicates_differing_in_case_or_outer_punctuation_are_one_sentence(tmp_path):
+    """Kept once, so the two cannot land in different splits."""
+    rows = [{"text": "He was grimly satisfied."}, {"text": "he was grimly satisfied"}, {"text": "\"What do we have here?\""},
+            {"text": "What do we have here"}, {"text": "He was not satisfied."}]
+    jl = tmp_path / "d.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = build_corpus(CorpusConfig(sources=[], files=[str(jl)], min_words=3), tmp_path / "c", progress=False)
+    assert Corpus(tmp_path / "c").sentences() == ["He was grimly satisfied.", '"What do we have here?"', "He was not satisfied."]
+    assert m["sources"]["files"]["duplicates"] == 2
+
+
+def test_empty_sources_and_a_broken_corpus_are_refused(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="no sentences of 3-64 words in the sources \\(files\\)"):
+        build_corpus(CorpusConfig(sources=[], files=[str(tmp_path / "empty.txt")], min_words=3, max_words=64),
+                     tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/sentences.jsonl").write_text('{"text": "ok"}\n{bad\n')
+    with pytest.raises(ValueError, match="sentences.jsonl:2"):
+        Corpus(tmp_path / "broken")
+
+
 def test_non_utf8_file_names_file_and_offset(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"good text here\n\xff\xfe broken")
@@ -52,3 +77,17 @@ def test_real_sources_load():
     fid, sents = next(iter(brown_documents()))
     assert fid == "ca01" and sents[0].startswith("The Fulton County Grand Jury said Friday")
     assert len(next(iter(nlp_corpus_documents()))[1]) > 100
+
+
+def test_cli_refuses_a_folder_where_a_file_goes(tmp_path):
+    from typer.testing import CliRunner
+
+    from invemb.cli import app
+
+    (tmp_path / "vocab.json").mkdir()
+    result = CliRunner().invoke(app, ["vocab", "build", "--corpus", str(tmp_path / "none"), "--out", str(tmp_path / "vocab.json")])
+    assert result.exit_code == 2 and "vocab.json: is a folder; give the vocabulary's .json file" in result.output
+    (tmp_path / "notes.txt").mkdir()
+    result = CliRunner().invoke(app, ["corpus", "build", "--source", "files", "--file", str(tmp_path / "notes.txt"),
+                                      "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "notes.txt" in result.output and "Traceback" not in result.output

@@ -31,6 +31,16 @@ def test_crowded_units_dropped():
     v = Vocab(units, ["ngram" if " " in u else "word" for u in units], [1] * len(units))
     lex = build_lexicon(v, LexiconConfig(max_synonyms=3))
     assert "good" not in lex.synonyms and all(len(s) <= 3 for s in lex.synonyms.values())
+    assert "bad" in lex.antonyms["good"]  # dropped from the synonym table only
+
+
+def test_a_pair_that_is_both_is_an_antonym_pair_only():
+    units = ["father", "mother", "king", "queen", "male parent", "begetter"]
+    v = Vocab(units, ["ngram" if " " in u else "word" for u in units], [1] * len(units))
+    lex = build_lexicon(v)
+    assert "mother" in lex.antonyms["father"] and "queen" in lex.antonyms["king"]
+    both = [(a, b) for a, bs in lex.synonyms.items() for b in bs if b in lex.antonyms.get(a, [])]
+    assert both == []
 
 
 def test_pairs_split_and_round_trip(lexicon, tmp_path):

@@ -12,6 +12,12 @@ from invemb.text.vocab import Vocab, VocabConfig, build_vocab, category, detoken
     ("the 3rd place in the mid-1990s", ["the", "3rd", "place", "in", "the", "mid-1990s"]),
     ("well @-@ known and 1 @,@ 000 or 3 @.@ 5", ["well-known", "and", "1,000", "or", "3.5"]),
     ("the U.S. said so.", ["the", "U.S.", "said", "so", "."]),
+    # upper-case contractions split like lower-case ones, the host keeps its case
+    ("DON'T PANIC, I'M OK", ["DO", "n't", "PANIC", ",", "I", "'m", "OK"]),
+    ("Can't", ["Ca", "n't"]),
+    # a number with separators stays whole with what is joined to it, as "10-year-old" does
+    ("a 2,000-year-old 3.5-inch disk, the 1,000th", ["a", "2,000-year-old", "3.5-inch", "disk", ",", "the", "1,000th"]),
+    ("10-year-old and 1,234.5.", ["10-year-old", "and", "1,234.5", "."]),
 ])
 def test_tokenize_research_rules(text, tokens):
     assert tokenize(text) == tokens
@@ -21,6 +27,7 @@ def test_tokenize_research_rules(text, tokens):
     ("bank", "word"), ("well-known", "word"), ("n't", "word"), ("'ll", "word"),
     ("NATO", "acronym"), ("U.S.", "acronym"), ("Paris", "entity"),
     ("1,234.5", "number"), ("42", "number"), ("3rd", "numeric"), ("mid-1990s", "numeric"), (",", "other"),
+    ("A", "entity"), ("2,000-year-old", "numeric"),
 ])
 def test_category(token, cat):
     assert category(token) == cat
@@ -44,6 +51,11 @@ def test_build_vocab_categories_counts_and_entities():
     assert cats["the"] == "word" and "The" not in cats  # sentence-initial capital is the word
     assert v.counts[v.id("not good")] == 3
     assert cats["n't"] == "word"
+    v = build_vocab(["A dog barked at them.", "A cat sat here.", "Malcolm X spoke.", "I said a word."], cfg)
+    assert v.counts[v.id("a")] == 3 and "A" not in v  # a sentence-initial "A" is the word, like "The"
+    assert v.categories[v.id("Malcolm X")] == "entity" and "i" in v
+    with pytest.raises(ValueError, match="no units"):
+        build_vocab([], cfg)
 
 
 def test_min_count_and_max_size_per_category(tmp_path):

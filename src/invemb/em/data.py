@@ -17,6 +17,7 @@ import numpy as np
 from invemb.em.config import EMConfig
 from invemb.io import atomic_write_json
 from invemb.text.corpus import Corpus, build_corpus
+from invemb.text import RULES_VERSION
 from invemb.text.lexicon import Lexicon, build_lexicon
 from invemb.text.sources import data_root
 from invemb.text.vocab import Vocab, build_vocab
@@ -31,11 +32,11 @@ def built_dir(cfg: EMConfig) -> Path:
 
 
 def corpus_dir(cfg: EMConfig) -> Path:
-    return built_dir(cfg) / f"corpus-{_key(cfg.corpus.to_dict())}"
+    return built_dir(cfg) / f"corpus-{_key(cfg.corpus.to_dict(), RULES_VERSION)}"
 
 
 def vocab_path(cfg: EMConfig) -> Path:
-    return built_dir(cfg) / f"vocab-{_key(cfg.corpus.to_dict(), cfg.vocab.to_dict())}.json"
+    return built_dir(cfg) / f"vocab-{_key(cfg.corpus.to_dict(), cfg.vocab.to_dict(), RULES_VERSION)}.json"
 
 
 def lexicon_path(cfg: EMConfig) -> Path:

@@ -1,1 +1,8 @@
 """Text sources, corpus, unit vocabulary, WordNet lexicon and noise."""
+
+# The version of the corpus, vocabulary and lexicon rules (normalisation, deduplication,
+# tokenisation, categories, lexicon pairs). It is part of the built-data cache keys, so data built
+# under older rules is not reused. 2: invisible characters removed, duplicates up to case and outer
+# punctuation, upper-case clitics, numbers joined to hyphenated words, a lone capital as a name,
+# pairs that are both synonyms and antonyms kept as antonyms only.
+RULES_VERSION = 2

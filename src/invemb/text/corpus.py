@@ -21,10 +21,17 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from invemb.config import Config
-from invemb.io import atomic_write_json, read_jsonl_texts, read_text_file, write_jsonl
+from invemb.io import atomic_write_json, read_jsonl, read_jsonl_texts, read_text_file, write_jsonl
 
 SOURCES = ("wiki", "wordnet", "brown", "nlp", "files")
 _WS = re.compile(r"\s+")
+# Invisible characters that reach the corpus from Wikipedia and mis-decoded text (word joiners,
+# soft hyphens, bidi marks, BOMs, C0/C1 controls): they would become vocabulary units.
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufeff\ufff9-\ufffb]")
+# What two sentences that differ only in case or outer punctuation share: one is a duplicate.
+_DEDUP_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
 
 
 @dataclasses.dataclass
@@ -49,8 +56,16 @@ class CorpusConfig(Config):
 
 
 def normalize(text: str) -> str:
-    """Unicode NFC and whitespace collapsed to single spaces."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    """Unicode NFC, invisible format and control characters removed, whitespace collapsed to
+    single spaces."""
+    return _WS.sub(" ", _INVISIBLE.sub("", unicodedata.normalize("NFC", text))).strip()
+
+
+def dedup_key(sentence: str) -> str:
+    """The key under which sentences count as duplicates: case and outer punctuation aside
+    ("He was grimly satisfied." and "he was grimly satisfied" are one sentence, kept once, so the
+    two cannot land in different splits)."""
+    return _DEDUP_EDGES.sub("", sentence).casefold()
 
 
 def split_of(doc_id: str, dev_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
@@ -110,6 +125,9 @@ def _presplit_docs(cfg: CorpusConfig, source: str) -> Iterator[tuple[str, list[s
 
 
 def _file_docs(paths: list[str]) -> Iterator[tuple[str, str]]:
+    """A user's files as documents: each line of a .jsonl, each blank-line-separated paragraph of
+    a .txt. The split goes by document, so one long .txt spreads over train, dev and test (and a
+    single file would otherwise land in one split whole)."""
     for path in paths:
         p = Path(path)
         if not p.exists():
@@ -154,10 +172,11 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
             if n < cfg.min_words or n > cfg.max_words:
                 st["too_short_or_long"] += 1
                 continue
-            if s in seen:
+            key = dedup_key(s)
+            if key in seen:
                 st["duplicates"] += 1
                 continue
-            seen.add(s)
+            seen.add(key)
             st["sentences"] += 1
             rows.append({"text": s, "source": source, "doc": doc, "split": split})
 
@@ -185,6 +204,9 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
             bar.update(1)
     if bar is not None:
         bar.close()
+    if not rows:
+        raise ValueError(f"no sentences of {cfg.min_words}-{cfg.max_words} words in the sources "
+                         f"({', '.join(sources)}): check --source / --file")
     splits = {sp: sum(1 for r in rows if r["split"] == sp) for sp in ("train", "dev", "test")}
     manifest = {"config": cfg.to_dict(), "sources": stats, "splits": splits, "sentences": len(rows)}
     write_jsonl(out_dir / "sentences.jsonl", rows)
@@ -200,7 +222,7 @@ class Corpus:
         f = self.path / "sentences.jsonl"
         if not f.exists():
             raise FileNotFoundError(f"{self.path}: no built corpus here (run `invemb corpus build --out {self.path}`)")
-        self.rows = [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line]
+        self.rows = read_jsonl(f)
         self.manifest = json.loads((self.path / "manifest.json").read_text())
 
     def sentences(self, split: str | None = None, sources: Iterable[str] | None = None) -> list[str]:

@@ -96,6 +96,13 @@ def build_lexicon(vocab: Vocab, cfg: LexiconConfig | None = None, wn=None) -> Le
                 if target and target != unit:
                     ant.setdefault(unit, set()).add(target)
                     ant.setdefault(target, set()).add(unit)
+    # A pair that is both (father / mother, king / queen: two senses of one synset) is an antonym
+    # pair only: a synonym term would pull together what the antonym term pushes apart.
+    for unit, others in ant.items():
+        if unit in syn:
+            syn[unit] -= others
+    # Crowded units (more than max_synonyms) leave the synonym table, where their many senses would
+    # pull unrelated units together; their antonyms ("good" / "bad") stay.
     crowded = {u for u, s in syn.items() if len(s) > cfg.max_synonyms}
     synonyms = {u: sorted(s - crowded) for u, s in syn.items() if u not in crowded and s - crowded}
     antonyms = {u: sorted(s) for u, s in ant.items()}

@@ -30,14 +30,16 @@ CATEGORIES = ("word", "acronym", "entity", "ngram", "number", "numeric", "other"
 
 _WIKITEXT = re.compile(r" @([-,.])@ ")
 _CLITIC = re.compile(r"(?i)(?<=\w)(n't|'s|'ll|'re|'ve|'m|'d)\b")
+_SEPARATED_NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+"  # 1,234 / 1,234.5 / 3.14
 _TOKEN = re.compile(
-    r"n't|'(?:s|ll|re|ve|m|d)\b"  # clitics, already split off their host
+    r"(?i:n't|'(?:s|ll|re|ve|m|d))\b"  # clitics, already split off their host (any case: "DO N'T")
     r"|(?:[A-Za-z]\.){2,}"  # dotted acronyms: U.S., e.g.
-    r"|\d{1,3}(?:,\d{3})+(?:\.\d+)?"  # 1,234 and 1,234.5
-    r"|\d+\.\d+"  # 3.14
-    r"|\w+(?:[-']\w+)*"  # words, hyphenated words, numbers, 3rd, mid-1990s
+    # numbers with separators, whole with what is joined to them: 1,234.5 / 2,000-year-old / 1,000th
+    rf"|(?:{_SEPARATED_NUMBER})[^\W_]*(?:[-'](?:{_SEPARATED_NUMBER}|\w+))*"
+    r"|\w+(?:[-'](?:\d+\.\d+|\w+))*"  # words, hyphenated words, numbers, 3rd, mid-1990s, 10-year-old
     r"|\S"  # any other single character
 )
+_CLITICS = ("n't", "'s", "'ll", "'re", "'ve", "'m", "'d")
 _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
 _ACRONYM = re.compile(r"(?:[A-Z]\.){2,}|[A-Z][A-Z0-9&]*[A-Z][A-Z0-9&]*")
 _CONNECTORS = {"of", "de", "the", "and", "upon", "on", "du", "von", "van", "da", "del"}
@@ -51,18 +53,15 @@ def tokenize(text: str) -> list[str]:
     """Research-code tokenisation: clitics split ("do n't", "ca n't", "it 's"), punctuation split,
     numbers with separators and hyphenated words kept whole."""
     text = unwikitext(text.replace("\u2019", "'").replace("\u2018", "'"))
-    text = re.sub(r"(?i)\bcan't\b", "ca n't", text)
-    text = re.sub(r"(?i)\bwon't\b", "wo n't", text)
+    text = re.sub(r"(?i)\b(ca|wo)(n't)\b", r"\1 \2", text)  # "Can't" -> "Ca n't", keeping the host's case
     text = _CLITIC.sub(r" \1", text)
-    return _TOKEN.findall(text)
+    return [t.lower() if t.lower() in _CLITICS else t for t in _TOKEN.findall(text)]
 
 
 def detokenize(tokens: list[str]) -> str:
     """Join tokens back into ordinary text ("do n't" -> "don't", "word ," -> "word,")."""
     text = " ".join(tokens)
-    text = re.sub(r" (n't|'s|'ll|'re|'ve|'m|'d)\b", r"\1", text)
-    text = re.sub(r"\bca n't", "can't", text)
-    text = re.sub(r"\bwo n't", "won't", text)
+    text = re.sub(r" (n't|'s|'ll|'re|'ve|'m|'d)\b", r"\1", text)  # also "ca n't" -> "can't", "wo n't" -> "won't"
     text = re.sub(r" ([,.;:!?%)\]}])", r"\1", text)
     text = re.sub(r"([(\[{$]) ", r"\1", text)
     text = re.sub(r"`` | ''", '"', text)
@@ -75,7 +74,7 @@ def category(token: str) -> str:
         return "number"
     if any(c.isdigit() for c in token):
         return "numeric"
-    if token in ("n't", "'s", "'ll", "'re", "'ve", "'m", "'d"):
+    if token in _CLITICS:
         return "word"
     letters = [c for c in token if c.isalpha()]
     if not letters:
@@ -84,7 +83,9 @@ def category(token: str) -> str:
         return "word"
     if len(letters) >= 2 and _ACRONYM.fullmatch(token) and all(c.isupper() for c in letters):
         return "acronym"
-    if token[0].isupper() and any(c.islower() for c in letters):
+    # A capitalised name, or one capital letter ("Malcolm X"; a sentence-initial "A" is then
+    # resolved to the word "a" like "The" to "the")
+    if token[0].isupper() and (any(c.islower() for c in letters) or len(token) == 1):
         return "entity"
     return "other"
 
@@ -264,4 +265,6 @@ def build_vocab(sentences: Iterable[str], cfg: VocabConfig | None = None, progre
                 units.append(u)
                 cats.append(cat)
                 cnts.append(c)
+    if not units:
+        raise ValueError("no units: the sentences were empty or no unit reached its minimum count")
     return Vocab(units, cats, cnts, cfg.to_dict())
