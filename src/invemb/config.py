@@ -143,6 +143,17 @@ class Config:
         return type(self).from_dict(data)
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {dotted key: value} (the keys ``replace`` and ``--set`` take)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
     """``["lr=1e-3", "loss.recon=0.5"]`` -> ``{"lr": "1e-3", "loss.recon": "0.5"}``."""
     out: dict[str, str] = {}

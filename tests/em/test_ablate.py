@@ -63,6 +63,10 @@ def test_ablate_em_end_to_end(tiny_em_run, tmp_path):
                       progress=False)
     assert (root / "abl" / "full" / "final_metrics.json").stat().st_mtime_ns == stamp
     assert again["table"]["dev_recon_cos"] == table["dev_recon_cos"]
+    # Other settings into the same folder: refused, not kept under a table labelled with them.
+    with pytest.raises(ValueError, match=r"abl/full was trained with other settings \(train.epochs\)"):
+        ablate_em("tiny", ["order"], 2, root / "abl", suite="order", eval_preset="tiny", overrides=overrides,
+                  progress=False)
 
 
 def test_ablate_cli_refuses_bad_input(tmp_path):

@@ -84,6 +84,15 @@ def test_user_errors_are_one_line(tiny_em_run, tmp_path):
     assert result.exit_code == 2 and "unknown preset" in result.output
     result = runner.invoke(app, ["train", "em", "--preset", "tiny", "--set", "loss.nope=1", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "unknown" in result.output
+    # Settings that would train nothing or crash later are refused at once (not after the data is built).
+    for sets, needle in ((["train.epochs=0"], "bad training settings: train.epochs=0 (at least 1)"),
+                         (["train.grad_accum=0", "train.lr=0"], "train.grad_accum=0 (at least 1), train.lr=0.0 (above 0)"),
+                         (["loss.hard_k=-1"], "bad loss settings: loss.hard_k=-1 (at least 0)")):
+        result = runner.invoke(app, ["train", "em", "--preset", "tiny", *[a for kv in sets for a in ("--set", kv)],
+                                     "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2 and needle in result.output and not (tmp_path / "r").exists(), result.output
+    result = runner.invoke(app, ["neighbours", "cat", "--model", str(run), "-k", "0"])
+    assert result.exit_code == 2 and "-k must be at least 1, got 0" in result.output
 
 
 def test_train_em_cli_tiny(tiny_em_run, tmp_path):

@@ -54,6 +54,16 @@ def test_antonym_negatives_fall_back_to_next_hardest():
     vecs, valid = losses.antonym_negatives(a, cands, torch.tensor([2, -1, -1]), top_k=0)
     assert torch.allclose(vecs[0, 0], cands[2])  # row 0 has an antonym: candidate 2
     assert valid.all() and vecs.shape == (3, 1, 3)
+    # The fallback is the in-batch negative after the contrastive term's top_k, never a pool row
+    # after the batch (a synonym of the anchor there would otherwise be pushed away).
+    a = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1])
+    positives = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1])
+    pool = _unit([1, 0.01, 0])  # the anchor 0's synonym: nearer to it than any in-batch negative
+    scores = a @ positives.T
+    scores.fill_diagonal_(float("-inf"))
+    second = scores.topk(2, dim=1).indices[:, 1]  # top_k 1 -> the 2nd hardest in-batch negative
+    vecs, _ = losses.antonym_negatives(a, torch.cat([positives, pool]), torch.full((4,), -1), top_k=1)
+    assert torch.allclose(vecs[:, 0], positives[second])
 
 
 def test_synonym_attraction_margin():

@@ -111,6 +111,11 @@ def test_encode_in_context_separates_occurrences(tiny_bert_dir):
     assert a.shape == (model.dim,) and float(a @ b) < 0.9999
     with pytest.raises(ValueError, match="not found"):
         model.encode_in_context("no such word", "bank")
+    # A word is matched as a whole word: the "bank" inside "banker" is skipped for the real one.
+    torch.testing.assert_close(model.encode_in_context("the banker sat by the bank", "bank"),
+                               model.encode_in_context("the banker sat by the bank", (22, 26)))
+    with pytest.raises(ValueError, match="not found as whole words"):
+        model.encode_in_context("the banker sat", "bank")
 
 
 class _ArrayCache:

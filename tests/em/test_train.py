@@ -90,6 +90,12 @@ def test_killed_run_resumes_to_same_metrics(tiny_em_run, tmp_path, monkeypatch):
     for k, v in metrics.items():
         if k.startswith("dev_"):
             assert resumed[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+    # The epoch rows' train means cover the whole epoch, also the one resumed in its middle.
+    whole, killed = (read_metrics(r / "metrics.jsonl", "epoch") for r in (run, tmp_path / "killed"))
+    assert len(whole) == len(killed)
+    for a, b in zip(whole, killed):
+        train_terms = [k for k in a if k.startswith("train_")]
+        assert train_terms and {k: b[k] for k in train_terms} == pytest.approx({k: a[k] for k in train_terms}, rel=1e-4, abs=1e-6)
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_its_loop_again(tiny_em_run, tmp_path, monkeypatch):

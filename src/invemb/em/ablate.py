@@ -55,9 +55,28 @@ def ablation_configs(preset: str, drop: list[str], epochs: int, overrides: dict[
     return configs
 
 
+def _settings_differ(run: Path, wanted) -> list[str]:
+    """The settings (dotted keys) in which the run in ``run`` differs from ``wanted``; what training
+    derives from the backbone and where it ran are not settings of the ablation."""
+    import json
+
+    from invemb.config import flatten
+    from invemb.em.config import EMConfig
+
+    saved = EMConfig.from_dict(json.loads((run / "config.json").read_text())["em"])
+    derived = ("head.hidden", "head.vocab_size", "backbone.path", "backbone.device", "train.device", "train.progress")
+    a, b = flatten(saved.to_dict()), flatten(wanted.to_dict())
+    return sorted(k for k in set(a) | set(b) if k not in derived and a.get(k) != b.get(k))
+
+
 def _train(cfg, run: Path, progress: bool) -> None:
     from invemb.em.train import train_em
 
+    if (run / "config.json").exists():
+        differ = _settings_differ(run, cfg)
+        if differ:  # kept as it is, it would sit in a table labelled with the new settings
+            raise ValueError(f"{run} was trained with other settings ({', '.join(differ[:4])}"
+                             f"{' ...' if len(differ) > 4 else ''}): use another --out, or remove it")
     if (run / "final_metrics.json").exists():
         return  # finished by an earlier call
     # config.json is written once the features are cached: from there on a killed run continues (as make demo's)

@@ -55,6 +55,17 @@ class LossConfig(Config):
 
     presets = {"tiny": {"hard_k": 8, "queue": 64, "ramp_steps": 5}, "default": {}, "full": {"hard_k": 64, "queue": 16384}}
 
+    def __post_init__(self) -> None:
+        weights = ("contrastive", "jitter", "antonym", "synonym", "recon", "anchor", "ortho", "order", "order_margin", "unit")
+        bad = [f"loss.{k}={getattr(self, k)} (at least 0)" for k in (*weights, "hard_k", "queue", "ramp_steps")
+               if getattr(self, k) < 0]
+        bad += [f"loss.{k}={getattr(self, k)} (above 0)" for k in ("temperature_start", "temperature_end")
+                if getattr(self, k) <= 0]
+        if self.order_swaps < 1:
+            bad.append(f"loss.order_swaps={self.order_swaps} (at least 1)")
+        if bad:
+            raise ValueError(f"bad loss settings: {', '.join(bad)}")
+
     def weight(self, name: str, step: int, total: int) -> float:
         from invemb.training.schedules import weight_at
 

@@ -47,10 +47,12 @@ def antonym_negatives(anchors: torch.Tensor, candidates: torch.Tensor, antonym_i
                       top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row extra negative: the row's antonym's vector where it has one (``antonym_index`` >= 0
     into ``candidates``), otherwise the next-hardest in-batch negative after the ``top_k`` used by
-    the contrastive term. Returns (B, 1, D) vectors and a (B, 1) validity mask."""
+    the contrastive term. ``candidates`` starts with the B in-batch positives (the contrastive
+    term's negatives); rows after them (the pool's synonyms, antonyms, sentence units) are only
+    there for ``antonym_index`` to point at. Returns (B, 1, D) vectors and a (B, 1) validity mask."""
     B = anchors.shape[0]
     has = antonym_index >= 0
-    sim = (anchors @ candidates.T).detach()  # (B, B)
+    sim = (anchors @ candidates[:B].T).detach()  # (B, B): ranked as the contrastive term ranks them
     sim.fill_diagonal_(float("-inf"))
     k = min(top_k + 1, B - 1) if top_k else B - 1
     next_hardest = sim.topk(max(k, 1), dim=1).indices[:, -1]  # (B,)

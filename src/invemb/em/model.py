@@ -347,13 +347,16 @@ class TokenEmbeddingModel(nn.Module):
     def encode_in_context(self, sentence: str, span: str | tuple[int, int]) -> torch.Tensor:
         """The vector of one occurrence of ``span`` in ``sentence`` (D,): the backbone reads the whole
         sentence, the head aggregates only the span's tokens, so homographs ("bank" of a river vs a
-        bank loan) get different vectors. ``span`` is a substring (first occurrence) or (start, end)
-        character offsets."""
+        bank loan) get different vectors. ``span`` is a word or phrase (its first occurrence as whole
+        words: "bank" is not found inside "banker") or (start, end) character offsets."""
         if isinstance(span, str):
-            start = sentence.find(span)
-            if start < 0:
-                raise ValueError(f"span {span!r} not found in the sentence")
-            span = (start, start + len(span))
+            import re
+
+            found = re.search(rf"(?<!\w){re.escape(span)}(?!\w)", sentence)
+            if found is None:
+                raise ValueError(f"span {span!r} not found as whole words in the sentence (give character offsets "
+                                 "(start, end) for part of a word)")
+            span = found.span()
         span_states, span_ids = self.backbone.span_states(sentence, *span, with_ids=True)
         span_states = span_states.float().unsqueeze(0)  # (1, t, H)
         if not span_states.shape[1]:

@@ -9,6 +9,8 @@ PROBES = ["bank", "New York", "not good", "prime minister", "happy", "1990s"]
 
 def neighbours(run: str | Path, texts: list[str], k: int = 10) -> dict[str, list[tuple[str, float]]]:
     """Nearest vocabulary units of each text, from the run's FAISS index over all unit vectors."""
+    if k < 1:
+        raise ValueError(f"-k must be at least 1, got {k}")
     from invemb.em.train import load_run
     from invemb.index.faiss_index import UnitIndex
 

@@ -67,6 +67,17 @@ class TrainConfig(Config):
     log_every: int = 1
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        bad = [f"train.{k}={getattr(self, k)} (at least {least})"
+               for k, least in (("epochs", 1), ("grad_accum", 1), ("warmup_steps", 0), ("checkpoint_every", 0),
+                                ("keep_checkpoints", 1), ("log_every", 1)) if getattr(self, k) < least]
+        if self.lr <= 0:
+            bad.append(f"train.lr={self.lr} (above 0)")
+        if self.amp not in ("auto", "bf16", "off"):
+            bad.append(f"train.amp={self.amp!r} (auto, bf16 or off)")
+        if bad:
+            raise ValueError(f"bad training settings: {', '.join(bad)}")
+
 
 @dataclasses.dataclass
 class StepContext:
@@ -228,6 +239,8 @@ class Trainer:
         total_steps = steps_per_epoch * cfg.epochs
         step, start_epoch, skip_micro = 0, 0, 0
         last_eval: dict[str, float] = {}
+        resumed_terms: dict[str, float] = {}  # the epoch's running sums of train terms, up to the checkpoint
+        resumed_steps = 0
 
         ckpt = latest_checkpoint(self.run_dir) if resume else None
         if resume and ckpt is None and require_checkpoint:
@@ -241,6 +254,7 @@ class Trainer:
             opt.load_state_dict(state["optimizer"])
             task.load_state_dict(state.get("task", {}))
             step, start_epoch, skip_micro = state["step"], state["epoch"], state["micro_in_epoch"]
+            resumed_terms, resumed_steps = state.get("epoch_terms", {}), state.get("epoch_steps", 0)
             self.log.truncate_after(step)
             last_eval = state.get("last_eval", {})
         else:
@@ -254,12 +268,15 @@ class Trainer:
             bar = tqdm(total=total_steps, initial=step, desc=type(task).__name__.replace("Task", "").lower() or "train",
                        dynamic_ncols=True, mininterval=0.5)
 
-        def checkpoint(epoch: int, micro_in_epoch: int) -> None:
+        def checkpoint(epoch: int, micro_in_epoch: int, terms: dict[str, float], steps: int) -> None:
             if not self.is_main:
                 return
+            # The epoch's running term sums travel along, so that its row's train_* means after a
+            # mid-epoch resume cover the whole epoch, not only the steps after the resume.
             state = {
                 "optimizer": opt.state_dict(), "task": task.state_dict(), "step": step, "epoch": epoch,
                 "micro_in_epoch": micro_in_epoch, "world": self.world, "last_eval": last_eval,
+                "epoch_terms": terms, "epoch_steps": steps,
             }
             save_checkpoint(self.run_dir, step, model.state_dict(), state, keep=cfg.keep_checkpoints)
 
@@ -269,8 +286,9 @@ class Trainer:
             if self.world > 1 and len(set(distributed.all_gather_json(_plan_digest(plan)))) > 1:
                 raise RuntimeError(f"epoch {epoch}: the ranks built different batch plans; every rank must see "
                                    "the same data (build and cache it on rank 0 first)")
-            epoch_terms: dict[str, float] = {}
-            epoch_steps = 0
+            mid_epoch = epoch == start_epoch and skip_micro > 0
+            epoch_terms: dict[str, float] = dict(resumed_terms) if mid_epoch else {}
+            epoch_steps = resumed_steps if mid_epoch else 0
             model.train()
             t_epoch = time.perf_counter()
             first = skip_micro if epoch == start_epoch else 0
@@ -327,7 +345,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix({k: f"{v:.3f}" for k, v in list(terms_mean.items())[:6]}, refresh=False)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    checkpoint(epoch, group[-1] + 1)
+                    checkpoint(epoch, group[-1] + 1, epoch_terms, epoch_steps)
             # -- epoch end ---------------------------------------------------------------------
             if self.is_main:
                 model.eval()
@@ -338,7 +356,7 @@ class Trainer:
                 if bar is not None:
                     shown = {k: f"{v:.3f}" for k, v in list(last_eval.items())[:4]}
                     bar.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
-            checkpoint(epoch + 1, 0)
+            checkpoint(epoch + 1, 0, {}, 0)
             if self.is_main and hasattr(task, "on_epoch_end"):
                 task.on_epoch_end(self.run_dir, epoch)
             distributed.barrier()

@@ -21,7 +21,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ``plots/train_<key>.png`` for every logged step metric and ``plots/epoch_metrics.png``."""
+    """Write ``plots/train_curves.png`` (one panel per logged step metric) and ``plots/epoch_metrics.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
