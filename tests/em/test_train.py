@@ -217,3 +217,18 @@ def test_several_swaps_per_sentence_become_masked_order_negatives(tiny_em_run, t
     logged = [json.loads(x) for x in (tmp_path / "swaps" / "metrics.jsonl").read_text().splitlines()]
     order = [r["loss_order"] for r in logged if "loss_order" in r]
     assert order and all(math.isfinite(v) and v > 0 for v in order)
+
+
+def test_a_run_names_its_corpus_also_after_the_data_keys_change(tiny_em_run, tmp_path):
+    """resolve_corpus finds an EM run's corpus from the folder the run recorded; a run from before
+    the record gets the folder of the rules of its time (rules 1: no version in the key)."""
+    from invemb.em.config import EMConfig
+    from invemb.em.data import corpus_dir, run_corpus_dir
+    from invemb.inversion.harness import resolve_corpus
+
+    run, cfg, _ = tiny_em_run
+    info = json.loads((run / "config.json").read_text())
+    assert info["corpus_dir"] == str(corpus_dir(cfg)) and resolve_corpus(None, run) == corpus_dir(cfg)
+    legacy = {k: v for k, v in info.items() if k != "corpus_dir"}
+    old = run_corpus_dir(legacy)
+    assert old != corpus_dir(cfg) and old == corpus_dir(EMConfig.from_dict(info["em"]), rules=1)

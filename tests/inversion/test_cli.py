@@ -152,13 +152,33 @@ def test_invert_on_the_onnx_runtime_decodes_the_same(cli_run):
 
 @pytest.mark.parametrize("bad, message", [(np.zeros((1, 5), np.float32), "shape"),
                                           (np.full((1, 32), np.nan, np.float32), "NaN"),
-                                          (np.zeros((1, 32), np.float32), "all zeros")])
+                                          (np.zeros((1, 32), np.float32), "all zeros"),
+                                          (np.ones((1, 32), np.complex64), "expected real-valued vectors")])
 def test_invert_bad_vectors_exit_2(cli_run, tmp_path, bad, message):
     root, em = cli_run
     np.save(tmp_path / "bad.npy", bad)
     res = runner.invoke(app, ["invert", "--em", em, "--controller", str(root / "run"), "--vectors", str(tmp_path / "bad.npy"),
                               "--output", str(tmp_path / "o.jsonl")])
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_bad_settings_are_refused_before_any_decoding(cli_run, tmp_path):
+    root, em = cli_run
+    base = ["invert", "Big fox near the old tree.", "--em", em, "--controller", str(root / "run")]
+    for extra, needle in ((["--decode", "expand=0"], "bad decoding settings: expand=0 (at least 1)"),
+                          (["--beam", "0"], "beam=0 (at least 1)")):
+        res = runner.invoke(app, base + extra)
+        assert res.exit_code == 2 and needle in res.output, res.output
+    (tmp_path / "in.jsonl").write_text('{"text": "Big fox."}\n')
+    (tmp_path / "out").mkdir()
+    res = runner.invoke(app, ["invert", "--em", em, "--controller", str(root / "run"), "--input", str(tmp_path / "in.jsonl"),
+                              "--output", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "out: is a folder" in res.output and not (tmp_path / "out.partial").exists()
+    evaluate = ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--method", "controller", "--method", "bag"]
+    res = runner.invoke(app, evaluate + ["--n", "-3"])
+    assert res.exit_code == 2 and "--n must be at least 1 sentence, got -3" in res.output
+    res = runner.invoke(app, evaluate + ["--preset", "huge"])
+    assert res.exit_code == 2 and "unknown preset 'huge'" in res.output
 
 
 def test_mismatched_em_is_refused(cli_run, tmp_path):

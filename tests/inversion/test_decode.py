@@ -336,3 +336,36 @@ def test_pooled_positives_and_neighbour_negatives_train_save_and_decode(tmp_path
         from invemb.inversion.selector import Selector, SelectorConfig
 
         Selector(16, SelectorConfig.preset("tiny", positives="all"))
+
+
+def test_case_twins_with_one_vector_are_offered_as_the_more_frequent_form():
+    """An uncased backbone gives "Arc" and "arc" one vector (up to float noise): the decoder offers
+    the more frequent form only, so a tie cannot flip with the batch's search shape."""
+    from invemb.inversion.controller import stand_ins
+
+    vecs = torch.tensor([[1.0, 0.0], [1.0, 1e-7], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
+    units, counts = ["Arc", "arc", "US", "us", "ARC"], [3, 9, 5, 7, 1]
+    assert stand_ins(vecs, units, counts).tolist() == [1, 1, 2, 3, 1]  # US / us differ: both kept
+
+
+def test_children_an_encoder_cannot_read_or_past_the_word_cap_are_not_made():
+    """A unit of invisible characters alone is not encodable (it crashed the whole lockstep batch);
+    a multi-word unit that would pass max_words is not placed (the cap is a hard one)."""
+    from invemb.encoder import check_texts
+    from invemb.text.vocab import tokenize
+
+    class StrictEncoder(BagEncoder):  # refuses what every real encoder refuses
+        def encode(self, texts, batch_size=64):
+            return super().encode(check_texts(texts), batch_size)
+
+    encoder = CountingEncoder(StrictEncoder())
+    units = ["\u2060", "big cat sat", "on the mat", "today"]
+    target = encoder.encode(["big cat sat on the mat today"])[0]
+    alone = beam_decode(target, OraclePolicy([0]), encoder, units, DecodeConfig(beam=1, patience=0))
+    assert alone.text == "" and alone.steps == []
+    for seed in range(4):
+        capped = beam_decode(target, OraclePolicy([1, 2, 3], seed=seed), encoder, units,
+                             DecodeConfig(beam=1, patience=0, max_words=5))
+        assert 1 <= len(tokenize(capped.text)) <= 5
+    with pytest.raises(ValueError, match=r"bad decoding settings: beam=0 \(at least 1\), expand=0 \(at least 1\)"):
+        DecodeConfig(beam=0, expand=0)

@@ -31,8 +31,17 @@ def built_dir(cfg: EMConfig) -> Path:
     return Path(cfg.data_dir) if cfg.data_dir else data_root() / "built"
 
 
-def corpus_dir(cfg: EMConfig) -> Path:
-    return built_dir(cfg) / f"corpus-{_key(cfg.corpus.to_dict(), RULES_VERSION)}"
+def corpus_dir(cfg: EMConfig, rules: int = RULES_VERSION) -> Path:
+    # rules 1 (before the version was part of the keys) had no version in its key
+    return built_dir(cfg) / f"corpus-{_key(cfg.corpus.to_dict(), rules) if rules > 1 else _key(cfg.corpus.to_dict())}"
+
+
+def run_corpus_dir(info: dict) -> Path:
+    """The corpus an EM run (its config.json ``info``) was trained from: the folder it recorded, or
+    for a run from before the record, the folder of the rules of its time."""
+    if info.get("corpus_dir"):
+        return Path(info["corpus_dir"])
+    return corpus_dir(EMConfig.from_dict(info["em"]), rules=1)
 
 
 def vocab_path(cfg: EMConfig) -> Path:
@@ -86,8 +95,10 @@ def sentence_items(cfg: EMConfig, corpus: Corpus, vocab: Vocab, split: str, n: i
     from invemb.inversion.segment import Segmenter
 
     extra = max(0, cfg.loss.order_swaps - 1)
+    # The vocabulary's fingerprint: the items hold its unit ids (items of another vocabulary, built under
+    # other text rules, had pointed past its end).
     key = _key(cfg.corpus.to_dict(), cfg.vocab.to_dict(), n, cfg.sentence_words, cfg.train.seed, PROBES_VERSION,
-               *([extra] if extra else []))  # one swap keeps the key (and the cached items) it always had
+               vocab.fingerprint(), *([extra] if extra else []))
     path = built_dir(cfg) / f"sentences-{split}-{key}.json"
     if path.exists():
         return [SentenceItem(**r) for r in json.loads(path.read_text(encoding="utf-8"))]

@@ -397,7 +397,12 @@ def build_cache(cfg: EMConfig, backbone: HFBackbone, data: EMData, progress: boo
 
 
 def run_config_dict(cfg: EMConfig, backbone: HFBackbone, vocab_fingerprint: str) -> dict:
-    return {"kind": "em", "em": cfg.to_dict(), "backbone_identity": backbone.identity(), "vocab_fingerprint": vocab_fingerprint}
+    from invemb.em.data import corpus_dir
+
+    # corpus_dir: where the run's corpus is (its test split is what inversion and the demo hold out),
+    # so that later code finds it also after the built-data keys change
+    return {"kind": "em", "em": cfg.to_dict(), "backbone_identity": backbone.identity(), "vocab_fingerprint": vocab_fingerprint,
+            "corpus_dir": str(corpus_dir(cfg))}
 
 
 def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, float]:

@@ -14,6 +14,7 @@ import time
 import torch
 
 from invemb.config import Config
+from invemb.encoder import has_content
 from invemb.inversion.decode import CountingEncoder, InversionResult, check_target, render
 
 
@@ -69,10 +70,13 @@ def black_box_search(target: torch.Tensor, encoder: CountingEncoder, index, unit
             cands += [units[:s] + (u,) + units[s + 1:] for u in tries[: max(1, cfg.insert_units // 3)] for s in range(len(units))]
             cands += [units[:s] + units[s + 1:] for s in range(len(units)) if len(units) > 1]
         cands = [c for c in dict.fromkeys(cands) if c not in seen]
+        seen.update(cands)
+        texts = [render([index.units[u] for u in c]) for c in cands]
+        keep = [i for i, t in enumerate(texts) if has_content(t)]  # a unit of invisible characters alone: not encodable
+        cands, texts = [cands[i] for i in keep], [texts[i] for i in keep]
         if not cands:
             break
-        seen.update(cands)
-        vecs = encoder.encode([render([index.units[u] for u in c]) for c in cands])  # (C, D)
+        vecs = encoder.encode(texts)  # (C, D)
         cos = (vecs @ target).tolist()
         ranked = sorted(zip(cos, range(len(cands))), key=lambda x: -x[0])[: cfg.beam]
         beam = [(c, cands[i], vecs[i]) for c, i in ranked]

@@ -76,7 +76,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if (vectors is not None or input is not None) and output is None:
             raise ValueError("--vectors and --input need --output OUT.jsonl")
         overrides = parse_overrides(decode_sets)
-        if beam:
+        if beam is not None:
             overrides["beam"] = beam
         ctrl = load_run(controller, em=em, runtime=runtime, **overrides)  # the run's decoding settings, overridden
         if text is not None:
@@ -193,7 +193,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """
         from invemb.inversion import load_run
         from invemb.inversion.harness import compare_methods, eval_sentences, resolve_corpus
+        from invemb.inversion.baselines import BagConfig, BlackBoxConfig
 
+        if n < 1:  # these, before the controller loads and the corpus is read
+            raise ValueError(f"--n must be at least 1 sentence, got {n}")
+        BagConfig.preset(preset), BlackBoxConfig.preset(preset)
         ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
         corpus = resolve_corpus(corpus or Path("data/built/corpus"), em)
         sets = {s: eval_sentences(corpus, s, n) for s in set_}

@@ -38,13 +38,34 @@ def _rows(s: BufferSummary, rows: torch.Tensor) -> BufferSummary:
     return BufferSummary(*(x[rows] for x in s))
 
 
+def stand_ins(unit_vectors: torch.Tensor, units: Sequence[str], counts: Sequence[int], atol: float = 1e-5) -> torch.Tensor:
+    """(N,) for each unit, the unit it is offered as: itself, or the most frequent unit that differs
+    from it in case only and has the same vector (within float noise: ``atol``). An uncased backbone
+    gives "Arc" and "arc" one vector, so the decoder cannot tell them apart: offering both wasted a
+    candidate slot, and which one a near-tie put first changed with the shape of the search (a
+    sentence alone or in a lockstep batch)."""
+    groups: dict[str, list[int]] = {}
+    for u, text in enumerate(units):
+        groups.setdefault(text.casefold(), []).append(u)
+    stand_in = torch.arange(len(units))
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda u: (-counts[u], u))  # the most frequent form leads
+        for u in members[1:]:
+            leader = next((m for m in members if m == u or torch.allclose(unit_vectors[u], unit_vectors[m], atol=atol, rtol=0)), u)
+            stand_in[u] = leader
+    return stand_in
+
+
 class ModelPolicy:
     """Selector -> unit index -> Placer, batched over the live hypotheses of one beam step."""
 
     def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index, frequent: list[int] | None = None,
-                 prune_placer: bool = True):
+                 prune_placer: bool = True, stand_in: torch.Tensor | None = None):
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
         self.prune_placer = prune_placer  # skip Placer pairs that cannot yield a kept action (same proposals kept)
+        self.stand_in = stand_in  # (N,) see stand_ins; None: every unit offered as itself
         # Function words sit far from any sentence vector, so the index rarely returns them; the
         # most frequent units are offered to every hypothesis and the cosine re-scoring decides.
         self.frequent = torch.tensor(list(frequent or []), dtype=torch.long)  # (F,) most frequent first
@@ -59,6 +80,8 @@ class ModelPolicy:
         temp = self.model.selector.cfg.temperature
         _, ids = self.index.search(sel.intention, max(cfg.units_k + max_len, self.model.selector.cfg.rerank))
         ids = torch.as_tensor(ids, dtype=torch.long)  # (H, P)
+        if self.stand_in is not None:  # same vector, same logit: a unit's stand-in in its place (repeats dropped below)
+            ids = torch.where(ids >= 0, self.stand_in[ids.clamp_min(0)], ids)
         n_found, frequent_ids = ids.shape[1], self.frequent[: cfg.frequent_units]
         frequent = frequent_ids.tolist()
         # Logits (cosine / temperature, or the reranker's) of each hypothesis's retrieved and frequent units.
@@ -69,9 +92,12 @@ class ModelPolicy:
         for i, x in enumerate(hyps):
             placed = set(x.units)
             row, units = logits[i].tolist(), pool[i].tolist()
-            found = [(row[c] - (cfg.repeat_penalty / temp if units[c] in placed else 0.0), units[c])
-                     for c in range(n_found) if row[c] > float("-inf")]
-            ranked = sorted(found, key=lambda p: -p[0])[: cfg.units_k]
+            found, offered = [], set()
+            for c in range(n_found):
+                if row[c] > float("-inf") and units[c] not in offered:  # a stand-in found twice is offered once
+                    offered.add(units[c])
+                    found.append((row[c] - (cfg.repeat_penalty / temp if units[c] in placed else 0.0), units[c]))
+            ranked = sorted(found, key=lambda p: (-p[0], p[1]))[: cfg.units_k]  # exact ties: by unit id
             seen = {u for _, u in ranked}
             ranked += [(row[n_found + c], u) for c, u in enumerate(frequent) if u not in seen]
             logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]), 0).tolist()
@@ -177,7 +203,8 @@ class Controller:
         self.info = info or {}
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
-        self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256])
+        self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
+                                  stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts))
 
     @classmethod
     def load(cls, run: str | Path, em: str | Path | Encoder | None = None, runtime: str = "torch",
@@ -238,7 +265,10 @@ class Controller:
     def check_vectors(self, vectors) -> torch.Tensor:
         """(N, D) float vectors, each finite, non-zero and of the encoder's width: checked all before any
         time is spent; the error names the first bad row."""
-        vectors = torch.as_tensor(vectors).float()
+        vectors = torch.as_tensor(vectors)
+        if vectors.is_complex() or not (vectors.is_floating_point() or vectors.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"expected real-valued vectors, got {vectors.dtype}")
+        vectors = vectors.float()
         if vectors.ndim != 2:
             raise ValueError(f"expected an (N, {self.encoder.dim}) matrix of vectors, got shape {tuple(vectors.shape)}")
         for i, v in enumerate(vectors):
@@ -281,6 +311,8 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     if (texts is None) == (vectors is None):
         raise ValueError("give exactly one of texts or vectors")
     output = Path(output)
+    if output.is_dir():  # refused before any decoding, not after
+        raise ValueError(f"{output}: is a folder; give the .jsonl file to write")
     items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
     inputs = items if texts is not None else hashlib.sha256(items.numpy().tobytes()).hexdigest()
     partial = PartialFolder(output.with_name(output.name + ".partial"),

@@ -23,7 +23,7 @@ from typing import Protocol, Sequence
 import torch
 
 from invemb.config import Config
-from invemb.encoder import Encoder, check_vectors
+from invemb.encoder import Encoder, check_vectors, has_content
 from invemb.text.vocab import detokenize, tokenize
 
 
@@ -52,6 +52,14 @@ class DecodeConfig(Config):
 
     presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
                "full": {"beam": 8, "units_k": 16, "slots": 3, "expand": 24}}
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={getattr(self, k)} (at least {least})"
+               for k, least in (("beam", 1), ("units_k", 1), ("slots", 1), ("expand", 1), ("max_words", 1),
+                                ("max_steps", 1), ("patience", 0), ("frequent_units", 0), ("expand_gap", 0),
+                                ("min_gain", 0), ("repeat_penalty", 0), ("model_weight", 0)) if getattr(self, k) < least]
+        if bad:
+            raise ValueError(f"bad decoding settings: {', '.join(bad)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +235,12 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                         ranked = [a for a in ranked if a.logp >= ranked[0].logp - cfg.expand_gap]
                     for a in ranked:
                         units = _apply(h, a)
-                        kids.append(Hypothesis(units, render([unit_texts[u] for u in units]), logp=h.logp + a.logp,
+                        text = render([unit_texts[u] for u in units])
+                        # Nothing an encoder can read (a unit of invisible characters alone), or past the
+                        # word cap (a 7-word unit at 38 words): not a child.
+                        if not has_content(text) or len(tokenize(text)) > cfg.max_words:
+                            continue
+                        kids.append(Hypothesis(units, text, logp=h.logp + a.logp,
                                                actions=h.actions + 1, steps=h.steps + [{"unit": unit_texts[a.unit], "slot": a.slot,
                                                                                         **({"moved_from": a.remove} if a.remove >= 0 else {})}]))
                 if not kids:

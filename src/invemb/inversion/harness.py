@@ -29,14 +29,14 @@ def resolve_corpus(corpus: str | Path | None, em: str | Path | None = None) -> P
     if cfg_file is not None and cfg_file.exists():
         info = json.loads(cfg_file.read_text())
         if info.get("kind") == "em":
-            from invemb.em.config import EMConfig
-            from invemb.em.data import corpus_dir
+            from invemb.em.data import run_corpus_dir
 
-            found = corpus_dir(EMConfig.from_dict(info["em"]))
+            found = run_corpus_dir(info)
             if (found / "sentences.jsonl").exists():
                 return found
     raise FileNotFoundError(f"{corpus or 'no corpus given'}: no built corpus here (run `invemb corpus build --out "
-                            f"{corpus or 'data/built/corpus'}`, or give --corpus / an EM run that has one)")
+                            f"{corpus or 'data/built/corpus'}`, or name one: --corpus DIR, for train controller "
+                            "--set corpus=DIR)")
 
 
 def eval_sentences(corpus: str | Path, which: str, n: int, min_words: int = 5, max_words: int = 32,
@@ -44,6 +44,9 @@ def eval_sentences(corpus: str | Path, which: str, n: int, min_words: int = 5, m
     """``n`` held-out (test split) sentences: Wikipedia, or WordNet *example* sentences (glosses,
     the first text of each synset, are left out), of ``min_words``-``max_words`` tokens."""
     from invemb.text.corpus import Corpus
+
+    if n < 1:
+        raise ValueError(f"--n must be at least 1 sentence, got {n}")
 
     if which not in EVAL_SETS:
         raise ValueError(f"unknown evaluation set {which!r}; choose from {', '.join(EVAL_SETS)}")
@@ -119,12 +122,13 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
     """The methods of the side-by-side comparison, sharing the controller's encoder and index."""
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
 
+    bag_cfg, blackbox_cfg = BagConfig.preset(preset), BlackBoxConfig.preset(preset)  # a bad preset: refused before any work
+
     table: dict[str, Method | Batched] = {
         "controller": Batched(lambda t, progress: controller.invert_vectors(t, progress=progress)),
         "greedy": Batched(lambda t, progress: controller.invert_vectors(t, controller.decode_cfg.replace(beam=1), progress)),
-        "bag": lambda t: bag_of_units(t, controller.index, BagConfig.preset(preset)),
-        "blackbox": lambda t: black_box_search(t, controller.encoder, controller.index, controller.unit_vectors,
-                                               BlackBoxConfig.preset(preset)),
+        "bag": lambda t: bag_of_units(t, controller.index, bag_cfg),
+        "blackbox": lambda t: black_box_search(t, controller.encoder, controller.index, controller.unit_vectors, blackbox_cfg),
     }
     unknown = [m for m in which if m not in table]
     if unknown:
