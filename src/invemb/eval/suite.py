@@ -47,9 +47,9 @@ class EvalConfig(Config):
             small.append(f"knn_folds={self.knn_folds} (at least 2)")
         if small:
             raise ValueError(f"eval sizes must be at least 1: {', '.join(small)}")
-        rates = list(self.typo_rates)
-        if not rates or len(set(rates)) < len(rates) or not all(0 < r <= 1 for r in rates):
-            raise ValueError(f"typo_rates must be distinct shares of characters in (0, 1], at least one; got {rates}")
+        from invemb.eval.typo import check_typo_rates
+
+        check_typo_rates(self.typo_rates, name="typo_rates")
 
     def check_paths(self, out: str | Path | None = None) -> None:
         """Refuse a file the user named that is not there, and an ``out`` that is a file, before any

@@ -17,6 +17,13 @@ def level_name(rate: float) -> str:
     return f"noise{round(rate * 100, 6):g}"
 
 
+def check_typo_rates(rates, name: str = "typo rates") -> None:
+    """Refuse noise rates that are not distinct shares of characters in (0, 1] (at least one)."""
+    rates = list(rates)
+    if not rates or len(set(rates)) < len(rates) or not all(0 < r <= 1 for r in rates):
+        raise ValueError(f"{name} must be distinct shares of characters in (0, 1], at least one; got {rates}")
+
+
 def _noise_module():
     try:
         from invemb.text import noise
@@ -32,8 +39,7 @@ class TypoEvaluator:
                  real_rate: float = 0.5, seed: int = 0, batch_size: int = 64, name: str = "typo"):
         if sentences is None and loader is None:
             raise ValueError("TypoEvaluator needs sentences or a loader")
-        if not rates or len(set(rates)) < len(rates) or not all(0 < r <= 1 for r in rates):
-            raise ValueError(f"typo rates must be distinct shares of characters in (0, 1], at least one; got {list(rates)}")
+        check_typo_rates(rates)
         self._sentences, self.loader, self.rates, self.real_rate = sentences, loader, tuple(rates), real_rate
         self.seed, self.batch_size, self.name = seed, batch_size, name
         middle = 0.1 if 0.1 in self.rates else self.rates[len(self.rates) // 2]
