@@ -91,15 +91,13 @@ def encode_to_npy(encoder: Encoder, texts: list[str], output: str | Path, settin
 
     from invemb.encoder import check_batch_size, check_texts, check_vectors
     from invemb.inversion.units import encoder_fingerprint
-    from invemb.io import PartialFolder, atomic_save_file, content_key
+    from invemb.io import PartialFolder, atomic_save_file, check_output_file, content_key
 
     texts = check_texts(texts)  # every text and setting checked before any time is spent
     if not texts:
         raise ValueError("no texts to encode")
     check_batch_size(batch_size)
-    output = Path(output)
-    if output.is_dir():
-        raise ValueError(f"{output}: is a folder; give the .npy file to write")
+    output = check_output_file(output, ".npy file")
     partial = PartialFolder(output.with_name(output.name + ".partial"),
                             content_key(texts, encoder_fingerprint(encoder), settings or {}, batch_size, chunk))
     parts = [texts[i:i + chunk] for i in range(0, len(texts), chunk)]

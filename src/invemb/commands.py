@@ -84,12 +84,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         Example: invemb vocab build --corpus data/built/corpus --out data/built/vocab.json
         """
+        from invemb.io import check_output_file
         from invemb.text.corpus import Corpus
         from invemb.text.lexicon import LexiconConfig, build_lexicon
         from invemb.text.vocab import VocabConfig, build_vocab
 
-        if out.is_dir():  # refused before the counting, not after
-            raise IsADirectoryError(f"{out}: is a folder; give the vocabulary's .json file")
+        check_output_file(out, "vocabulary's .json file")
         vocab = build_vocab(Corpus(corpus).sentences("train"), VocabConfig.preset(preset), progress=True)
         vocab.save(out)
         result = {"units": len(vocab), "by_category": vocab.by_category(), "path": str(out)}

@@ -29,6 +29,15 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
             tmp_path.unlink()
 
 
+def check_output_file(path: str | Path, what: str) -> Path:
+    """``path`` as a Path, refused at once when it names a folder: a long job checks its output
+    before the work, not when it comes to write. ``what``: how the message names the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder; give the {what} to write")
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 

@@ -306,13 +306,11 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     called again after a kill, it keeps them and inverts the rest."""
     import hashlib
 
-    from invemb.io import PartialFolder, content_key, read_jsonl, write_jsonl
+    from invemb.io import PartialFolder, check_output_file, content_key, read_jsonl, write_jsonl
 
     if (texts is None) == (vectors is None):
         raise ValueError("give exactly one of texts or vectors")
-    output = Path(output)
-    if output.is_dir():  # refused before any decoding, not after
-        raise ValueError(f"{output}: is a folder; give the .jsonl file to write")
+    output = check_output_file(output, ".jsonl file")
     items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
     inputs = items if texts is not None else hashlib.sha256(items.numpy().tobytes()).hexdigest()
     partial = PartialFolder(output.with_name(output.name + ".partial"),

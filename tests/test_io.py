@@ -1,0 +1,23 @@
+"""invemb.io: atomic writes and the early output check shared by encode, invert and vocab build."""
+import json
+
+import pytest
+
+from invemb.io import atomic_write_json, check_output_file
+
+
+def test_check_output_file_returns_a_path_and_refuses_a_folder(tmp_path):
+    assert check_output_file(str(tmp_path / "new.npy"), ".npy file") == tmp_path / "new.npy"
+    (tmp_path / "taken.npy").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"taken.npy: is a folder; give the \.npy file to write"):
+        check_output_file(tmp_path / "taken.npy", ".npy file")
+
+
+def test_atomic_write_replaces_whole_and_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    atomic_write_json(target, {"x": 1})
+    atomic_write_json(target, {"x": [1, 2]})
+    assert json.loads(target.read_text()) == {"x": [1, 2]}
+    assert [p.name for p in target.parent.iterdir()] == ["a.json"]
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        atomic_write_json(tmp_path / "sub", {})
