@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,15 +48,16 @@ def stand_ins(unit_vectors: torch.Tensor, units: Sequence[str], counts: Sequence
     groups: dict[str, list[int]] = {}
     for u, text in enumerate(units):
         groups.setdefault(text.casefold(), []).append(u)
-    stand_in = torch.arange(len(units))
+    vectors = unit_vectors.float().numpy()
+    stand_in = np.arange(len(units))
     for members in groups.values():
         if len(members) < 2:
             continue
-        members = sorted(members, key=lambda u: (-counts[u], u))  # the most frequent form leads
-        for u in members[1:]:
-            leader = next((m for m in members if m == u or torch.allclose(unit_vectors[u], unit_vectors[m], atol=atol, rtol=0)), u)
-            stand_in[u] = leader
-    return stand_in
+        members = np.array(sorted(members, key=lambda u: (-counts[u], u)))  # the most frequent form leads
+        group = vectors[members]  # (k, D)
+        same = np.abs(group[:, None] - group[None]).max(-1) <= atol  # (k, k), true on the diagonal
+        stand_in[members] = members[same.argmax(1)]  # the first member in frequency order it equals
+    return torch.from_numpy(stand_in)
 
 
 class ModelPolicy:
