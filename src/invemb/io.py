@@ -66,13 +66,15 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
 
 
 def read_text_file(path: str | Path) -> str:
-    """Read UTF-8 text; a bad byte raises one line naming the file and the byte offset."""
+    """Read UTF-8 text (a leading byte-order mark dropped); a bad byte raises one line naming the
+    file and the byte offset."""
     path = Path(path)
     data = path.read_bytes()
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
     try:
-        return data.decode("utf-8")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 at byte offset {err.start} ({err.reason})") from None
+        raise ValueError(f"{path}: not UTF-8 at byte offset {err.start + bom} ({err.reason})") from None
 
 
 def _jsonl_lines(path: str | Path) -> Iterable[tuple[int, Any]]:

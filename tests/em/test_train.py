@@ -231,4 +231,4 @@ def test_a_run_names_its_corpus_also_after_the_data_keys_change(tiny_em_run, tmp
     assert info["corpus_dir"] == str(corpus_dir(cfg)) and resolve_corpus(None, run) == corpus_dir(cfg)
     legacy = {k: v for k, v in info.items() if k != "corpus_dir"}
     old = run_corpus_dir(legacy)
-    assert old != corpus_dir(cfg) and old == corpus_dir(EMConfig.from_dict(info["em"]), rules=1)
+    assert old != corpus_dir(cfg) and old == corpus_dir(EMConfig.from_dict(info["em"]), legacy=True)

@@ -32,6 +32,17 @@ def test_segmenter_prefers_longest_units_and_reports_oov():
     assert -1 not in seg.unit_ids and len(seg.unit_ids) == 6
 
 
+def test_segmenter_lowercases_as_the_vocabulary_counts():
+    from invemb.text.vocab import VocabConfig, build_vocab
+
+    v = build_vocab(['"The cat sat," he said.', "Yesterday I went home.", "You CAN'T stay.", "I think so."] * 2,
+                    VocabConfig.preset("tiny"))
+    seg = Segmenter(v)
+    for text, unit in [('"The dog sat," he said.', "the"), ("Then I went home.", "i"), ("You CAN'T go.", "ca")]:
+        s = seg.segment(text)
+        assert unit in " ".join(x.text for x in s.segments).split() and not set(s.oov_tokens) & {"The", "I", "CA"}, s.segments
+
+
 def test_hyphen_fallback_keeps_sub_units():
     seg = Segmenter(_vocab()).segment("ultra-modern")
     assert [s.text for s in seg.segments] == ["ultra", "-", "modern"] and seg.coverage == 1.0

@@ -16,6 +16,38 @@ def test_normalize_nfc_and_whitespace():
     assert normalize("defined as \u20601/12\u2060 of the\u00admass\x96 \ufeffok\u200b") == "defined as 1/12 of themass ok"
 
 
+def test_whitespace_controls_separate_words_and_are_not_deleted():
+    assert normalize("first line\x0bsecond\x85line a\x1fb\x0cc") == "first line second line a b c"
+
+
+def test_a_long_document_is_cut_at_line_breaks_before_splitting(tmp_path):
+    from invemb.text.corpus import _pieces
+
+    text = "\n".join(f"Sentence number {i} is here." for i in range(2000))  # ~56k characters, no blank line
+    pieces = _pieces(text, limit=5000)
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 5000 and len(pieces) > 10
+    assert _pieces("x" * 12 + " " + "y" * 3, limit=5) == ["xxxxx", "xxxxx", "xx", " yyy"]
+    f = tmp_path / "lines.txt"  # over spaCy's 1M-character limit for one text
+    f.write_text("\n".join(f"Line {i} tells of the river and the old mill." for i in range(25000)))
+    manifest = build_corpus(CorpusConfig(sources=["files"], files=[str(f)]), tmp_path / "c", progress=False)
+    assert manifest["sentences"] == 25000
+
+
+def test_cached_corpus_follows_an_edited_user_file(tmp_path, monkeypatch):
+    import os
+
+    from invemb.em.config import EMConfig
+    from invemb.em.data import corpus_dir
+
+    f = tmp_path / "notes.txt"
+    f.write_text("The first version of my notes is here.")
+    cfg = EMConfig().replace(**{"data_dir": str(tmp_path / "built"), "corpus.sources": ["files"], "corpus.files": [str(f)]})
+    before = corpus_dir(cfg)
+    f.write_text("The second version of my notes is longer than the first.")
+    os.utime(f, ns=(1, 1))
+    assert corpus_dir(cfg) != before
+
+
 def test_split_is_deterministic_and_roughly_proportional():
     splits = [split_of(f"doc{i}", 0.1, 0.1) for i in range(2000)]
     assert splits == [split_of(f"doc{i}", 0.1, 0.1) for i in range(2000)]

@@ -50,3 +50,24 @@ def test_pairs_split_and_round_trip(lexicon, tmp_path):
     assert heldout("a", "b") == heldout("b", "a")
     lexicon.save(tmp_path / "lex.json")
     assert Lexicon.load(tmp_path / "lex.json").synonyms == lexicon.synonyms
+
+
+def test_a_wordnet_copy_killed_halfway_is_rebuilt_whole(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from invemb.text.sources import ensure_wordnet
+
+    if not Path("/usr/share/wordnet/data.noun").exists():
+        pytest.fail("WordNet (wordnet-base) is not installed: run `make data`")
+    monkeypatch.setenv("INVEMB_DATA", str(tmp_path))
+    monkeypatch.delenv("NLTK_DATA", raising=False)
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))  # the test's folder leaves no trace there
+    broken = tmp_path / "nltk_data" / "corpora" / "wordnet"
+    broken.mkdir(parents=True)
+    (broken / "data.noun").write_text("")  # what a kill after the first file used to leave
+    ensure_wordnet()
+    names = {p.name for p in broken.iterdir()}
+    assert {"data.noun", "lexnames", "index.sense"} <= names and (broken / "data.noun").stat().st_size > 1_000_000
+    assert not [p for p in broken.parent.iterdir() if p.name.startswith(".wordnet.")]  # no temporary folder left

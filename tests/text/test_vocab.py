@@ -15,6 +15,8 @@ from invemb.text.vocab import Vocab, VocabConfig, build_vocab, category, detoken
     # upper-case contractions split like lower-case ones, the host keeps its case
     ("DON'T PANIC, I'M OK", ["DO", "n't", "PANIC", ",", "I", "'m", "OK"]),
     ("Can't", ["Ca", "n't"]),
+    # all-caps "CA" / "WO" would be acronyms (California), not the host of "n't"
+    ("You CAN'T, WON'T", ["You", "ca", "n't", ",", "wo", "n't"]),
     # a number with separators stays whole with what is joined to it, as "10-year-old" does
     ("a 2,000-year-old 3.5-inch disk, the 1,000th", ["a", "2,000-year-old", "3.5-inch", "disk", ",", "the", "1,000th"]),
     ("10-year-old and 1,234.5.", ["10-year-old", "and", "1,234.5", "."]),
@@ -36,6 +38,15 @@ def test_category(token, cat):
 def test_detokenize_round_trip():
     s = "I don't think we can't go, it's 1,234.5 dollars in the mid-1990s."
     assert detokenize(tokenize(s)) == s
+    assert detokenize(tokenize("DON'T PANIC, WE'LL cope")) == "DON'T PANIC, WE'LL cope"
+
+
+def test_a_pronoun_i_is_the_word_and_never_ends_a_name():
+    sents = ["Maybe I will go home.", "Mary and I went to Paris.", "Yesterday John and I met.", "I think so, Mary."] * 2
+    v = build_vocab(sents, VocabConfig.preset("tiny"))
+    entities = {u for u, c in zip(v.units, v.categories) if c == "entity"}
+    assert v.counts[v.id("i")] == 8 and "I" not in v
+    assert not any(e.split()[-1] in ("I", "and") for e in entities), entities  # no "Maybe I", "Mary and I"
 
 
 def test_build_vocab_categories_counts_and_entities():

@@ -16,7 +16,7 @@ import numpy as np
 
 from invemb.em.config import EMConfig
 from invemb.io import atomic_write_json
-from invemb.text.corpus import Corpus, build_corpus
+from invemb.text.corpus import Corpus, build_corpus, source_stamp
 from invemb.text import RULES_VERSION
 from invemb.text.lexicon import Lexicon, build_lexicon
 from invemb.text.sources import data_root
@@ -31,9 +31,14 @@ def built_dir(cfg: EMConfig) -> Path:
     return Path(cfg.data_dir) if cfg.data_dir else data_root() / "built"
 
 
-def corpus_dir(cfg: EMConfig, rules: int = RULES_VERSION) -> Path:
-    # rules 1 (before the version was part of the keys) had no version in its key
-    return built_dir(cfg) / f"corpus-{_key(cfg.corpus.to_dict(), rules) if rules > 1 else _key(cfg.corpus.to_dict())}"
+def _corpus_key(cfg: EMConfig) -> list:
+    return [cfg.corpus.to_dict(), RULES_VERSION, source_stamp(cfg.corpus)]
+
+
+def corpus_dir(cfg: EMConfig, legacy: bool = False) -> Path:
+    """The built corpus folder of ``cfg``; ``legacy``: its folder under rules 1, whose key held the
+    corpus config alone (runs from then recorded no corpus folder)."""
+    return built_dir(cfg) / f"corpus-{_key(cfg.corpus.to_dict()) if legacy else _key(*_corpus_key(cfg))}"
 
 
 def run_corpus_dir(info: dict) -> Path:
@@ -41,11 +46,11 @@ def run_corpus_dir(info: dict) -> Path:
     for a run from before the record, the folder of the rules of its time."""
     if info.get("corpus_dir"):
         return Path(info["corpus_dir"])
-    return corpus_dir(EMConfig.from_dict(info["em"]), rules=1)
+    return corpus_dir(EMConfig.from_dict(info["em"]), legacy=True)
 
 
 def vocab_path(cfg: EMConfig) -> Path:
-    return built_dir(cfg) / f"vocab-{_key(cfg.corpus.to_dict(), cfg.vocab.to_dict(), RULES_VERSION)}.json"
+    return built_dir(cfg) / f"vocab-{_key(*_corpus_key(cfg), cfg.vocab.to_dict())}.json"
 
 
 def lexicon_path(cfg: EMConfig) -> Path:

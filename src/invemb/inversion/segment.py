@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from invemb.text.vocab import Vocab, detokenize, tokenize
+from invemb.text.vocab import Vocab, category, detokenize, tokenize
 
 
 @dataclasses.dataclass
@@ -58,16 +58,21 @@ class Segmentation:
 
 class Segmenter:
     def __init__(self, vocab: Vocab, max_span: int = 7):
-        self.vocab, self.max_span = vocab, max_span
+        from spacy.lang.en.stop_words import STOP_WORDS
 
-    def _lookup(self, tokens: list[str], i: int, j: int) -> tuple[str, int] | None:
+        self.vocab, self.max_span = vocab, max_span
+        self.stop = set(STOP_WORDS)  # the vocabulary's list (invemb.text.vocab.build_vocab)
+
+    def _lookup(self, tokens: list[str], i: int, j: int, initial: bool) -> tuple[str, int] | None:
         span = " ".join(tokens[i:j])
         uid = self.vocab.ids.get(span)
         if uid is not None:
             return span, uid
-        # A capital that only starts the sentence: lowercase the first token, keep the rest.
-        if i == 0 and tokens[0][:1].isupper():
-            lowered = " ".join([tokens[0].lower()] + tokens[1:j])
+        # As the vocabulary counts them: a capital that only starts the sentence (nothing but
+        # punctuation before it), or a capitalised stop word anywhere ("I", "The"), is the
+        # lowercase word; the rest of the span is kept.
+        if tokens[i][:1].isupper() and (initial or tokens[i].lower() in self.stop):
+            lowered = " ".join([tokens[i].lower()] + tokens[i + 1:j])
             uid = self.vocab.ids.get(lowered)
             if uid is not None:
                 return lowered, uid
@@ -76,10 +81,11 @@ class Segmenter:
     def segment(self, sentence: str) -> Segmentation:
         tokens = tokenize(sentence)
         segments: list[Segment] = []
+        lead = next((k for k, t in enumerate(tokens) if category(t) != "other"), len(tokens))  # opening punctuation
         i = 0
         while i < len(tokens):
             for j in range(min(len(tokens), i + self.max_span), i, -1):
-                hit = self._lookup(tokens, i, j)
+                hit = self._lookup(tokens, i, j, initial=i <= lead)
                 if hit is not None:
                     unit, uid = hit
                     src = " ".join(tokens[i:j])

@@ -4,5 +4,8 @@
 # tokenisation, categories, lexicon pairs). It is part of the built-data cache keys, so data built
 # under older rules is not reused. 2: invisible characters removed, duplicates up to case and outer
 # punctuation, upper-case clitics, numbers joined to hyphenated words, a lone capital as a name,
-# pairs that are both synonyms and antonyms kept as antonyms only.
-RULES_VERSION = 2
+# pairs that are both synonyms and antonyms kept as antonyms only. 3: whitespace controls (vertical
+# tab, NEL) separate words instead of being deleted; "CAN'T" -> "ca n't"; stop words stripped from
+# both ends of a name ("Mary and I" -> "Mary"); long user documents split at line breaks; the
+# cache keys hold the size and time of user files.
+RULES_VERSION = 3

@@ -27,11 +27,14 @@ SOURCES = ("wiki", "wordnet", "brown", "nlp", "files")
 _WS = re.compile(r"\s+")
 # Invisible characters that reach the corpus from Wikipedia and mis-decoded text (word joiners,
 # soft hyphens, bidi marks, BOMs, C0/C1 controls): they would become vocabulary units.
+# Characters Python counts as whitespace (vertical tab, \x1c-\x1f, NEL) are left to _WS: deleting
+# them would join the words they separate.
 _INVISIBLE = re.compile(
-    "[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "(?!\\s)[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
     "\ufeff\ufff9-\ufffb]")
 # What two sentences that differ only in case or outer punctuation share: one is a duplicate.
 _DEDUP_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
+MAX_DOC_CHARS = 100_000  # a longer user document is split (at line breaks) before sentence splitting
 
 
 @dataclasses.dataclass
@@ -134,14 +137,34 @@ def _file_docs(paths: list[str]) -> Iterator[tuple[str, str]]:
             raise FileNotFoundError(f"{p}: no such corpus file")
         if p.suffix == ".jsonl":
             for i, text in enumerate(read_jsonl_texts(p)):
-                yield f"file:{p.name}:{i}", text
+                yield from ((f"file:{p.name}:{i}", piece) for piece in _pieces(text))
         elif p.suffix == ".txt":
             paragraphs = re.split(r"\n\s*\n", read_text_file(p))
             for i, para in enumerate(paragraphs):
                 if para.strip():
-                    yield f"file:{p.name}:{i}", para
+                    yield from ((f"file:{p.name}:{i}", piece) for piece in _pieces(para))
         else:
             raise ValueError(f"{p}: corpus files must be .txt or .jsonl")
+
+
+def _pieces(text: str, limit: int = MAX_DOC_CHARS) -> list[str]:
+    """``text`` cut at line breaks (a longer line at its last space, else hard) into pieces of at
+    most ``limit`` characters: spaCy refuses a text over 1M characters, and a .txt of one
+    sentence per line has no blank line to split it at. The pieces keep their document's id."""
+    if len(text) <= limit:
+        return [text]
+    out, current = [], ""
+    for line in text.splitlines(keepends=True):
+        while len(line) > limit:
+            cut = line.rfind(" ", 0, limit)
+            cut = cut if cut > 0 else limit
+            out.append(line[:cut])
+            line = line[cut:]
+        if current and len(current) + len(line) > limit:
+            out.append(current)
+            current = ""
+        current += line
+    return [x for x in out + [current] if x.strip()]
 
 
 def _take(it: Iterable, n: int):
@@ -157,6 +180,8 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
     for s in cfg.sources:
         if s not in SOURCES:
             raise ValueError(f"unknown corpus source {s!r}; choose from {', '.join(SOURCES)}")
+    if out_dir.exists() and not out_dir.is_dir():  # refused before the splitting, not after
+        raise NotADirectoryError(f"{out_dir}: is a file; give a folder for the corpus")
     rows: list[dict] = []
     seen: set[str] = set()
     stats: dict[str, dict[str, int]] = {}
@@ -212,6 +237,14 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
     write_jsonl(out_dir / "sentences.jsonl", rows)
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def source_stamp(cfg: CorpusConfig) -> list[list]:
+    """(path, size, modification time) of each user file and given source file: a cache key that
+    holds only the config's paths would keep serving a corpus built from a file since edited."""
+    paths = list(cfg.files) + [p for p in (cfg.wiki_path,) if p]
+    return [[str(Path(p).resolve()), st.st_size, st.st_mtime_ns] for p in paths if Path(p).is_file()
+            for st in (Path(p).stat(),)]
 
 
 class Corpus:

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -103,7 +104,7 @@ def ensure_wordnet(nltk_data: str | None = None):
     candidates = [Path(p) for p in ([nltk_data] if nltk_data else []) + os.environ.get("NLTK_DATA", "").split(os.pathsep) if p]
     project = data_root().resolve() / "nltk_data"
     for c in candidates + [project]:
-        if (c / "corpora" / "wordnet" / "data.noun").exists():
+        if all((c / "corpora" / "wordnet" / f).exists() for f in ("data.noun", "lexnames")):
             if str(c) not in nltk.data.path:
                 nltk.data.path.insert(0, str(c))
             break
@@ -113,15 +114,24 @@ def ensure_wordnet(nltk_data: str | None = None):
             raise MissingDataError("WordNet not found: run `make data` (apt-get install wordnet-base), "
                                    "or set NLTK_DATA to an nltk_data folder with corpora/wordnet")
         dst = project / "corpora" / "wordnet"
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in src.iterdir():
-            if f.is_file():
-                shutil.copyfile(f, dst / f.name)
-        (dst / "lexnames").write_text("".join(
-            f"{i:02d}\t{name}\t{_SYNTACTIC[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)))
-        # nltk >= 3.9 reads index.sense to map other WordNet versions onto this one (for OMW);
-        # Debian does not ship it, and this copy *is* 3.0, so an empty map is the right one.
-        (dst / "index.sense").touch()
+        # Built beside and renamed into place, so a copy killed halfway is never taken for a whole one.
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".wordnet.", dir=dst.parent))
+        try:
+            for f in src.iterdir():
+                if f.is_file():
+                    shutil.copyfile(f, tmp / f.name)
+            (tmp / "lexnames").write_text("".join(
+                f"{i:02d}\t{name}\t{_SYNTACTIC[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)))
+            # nltk >= 3.9 reads index.sense to map other WordNet versions onto this one (for OMW);
+            # Debian does not ship it, and this copy *is* 3.0, so an empty map is the right one.
+            (tmp / "index.sense").touch()
+            if dst.exists():  # an incomplete copy left by an older version
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
         nltk.data.path.insert(0, str(project))
     from nltk.corpus import wordnet as wn
 

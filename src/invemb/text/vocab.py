@@ -53,7 +53,9 @@ def tokenize(text: str) -> list[str]:
     """Research-code tokenisation: clitics split ("do n't", "ca n't", "it 's"), punctuation split,
     numbers with separators and hyphenated words kept whole."""
     text = unwikitext(text.replace("\u2019", "'").replace("\u2018", "'"))
-    text = re.sub(r"(?i)\b(ca|wo)(n't)\b", r"\1 \2", text)  # "Can't" -> "Ca n't", keeping the host's case
+    # "Can't" -> "Ca n't" (a capital that starts a sentence is resolved later, as for any word);
+    # "CAN'T" -> "ca n't": "CA" and "WO" would be acronyms (California), not the verb's host.
+    text = re.sub(r"(?i)\b(ca|wo)(n't)\b", lambda m: f"{m[1].lower() if m[1].isupper() else m[1]} {m[2]}", text)
     text = _CLITIC.sub(r" \1", text)
     return [t.lower() if t.lower() in _CLITICS else t for t in _TOKEN.findall(text)]
 
@@ -61,6 +63,7 @@ def tokenize(text: str) -> list[str]:
 def detokenize(tokens: list[str]) -> str:
     """Join tokens back into ordinary text ("do n't" -> "don't", "word ," -> "word,")."""
     text = " ".join(tokens)
+    text = re.sub(r"\b([A-Z]{2,}) (n't|'s|'ll|'re|'ve|'m|'d)\b", lambda m: m[1] + m[2].upper(), text)  # "DO n't" -> "DON'T"
     text = re.sub(r" (n't|'s|'ll|'re|'ve|'m|'d)\b", r"\1", text)  # also "ca n't" -> "can't", "wo n't" -> "won't"
     text = re.sub(r" ([,.;:!?%)\]}])", r"\1", text)
     text = re.sub(r"([(\[{$]) ", r"\1", text)
@@ -122,7 +125,9 @@ class _Counts:
         ent: list[str] = []
 
         def close_entity() -> None:
-            while ent and ent[-1].lower() in _CONNECTORS:
+            # Stop words go from both ends: "The United States", "Mary and I" (a lone "I" or "A"
+            # is a capital, so it joins a run; it is resolved to the word "i" / "a" on its own).
+            while ent and (ent[-1].lower() in _CONNECTORS or ent[-1].lower() in stop):
                 ent.pop()
             while ent and ent[0].lower() in stop:
                 ent.pop(0)
