@@ -369,3 +369,82 @@ def test_children_an_encoder_cannot_read_or_past_the_word_cap_are_not_made():
         assert 1 <= len(tokenize(capped.text)) <= 5
     with pytest.raises(ValueError, match=r"bad decoding settings: beam=0 \(at least 1\), expand=0 \(at least 1\)"):
         DecodeConfig(beam=0, expand=0)
+
+
+def test_candidates_do_not_depend_on_the_batch_and_twins_never_take_two_places(toy_run):
+    """A hypothesis fetches as many units alone as beside a longer buffer (the fetch used to follow the
+    batch's longest buffer, and merged case twins left holes that only a bigger fetch refilled), and the
+    frequent units join as their stand-ins too ("A" and "a" were both offered)."""
+    from invemb.inversion.decode import Hypothesis
+    from invemb.inversion.units import encode_units
+    from invemb.text.vocab import Vocab
+    from toy import CANONICAL, UNITS
+
+    run, encoder, _ = toy_run
+    base = Controller.load(run, em=encoder)
+    units = UNITS + [w.capitalize() for w in CANONICAL]  # one vector per twin pair: BagEncoder is uncased
+    vocab = Vocab(units, ["word"] * len(units), [10] * len(UNITS) + [5] * len(CANONICAL))
+    ctrl = Controller(encoder, vocab, encode_units(encoder, vocab, progress=False), base.model,
+                      base.decode_cfg.replace(frequent_units=len(units), expand=1000))
+    cfg = ctrl.decode_cfg
+    long_text = "the big red cat sat on the mat"
+    long_hyp = Hypothesis([vocab.id(w) for w in long_text.split()], long_text, encoder.encode([long_text])[0])
+    long_target = encoder.encode(["the big red cat sat on the mat today"])[0]
+    for sentence in toy_sentences(8, seed=3):
+        target = encoder.encode([sentence])[0]
+        alone = ctrl.policy.propose(target[None], [Hypothesis([])], cfg)[0]
+        beside = ctrl.policy.propose(torch.stack([target, long_target]), [Hypothesis([]), long_hyp], cfg)[0]
+        assert [(a.unit, a.slot) for a in alone.actions] == [(a.unit, a.slot) for a in beside.actions]
+        assert [a.logp for a in alone.actions] == pytest.approx([a.logp for a in beside.actions], abs=1e-5)
+        offered = {a.unit for a in alone.actions}
+        assert all(int(ctrl.policy.stand_in[u]) == u for u in offered)  # never a twin beside its stand-in
+        assert len(offered) >= cfg.units_k
+
+
+def test_decoding_settings_that_would_fail_mid_search_are_refused_first(toy_run):
+    run, encoder, _ = toy_run
+    with pytest.raises(ValueError, match=r"min_gain=nan \(at least 0\).*stop_threshold=nan \(a number\)"):
+        DecodeConfig(min_gain=float("nan"), stop_threshold=float("nan"))
+    ctrl = Controller.load(run, em=encoder)
+    limit = ctrl.model.placer.cfg.max_len
+    with pytest.raises(ValueError, match=f"let a buffer reach {limit + 1} units; this controller's Placer reads at most {limit}"):
+        ctrl.invert_texts(["Big fox near."], decode=ctrl.decode_cfg.replace(max_words=limit + 1, max_steps=limit + 1))
+    with pytest.raises(ValueError, match="Placer reads at most"):
+        Controller.load(run, em=encoder, max_words=limit + 5, max_steps=limit + 5)
+
+
+def test_black_box_search_caps_words_not_units():
+    from invemb.index import IndexConfig, UnitIndex
+    from invemb.inversion.units import encode_units
+    from invemb.text.vocab import Vocab, tokenize
+    from toy import UNITS
+
+    encoder = BagEncoder()
+    units = UNITS + ["big red cat", "sat on the mat", "the big red cat sat"]  # phrases: a unit is not a word
+    vocab = Vocab(units, ["word"] * len(units), [1] * len(units))
+    vectors = encode_units(encoder, vocab, progress=False)
+    index = UnitIndex.build(vectors, units, IndexConfig(kind="flat"))
+    target = encoder.encode(["The big red cat sat on the mat today."])[0]
+    for cap in (2, 3, 5):
+        bb = black_box_search(target, CountingEncoder(encoder), index, vectors,
+                              BlackBoxConfig(pool=20, beam=2, insert_units=6, max_steps=8, max_words=cap))
+        assert 1 <= len(tokenize(bb.text)) <= cap, bb.text
+
+
+def test_controller_outputs_are_keyed_by_its_weights_and_an_encoder_within_float_noise_is_accepted(toy_run):
+    run, encoder, _ = toy_run
+    ctrl = Controller.load(run, em=encoder)
+    other = Controller(ctrl.encoder.encoder, ctrl.vocab, ctrl.unit_vectors, Controller.load(run, em=encoder).model,
+                       ctrl.decode_cfg, ctrl.info)
+    assert other.identity == ctrl.identity  # same config, same weights
+    with torch.no_grad():
+        other.model.placer.positions.weight[0, 0] += 1.0
+    del other.__dict__["identity"]
+    assert other.identity["info"] == ctrl.identity["info"] and other.identity["weights"] != ctrl.identity["weights"]
+
+    class Noisy(BagEncoder):  # the same encoder on another runtime: values move by float noise
+        def encode(self, texts, batch_size=64):
+            v = super().encode(texts, batch_size)
+            return v + 2e-5 * torch.randn(v.shape, generator=torch.Generator().manual_seed(len(texts)))
+
+    assert Controller.load(run, em=Noisy()).vocab.fingerprint() == ctrl.vocab.fingerprint()

@@ -16,6 +16,7 @@ import torch
 from invemb.config import Config
 from invemb.encoder import has_content
 from invemb.inversion.decode import CountingEncoder, InversionResult, check_target, render
+from invemb.text.vocab import tokenize
 
 
 @dataclasses.dataclass
@@ -65,14 +66,15 @@ def black_box_search(target: torch.Tensor, encoder: CountingEncoder, index, unit
         for _, units, vec in beam:
             residual = target - (vec if vec is not None else 0.0)
             tries = [pool[j] for j in (pool_vecs @ residual).topk(min(cfg.insert_units, len(pool))).indices.tolist()]
-            if len(units) < cfg.max_words:
-                cands += [units[:s] + (u,) + units[s:] for u in tries for s in range(len(units) + 1)]
+            cands += [units[:s] + (u,) + units[s:] for u in tries for s in range(len(units) + 1)]
             cands += [units[:s] + (u,) + units[s + 1:] for u in tries[: max(1, cfg.insert_units // 3)] for s in range(len(units))]
             cands += [units[:s] + units[s + 1:] for s in range(len(units)) if len(units) > 1]
         cands = [c for c in dict.fromkeys(cands) if c not in seen]
         seen.update(cands)
         texts = [render([index.units[u] for u in c]) for c in cands]
-        keep = [i for i, t in enumerate(texts) if has_content(t)]  # a unit of invisible characters alone: not encodable
+        # Words, not units, are capped (a unit may be a phrase), as the controller's decoding does; a unit
+        # of invisible characters alone is not encodable.
+        keep = [i for i, t in enumerate(texts) if has_content(t) and len(tokenize(t)) <= cfg.max_words]
         cands, texts = [cands[i] for i in keep], [texts[i] for i in keep]
         if not cands:
             break

@@ -7,6 +7,8 @@ encoder vector, computed once), ``model.safetensors`` (weights), checkpoints, me
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -70,7 +72,10 @@ class ModelPolicy:
         self.stand_in = stand_in  # (N,) see stand_ins; None: every unit offered as itself
         # Function words sit far from any sentence vector, so the index rarely returns them; the
         # most frequent units are offered to every hypothesis and the cosine re-scoring decides.
-        self.frequent = torch.tensor(list(frequent or []), dtype=torch.long)  # (F,) most frequent first
+        frequent = list(frequent or [])
+        if stand_in is not None:  # a twin's stand-in in its place, each unit once
+            frequent = list(dict.fromkeys(int(stand_in[u]) for u in frequent))
+        self.frequent = torch.tensor(frequent, dtype=torch.long)  # (F,) most frequent first
 
     def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
         d = targets.shape[1]
@@ -78,9 +83,15 @@ class ModelPolicy:
         s = summarise(targets, [x.units for x in hyps], text, self.unit_vectors, self.model.chunk)
         sel = self.model.selector(s)
         stop = torch.sigmoid(sel.stop_logit).tolist()
-        max_len = max(len(x.units) for x in hyps)
         temp = self.model.selector.cfg.temperature
-        _, ids = self.index.search(sel.intention, max(cfg.units_k + max_len, self.model.selector.cfg.rerank))
+        # How many units each hypothesis fetches depends on the settings alone, never on the other
+        # hypotheses of the batch, so a sentence decodes the same alone and in a lockstep batch. A
+        # hypothesis considers its first units_k + len(buffer) distinct units (placed ones are
+        # penalised, not dropped; a reranker's whole pool); twice the most is fetched, as case twins
+        # merge into one.
+        rerank = self.model.selector.cfg.rerank
+        longest = min(cfg.max_words, cfg.max_steps, self.model.placer.cfg.max_len)
+        _, ids = self.index.search(sel.intention, 2 * max(cfg.units_k + longest, rerank))
         ids = torch.as_tensor(ids, dtype=torch.long)  # (H, P)
         if self.stand_in is not None:  # same vector, same logit: a unit's stand-in in its place (repeats dropped below)
             ids = torch.where(ids >= 0, self.stand_in[ids.clamp_min(0)], ids)
@@ -96,6 +107,8 @@ class ModelPolicy:
             row, units = logits[i].tolist(), pool[i].tolist()
             found, offered = [], set()
             for c in range(n_found):
+                if len(found) == max(cfg.units_k + len(x.units), rerank):
+                    break
                 if row[c] > float("-inf") and units[c] not in offered:  # a stand-in found twice is offered once
                     offered.add(units[c])
                     found.append((row[c] - (cfg.repeat_penalty / temp if units[c] in placed else 0.0), units[c]))
@@ -202,6 +215,7 @@ class Controller:
 
         self.encoder = CountingEncoder(encoder)
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
+        self.settings(decode)
         self.info = info or {}
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
@@ -216,7 +230,7 @@ class Controller:
         from safetensors.torch import load_file
 
         import invemb
-        from invemb.inversion.units import encoder_fingerprint
+        from invemb.inversion.units import encoder_fingerprint, same_encoder
 
         run = Path(run)
         if not (run / "config.json").exists():
@@ -225,10 +239,6 @@ class Controller:
         encoder = em if em is not None and not isinstance(em, (str, Path)) else invemb.load(str(em or info["em"]), runtime=runtime)
         if encoder.dim != info["dim"]:
             raise ValueError(f"encoder has dimension {encoder.dim}, the controller was trained on {info['dim']}")
-        fp = encoder_fingerprint(encoder)
-        if fp != info["encoder_fingerprint"]:
-            raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
-                             f"not on this one (fingerprint {fp})")
         vocab = Vocab.load(run / "vocab.json")
         if vocab.fingerprint() != info["vocab_fingerprint"]:
             raise ValueError(f"{run}/vocab.json does not match the vocabulary the controller was trained with")
@@ -237,18 +247,41 @@ class Controller:
             if em_vocab.fingerprint() != vocab.fingerprint():
                 raise ValueError(f"the EM run {em} has a different vocabulary than controller {run}: refused")
         unit_vectors = load_file(str(run / "unit_vectors.safetensors"))["units"]
+        fp = encoder_fingerprint(encoder)
+        if fp != info["encoder_fingerprint"] and not same_encoder(encoder, vocab.units, unit_vectors):
+            raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
+                             f"not on this one (fingerprint {fp})")
         decode = DecodeConfig.from_dict(info["config"]["decode"]).replace(**decode_overrides)
         return cls(encoder, vocab, unit_vectors, model, decode, info)
 
+    @functools.cached_property
+    def identity(self) -> dict:
+        """What resumable outputs are keyed by: the run's config and a digest of the weights (two runs
+        trained with one config differ only there)."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        return {"info": self.info, "weights": digest.hexdigest()[:16]}
+
+    def settings(self, decode: DecodeConfig | None = None) -> DecodeConfig:
+        """``decode`` (default: the run's), refused before any decoding when it lets a buffer grow past
+        what the Placer reads (it would fail mid-search)."""
+        decode = decode or self.decode_cfg
+        longest, limit = min(decode.max_words, decode.max_steps), self.model.placer.cfg.max_len
+        if longest > limit:
+            raise ValueError(f"max_words={decode.max_words} and max_steps={decode.max_steps} let a buffer reach "
+                             f"{longest} units; this controller's Placer reads at most {limit}")
+        return decode
+
     def invert_vector(self, vector, decode: DecodeConfig | None = None) -> InversionResult:
-        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, decode or self.decode_cfg)
+        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, self.settings(decode))
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16, on_done=None) -> list[InversionResult]:
         """Invert an (N, D) matrix, ``batch`` vectors decoded in lockstep at a time (the same searches as
         one by one, in fewer and bigger index, Placer and encoder calls; 1: one by one). ``on_done(k)``
         is called as k more are finished (a progress bar of the caller's)."""
-        vectors = self.check_vectors(vectors)
+        vectors, decode = self.check_vectors(vectors), self.settings(decode)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -259,7 +292,7 @@ class Controller:
         step = max(1, batch)
         for start in range(0, len(vectors), step):
             out += beam_decode_many(vectors[start: start + step], self.policy, self.encoder, self.vocab.units,
-                                    decode or self.decode_cfg, on_done=on_done)
+                                    decode, on_done=on_done)
         if bar is not None:
             bar.close()
         return out
@@ -285,6 +318,7 @@ class Controller:
         """Encode each text and invert it: rows with text, reconstruction, cosine, steps, encoder_calls,
         seconds. An empty text (or one of only whitespace / control characters) gives an empty
         reconstruction with cosine None (undefined)."""
+        self.settings(decode)  # before the encoding, not after
         nonempty = [i for i, t in enumerate(texts) if isinstance(t, str) and has_content(t)]
         results = {}
         if on_done is not None and len(nonempty) < len(texts):
@@ -306,8 +340,6 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     would run) wait in ``output.partial/``, a :class:`invemb.io.PartialFolder` keyed by the inputs, the
     controller, its decoding settings and ``settings`` (what else the caller chose: the EM, the runtime):
     called again after a kill, it keeps them and inverts the rest."""
-    import hashlib
-
     from invemb.io import PartialFolder, check_output_file, content_key, read_jsonl, write_jsonl
 
     if (texts is None) == (vectors is None):
@@ -316,7 +348,7 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
     inputs = items if texts is not None else hashlib.sha256(items.numpy().tobytes()).hexdigest()
     partial = PartialFolder(output.with_name(output.name + ".partial"),
-                            content_key(inputs, ctrl.info, ctrl.decode_cfg.to_dict(), settings or {}, chunk))
+                            content_key(inputs, ctrl.identity, ctrl.decode_cfg.to_dict(), settings or {}, chunk))
     starts = range(0, len(items), chunk)
     names = [f"chunk_{k:06d}.jsonl" for k in range(len(starts))]
     kept = sum(min(chunk, len(items) - start) for start, name in zip(starts, names) if partial.has(name))

@@ -57,7 +57,10 @@ class DecodeConfig(Config):
         bad = [f"{k}={getattr(self, k)} (at least {least})"
                for k, least in (("beam", 1), ("units_k", 1), ("slots", 1), ("expand", 1), ("max_words", 1),
                                 ("max_steps", 1), ("patience", 0), ("frequent_units", 0), ("expand_gap", 0),
-                                ("min_gain", 0), ("repeat_penalty", 0), ("model_weight", 0)) if getattr(self, k) < least]
+                                ("min_gain", 0), ("repeat_penalty", 0), ("model_weight", 0))
+               if not getattr(self, k) >= least]  # NaN fails this too
+        bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
+                if not math.isfinite(getattr(self, k))]
         if bad:
             raise ValueError(f"bad decoding settings: {', '.join(bad)}")
 

@@ -150,7 +150,7 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
     partial = None
     if out is not None:
         out = Path(out)
-        partial = PartialFolder(out / "partial", content_key(dict(sets), controller.info, controller.decode_cfg.to_dict(),
+        partial = PartialFolder(out / "partial", content_key(dict(sets), controller.identity, controller.decode_cfg.to_dict(),
                                                              preset, settings or {}))
     results = {}
     for set_name, sentences in sets.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from invemb.encoder import Encoder, check_vectors
+from invemb.encoder import Encoder, check_vectors, has_content
 from invemb.text.vocab import Vocab
 
 # Fixed probe texts: their vectors fingerprint an encoder (same weights -> same vectors).
@@ -19,6 +19,17 @@ def encoder_fingerprint(encoder: Encoder) -> str:
     vecs = check_vectors(encoder.encode(PROBE_TEXTS), len(PROBE_TEXTS), encoder.dim, "encoder", "fingerprint")
     rounded = torch.round(vecs.float() * 100).to(torch.int32)
     return hashlib.sha256(rounded.numpy().tobytes() + str(encoder.dim).encode()).hexdigest()[:16]
+
+
+def same_encoder(encoder: Encoder, units: list[str], unit_vectors: torch.Tensor, n: int = 16, atol: float = 1e-3) -> bool:
+    """Whether ``encoder`` gives ``unit_vectors`` (V, D) for ``units``, on n units spread over the
+    vocabulary, within ``atol``. The fingerprint is a hash of rounded vectors, so float noise at a
+    rounding edge (another runtime, another device) changes it; this compares values instead."""
+    if encoder.dim != unit_vectors.shape[1]:
+        return False
+    picks = [i for i in range(0, len(units), max(1, len(units) // n)) if has_content(units[i])][:n]
+    vecs = encoder.encode([units[i] for i in picks]).float()
+    return bool((vecs - unit_vectors[picks].float()).abs().max() <= atol)
 
 
 def encode_units(encoder: Encoder, vocab: Vocab, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
