@@ -21,3 +21,20 @@ def test_atomic_write_replaces_whole_and_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["a.json"]
     with pytest.raises(IsADirectoryError, match="is a folder"):
         atomic_write_json(tmp_path / "sub", {})
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    import os
+
+    from invemb import io
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "new.json", {})
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~io._UMASK  # not mkstemp's 0600
+        assert io._UMASK == mask
+        os.chmod(tmp_path / "new.json", 0o640)
+        atomic_write_json(tmp_path / "new.json", {"x": 1})
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
+    finally:
+        os.umask(mask)

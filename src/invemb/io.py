@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: done once, at import, not beside threads
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     if path.is_dir():  # else os.replace fails naming the temporary file
@@ -18,6 +27,9 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp makes the file private (0600) and os.replace keeps that: give it the mode a plain
+    # open() would (the old file's, else 0666 less the umask), so others can read results and runs.
+    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
     tmp_path = Path(tmp)
     try:
         write(tmp_path)

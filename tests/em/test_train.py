@@ -190,8 +190,10 @@ def test_inversion_finds_the_corpus_an_em_run_was_trained_from(tiny_em_run, tmp_
     from invemb.inversion.harness import resolve_corpus
 
     run, cfg, _ = tiny_em_run
-    assert resolve_corpus("data/no-such-corpus", run) == corpus_dir(cfg)
+    assert resolve_corpus(None, run) == resolve_corpus("data/built/corpus", run) == corpus_dir(cfg)  # the default: the run's
     assert resolve_corpus(corpus_dir(cfg), "backbone") == corpus_dir(cfg)  # a built corpus given wins
+    with pytest.raises(FileNotFoundError, match="data/no-such-corpus: no built corpus here"):
+        resolve_corpus("data/no-such-corpus", run)  # a folder the user named is not swapped for the run's
     with pytest.raises(FileNotFoundError, match="no built corpus here"):
         resolve_corpus(tmp_path / "nothing", "backbone")
 

@@ -48,6 +48,20 @@ def test_wordsim_perfect_order_and_oov_counted(pairs_file):
     assert WordSimEvaluator(pairs_file)(enc)["n_oov"] == 0
 
 
+def test_sentence_pair_file_header_and_bad_lines(tmp_path):
+    from invemb.eval.wordsim import load_word_pairs
+
+    f = tmp_path / "sts.tsv"
+    f.write_text("sentence1\tsentence2\tscore\na cat\ta dog\t3.5\n")
+    assert load_word_pairs(str(f)) == [("a cat", "a dog", 3.5)]  # a header row is skipped
+    f.write_text("a cat\ta dog\t3.5\nb\tc\thigh\n")
+    with pytest.raises(ValueError, match=r"sts.tsv:2: the score 'high' is not a number"):
+        load_word_pairs(str(f))
+    f.write_text("a cat,a dog,3.5\n")
+    with pytest.raises(ValueError, match=r"sts.tsv:1: expected three tab-separated columns"):
+        load_word_pairs(str(f))
+
+
 def test_wordsim_bundled_sets_and_missing_file(tmp_path):
     ev = WordSimEvaluator("simlex999")
     assert len(ev.rows) == 999 and ev.rows[0] == ("old", "new", 1.58)
@@ -129,7 +143,8 @@ def test_typo_robustness_levels_and_curve(tmp_path):
     halves = TypoEvaluator(sentences, rates=(0.025, 0.05), seed=0)(CharEncoder())
     assert {"cos_noise2.5", "mrr_noise5"} <= set(halves)
     assert plot_typo_curves({"results": {"typo": {"char": halves}}}, tmp_path / "typo.png").stat().st_size > 0
-    for rates in ((), (0.1, 0.1), (0.0,), (1.5,)):
+    assert TypoEvaluator(sentences, rates=(0.2, 0.05, 0.4)).primary_metric == "mrr_noise20"  # the middle, in any order
+    for rates in ((), (0.1, 0.1), (0.1, 0.1000000001), (0.0,), (1.5,)):
         with pytest.raises(ValueError, match="typo rates must be distinct shares"):
             TypoEvaluator(sentences, rates=rates)
 

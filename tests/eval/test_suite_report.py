@@ -77,6 +77,17 @@ def test_suite_names():
 def test_name_encoders_deduplicates():
     names = name_encoders(["backbone", "runs/em", "backbone"], load=lambda spec: spec)
     assert names == {"backbone": "backbone", "em": "runs/em", "backbone#2": "backbone"}
+    assert list(name_encoders(["runs/bm25"], load=lambda spec: spec)) == ["bm25#2"]  # "bm25" is the lexical baseline's
+
+
+def test_knn_with_a_small_sample_uses_fewer_neighbours_and_says_when_no_topic_is_left():
+    from invemb.eval.classification import KNNClassificationEvaluator
+
+    texts = [f"{w} text {i}" for w in ("cat", "car") for i in range(3)]
+    out = KNNClassificationEvaluator(texts, ["a"] * 3 + ["b"] * 3, k=10, folds=3)(FakeEncoder())
+    assert out["k"] == 4 and out["n_texts"] == 6  # a training fold holds 4 texts
+    with pytest.raises(ValueError, match="no label has 3 texts in the sample"):
+        KNNClassificationEvaluator([], [], k=10, folds=3)(FakeEncoder())
 
 
 def test_report_marks_best_and_writes_files(tmp_path):
@@ -149,9 +160,15 @@ def test_cli_eval_bad_input():
     (["--vocab", "/no/vocab.json"], "/no/vocab.json: no such file or folder (given as vocab)"),
     (["--set", "sts=/no/sts.tsv"], "/no/sts.tsv: no such file or folder (given as sts)"),
     (["--set", "wiki_path=/no/wiki.json"], "(given as wiki_path)"),
-    (["--out", "README.md"], "README.md: exists and is not a folder"),
-    (["--set", "neighbours_k=0"], "eval sizes must be at least 1: neighbours_k=0"),
-    (["--set", "retrieval_queries=0", "--set", "knn_folds=1"], "retrieval_queries=0, knn_folds=1 (at least 2)"),
+    (["--out", "README.md"], "README.md: is a file; give a folder for the report"),
+    (["--out", "README.md/report"], "README.md: is a file; give a folder for the report"),
+    (["--set", "neighbours_k=0"], "eval sizes too small: neighbours_k=0 (at least 1)"),
+    (["--set", "retrieval_queries=0", "--set", "knn_folds=1"], "retrieval_queries=0 (at least 1), knn_folds=1 (at least 2)"),
+    (["--set", "typo_sentences=1", "--set", "knn_texts=4"], "typo_sentences=1 (at least 2), knn_folds=5 (at most knn_texts=4)"),
+    (["--set", "sts=src"], "src: is a folder; sts names a file"),
+    (["--vocab", "README.md"], "README.md: not a vocabulary JSON"),
+    (["--controller", "src"], "src: not a controller run"),
+    (["--set", "typo_rates=[0.1,0.1000000001]"], "typo_rates must be distinct shares"),
     (["--set", "typo_rates=[]"], "typo_rates must be distinct shares"),
 ])
 def test_cli_eval_refuses_bad_settings_before_loading_a_model(args, needle):

@@ -179,6 +179,17 @@ def test_bad_settings_are_refused_before_any_decoding(cli_run, tmp_path):
     assert res.exit_code == 2 and "--n must be at least 1 sentence, got -3" in res.output
     res = runner.invoke(app, evaluate + ["--preset", "huge"])
     assert res.exit_code == 2 and "unknown preset 'huge'" in res.output
+    (tmp_path / "afile").write_text("")
+    for extra, needle in ((["--out", str(tmp_path / "afile")], "afile: is a file; give a folder for the results"),
+                          (["--corpus", str(tmp_path / "nocorpus")], "nocorpus: no built corpus here")):
+        res = runner.invoke(app, evaluate + extra)  # refused, not swapped for the EM's corpus or failing after decoding
+        assert res.exit_code == 2 and needle in res.output, res.output
+    (tmp_path / "v.jsonl").write_text('{"text": "x"}\n')
+    res = runner.invoke(app, ["invert", "--em", em, "--controller", str(root / "run"), "--vectors", str(tmp_path / "v.jsonl"),
+                              "--output", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 2 and "v.jsonl: not a .npy file of vectors" in res.output
+    res = runner.invoke(app, ["train", "controller", "--em", str(tmp_path / "no-em"), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "no-em: no such run or model folder (--em)" in res.output
 
 
 def test_mismatched_em_is_refused(cli_run, tmp_path):
@@ -273,6 +284,9 @@ def test_eval_inversion_continues_after_a_kill(cli_run, monkeypatch, tmp_path):
                        for m, x in r["wiki"].items()}
     assert strip(again) == strip(full)
     assert not (out / "partial").exists() and (out / "results.json").exists()
+    compare_methods(ctrl, {"wordnet": sets["wiki"]}, ["bag"], out, "tiny", progress=False)  # another evaluation, same folder
+    assert sorted(f.name for f in out.glob("rows_*")) == ["rows_wordnet_bag.jsonl"]  # no stale wiki rows beside it
+    assert sorted(f.name for f in out.glob("*.png")) == ["f1_vs_length_wordnet.png", "precision_by_step_wordnet.png"]
 
 
 def test_demo_inversion_reuses_a_finished_controller(cli_run, monkeypatch, tmp_path):

@@ -16,6 +16,14 @@ def test_normalize_nfc_and_whitespace():
     assert normalize("defined as \u20601/12\u2060 of the\u00admass\x96 \ufeffok\u200b") == "defined as 1/12 of themass ok"
 
 
+def test_a_missing_user_file_is_refused_before_any_source_is_read(tmp_path, monkeypatch):
+    import invemb.text.corpus as corpus
+
+    monkeypatch.setattr(corpus, "_wiki_docs", lambda cfg: pytest.fail("read the Wikipedia source first"))
+    with pytest.raises(FileNotFoundError, match="nope.txt: no such corpus file"):
+        build_corpus(CorpusConfig(sources=["wiki", "files"], files=[str(tmp_path / "nope.txt")]), tmp_path / "c")
+
+
 def test_whitespace_controls_separate_words_and_are_not_deleted():
     assert normalize("first line\x0bsecond\x85line a\x1fb\x0cc") == "first line second line a b c"
 

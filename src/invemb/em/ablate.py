@@ -93,6 +93,7 @@ def ablate_em(preset: str, drop: list[str], epochs: int, out: str | Path, suite:
     out = Path(out)
     suite_names(suite)  # an unknown suite fails before hours of training
     configs = ablation_configs(preset, drop, epochs, overrides)
+    ecfg = EvalConfig.preset(eval_preset)  # a bad preset is refused now, not after every run has trained
     out.mkdir(parents=True, exist_ok=True)
     for name, cfg in configs.items():
         if progress:
@@ -100,7 +101,7 @@ def ablate_em(preset: str, drop: list[str], epochs: int, out: str | Path, suite:
         _train(cfg, out / name, progress)
     dev = {name: json.loads((out / name / "final_metrics.json").read_text()) for name in configs}
     vocab = out / "full" / "vocab.json"
-    ecfg = EvalConfig.preset(eval_preset).replace(vocab=str(vocab))
+    ecfg = ecfg.replace(vocab=str(vocab))
     results = evaluate({name: load_run(out / name) for name in configs}, suite, ecfg, str(out / "eval"), progress)
     table = ablation_table(dev, results)
     atomic_write_json(out / "ablation.json", {"preset": preset, "epochs": epochs, "drop": drop, "suite": suite,

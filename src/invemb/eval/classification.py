@@ -32,12 +32,16 @@ class KNNClassificationEvaluator:
         texts, labels = self.data
         if len(texts) != len(labels):
             raise ValueError(f"{self.name}: {len(texts)} texts but {len(labels)} labels")
-        x = encode_checked(encoder, texts, task=self.name, batch_size=self.batch_size).numpy()
+        if not texts:
+            raise ValueError(f"{self.name}: no label has {self.folds} texts in the sample (more texts or fewer folds)")
         smallest = min(labels.count(c) for c in set(labels))
         if smallest < self.folds:
             raise ValueError(f"{self.name}: a label has only {smallest} examples, fewer than {self.folds} folds")
-        knn = KNeighborsClassifier(n_neighbors=self.k, metric="cosine", algorithm="brute")
+        x = encode_checked(encoder, texts, task=self.name, batch_size=self.batch_size).numpy()
+        # no more neighbours than a training fold holds (a small sample would fail in scikit-learn)
+        k = min(self.k, len(texts) - -(-len(texts) // self.folds))
+        knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute")
         predicted = cross_val_predict(knn, x, labels, cv=StratifiedKFold(self.folds, shuffle=True, random_state=self.seed))
         return {"accuracy": float(accuracy_score(labels, predicted)),
                 "macro_f1": float(f1_score(labels, predicted, average="macro")),
-                "n_texts": float(len(texts)), "n_labels": float(len(set(labels)))}
+                "n_texts": float(len(texts)), "n_labels": float(len(set(labels))), "k": float(k)}

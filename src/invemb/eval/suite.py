@@ -40,13 +40,15 @@ class EvalConfig(Config):
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        sizes = ("order_sentences", "relation_pairs", "units", "purity_queries", "neighbours_k", "retrieval_queries",
-                 "knn_texts", "knn_k", "typo_sentences", "stats_texts", "plot_units", "batch_size")
-        small = [f"{k}={getattr(self, k)}" for k in sizes if getattr(self, k) < 1]
-        if self.knn_folds < 2:
-            small.append(f"knn_folds={self.knn_folds} (at least 2)")
+        # the least each evaluator can work with (a typo MRR ranks among 2+ sentences; stats need 3 texts)
+        least = {"order_sentences": 1, "relation_pairs": 1, "units": 1, "purity_queries": 1, "neighbours_k": 1,
+                 "retrieval_queries": 1, "knn_texts": 1, "knn_k": 1, "knn_folds": 2, "typo_sentences": 2,
+                 "stats_texts": 3, "plot_units": 1, "batch_size": 1}
+        small = [f"{k}={getattr(self, k)} (at least {n})" for k, n in least.items() if not getattr(self, k) >= n]
+        if self.knn_folds > self.knn_texts:
+            small.append(f"knn_folds={self.knn_folds} (at most knn_texts={self.knn_texts})")
         if small:
-            raise ValueError(f"eval sizes must be at least 1: {', '.join(small)}")
+            raise ValueError(f"eval sizes too small: {', '.join(small)}")
         from invemb.eval.typo import check_typo_rates
 
         check_typo_rates(self.typo_rates, name="typo_rates")
@@ -59,8 +61,34 @@ class EvalConfig(Config):
         for key, path in named.items():
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{path}: no such file or folder (given as {key})")
-        if out and Path(out).exists() and not Path(out).is_dir():
-            raise FileExistsError(f"{out}: exists and is not a folder; give a folder for the report")
+        for key in ("sts", "wiki_path"):
+            if getattr(self, key) and not Path(getattr(self, key)).is_file():
+                raise IsADirectoryError(f"{getattr(self, key)}: is a folder; {key} names a file")
+        if self.sts:
+            from invemb.eval.wordsim import load_word_pairs
+
+            load_word_pairs(self.sts)  # a malformed line is reported now, naming file and line
+        if self.vocab:
+            import json
+
+            from invemb.text.vocab import Vocab
+
+            try:
+                Vocab.load(self.vocab)
+            except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+                raise ValueError(f"{self.vocab}: not a vocabulary JSON (`invemb vocab build` writes one)") from None
+        if self.controller:
+            import json
+
+            config = Path(self.controller) / "config.json"
+            kind = json.loads(config.read_text()).get("kind") if config.is_file() else None
+            if kind != "controller":
+                raise ValueError(f"{self.controller}: not a controller run (`invemb train controller` makes one)")
+        if out:
+            out = Path(out).absolute()
+            folder = next(p for p in (out, *out.parents) if p.exists())  # the nearest part that exists
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder}: is a file; give a folder for the report (--out {out})")
 
     presets = {
         "tiny": {"order_sentences": 40, "relation_pairs": 100, "units": 400, "purity_queries": 50,
@@ -243,7 +271,7 @@ def name_encoders(specs: list[str], load=None) -> dict[str, object]:
     for spec in specs:
         base = Path(spec).name or spec
         name, i = base, 1
-        while name in encoders:
+        while name in encoders or name == "bm25":  # "bm25" names the lexical baseline beside retrieval results
             i += 1
             name = f"{base}#{i}"
         encoders[name] = load(spec)

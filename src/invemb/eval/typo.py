@@ -20,8 +20,9 @@ def level_name(rate: float) -> str:
 def check_typo_rates(rates, name: str = "typo rates") -> None:
     """Refuse noise rates that are not distinct shares of characters in (0, 1] (at least one)."""
     rates = list(rates)
-    if not rates or len(set(rates)) < len(rates) or not all(0 < r <= 1 for r in rates):
-        raise ValueError(f"{name} must be distinct shares of characters in (0, 1], at least one; got {rates}")
+    if not rates or len({level_name(r) for r in rates}) < len(rates) or not all(0 < r <= 1 for r in rates):
+        raise ValueError(f"{name} must be distinct shares of characters in (0, 1] (distinct to 1e-8), at least one; "
+                         f"got {rates}")
 
 
 def _noise_module():
@@ -42,7 +43,7 @@ class TypoEvaluator:
         check_typo_rates(rates)
         self._sentences, self.loader, self.rates, self.real_rate = sentences, loader, tuple(rates), real_rate
         self.seed, self.batch_size, self.name = seed, batch_size, name
-        middle = 0.1 if 0.1 in self.rates else self.rates[len(self.rates) // 2]
+        middle = 0.1 if 0.1 in self.rates else sorted(self.rates)[len(self.rates) // 2]  # not the order given
         self.primary_metric = f"mrr_{level_name(middle)}"
         self._variants: dict[str, list[str]] | None = None
         self.real_changed_share = 0.0

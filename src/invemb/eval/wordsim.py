@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from invemb.eval.base import NotRun, encode_unique, rowwise_cos
+from invemb.io import read_text_file
 
 DATASETS = {"simlex999": "simlex999.txt", "wordsim353": "wordsim353.tsv"}
 
@@ -27,11 +28,21 @@ def load_word_pairs(dataset: str) -> list[tuple[str, str, float]]:
         path = Path(dataset)
     if not path.exists():
         raise NotRun(f"word similarity set not found: {path}")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            a, b, score = line.split("\t")[:3]
-            rows.append((a.strip(), b.strip(), float(score)))
+    rows, seen_line = [], False
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) < 3:
+            raise ValueError(f"{path}:{n}: expected three tab-separated columns (text, text, score)")
+        try:
+            rows.append((parts[0].strip(), parts[1].strip(), float(parts[2])))
+        except ValueError:
+            if seen_line:  # only the first line may be a header ("sentence1  sentence2  score")
+                raise ValueError(f"{path}:{n}: the score {parts[2].strip()!r} is not a number") from None
+        seen_line = True
+    if not rows:
+        raise ValueError(f"{path}: no pairs")
     return rows
 
 

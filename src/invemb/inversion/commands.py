@@ -92,8 +92,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if vectors is not None:
             if not vectors.exists():
                 raise FileNotFoundError(f"{vectors}: no such file")
-            rows = invert_to_jsonl(ctrl, output, vectors=np.load(vectors, allow_pickle=False), settings=settings,
-                                   progress=True)
+            try:
+                matrix = np.load(vectors, allow_pickle=False)
+            except (ValueError, OSError):
+                raise ValueError(f"{vectors}: not a .npy file of vectors (numpy.save writes one)") from None
+            rows = invert_to_jsonl(ctrl, output, vectors=matrix, settings=settings, progress=True)
         else:
             rows = invert_to_jsonl(ctrl, output, texts=read_jsonl_texts(input), settings=settings, progress=True)
         scored = [r["cosine"] for r in rows if r["cosine"] is not None]
@@ -126,7 +129,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         \b
           invemb index build --model runs/em-default --out runs/em-default/index
           invemb index build --model runs/em-default --out idx-hnsw --kind hnsw --hnsw-m 16 --ef-construction 80 --ef-search 64
-          invemb index build --model runs/em-default --out idx-pq --kind ivfpq --nlist 1024 --nprobe 32 --pq-m 48
+          invemb index build --model runs/em-default --out idx-pq --kind ivfpq --nlist 1024 --nprobe 32 --pq-m 64
         """
         import json
 
@@ -198,8 +201,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if n < 1:  # these, before the controller loads and the corpus is read
             raise ValueError(f"--n must be at least 1 sentence, got {n}")
         BagConfig.preset(preset), BlackBoxConfig.preset(preset)
+        if out is not None and out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out}: is a file; give a folder for the results")
+        if corpus is not None:
+            resolve_corpus(corpus, em)
         ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
-        corpus = resolve_corpus(corpus or Path("data/built/corpus"), em)
+        corpus = resolve_corpus(corpus, em)
         sets = {s: eval_sentences(corpus, s, n) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime})
         if plain:

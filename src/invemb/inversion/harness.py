@@ -20,11 +20,18 @@ from invemb.text.vocab import tokenize
 EVAL_SETS = ("wiki", "wordnet")
 
 
+DEFAULT_CORPUS = Path("data/built/corpus")
+
+
 def resolve_corpus(corpus: str | Path | None, em: str | Path | None = None) -> Path:
     """The built corpus to draw sentences from: ``corpus`` when it is a built corpus folder; else,
-    for an EM run folder, the corpus that run was trained from (its test split is held out)."""
+    when ``corpus`` is None or the default folder, for an EM run folder the corpus that run was
+    trained from (its test split is held out). A folder the user named is never swapped for another."""
     if corpus and (Path(corpus) / "sentences.jsonl").exists():
         return Path(corpus)
+    if corpus and Path(corpus) != DEFAULT_CORPUS:
+        raise FileNotFoundError(f"{corpus}: no built corpus here (run `invemb corpus build --out {corpus}`, "
+                                "or leave the corpus out to use the EM run's)")
     cfg_file = Path(str(em)) / "config.json" if em else None
     if cfg_file is not None and cfg_file.exists():
         info = json.loads(cfg_file.read_text())
@@ -177,5 +184,13 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
                                            f"precision of the unit chosen at each step ({set_name})")
     if out is not None:
         atomic_write_json(out / "results.json", results)
+        # The folder holds one evaluation: rows and plots of an earlier one with other sets or methods
+        # would be read beside these (bench/inversion_compare.py globs rows_*).
+        written = {f"{kind}_{s}.png" for s in results for kind in ("f1_vs_length", "precision_by_step")}
+        written |= {f"rows_{s}_{m}.jsonl" for s, per in results.items() for m in per}
+        for pattern in ("rows_*.jsonl", "f1_vs_length_*.png", "precision_by_step_*.png"):
+            for stale in out.glob(pattern):
+                if stale.name not in written:
+                    stale.unlink()
         partial.discard()
     return results

@@ -421,6 +421,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if not resume and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or pick a new --out")
+    if encoder is None and str(em) not in ("backbone", "default") and not Path(em).exists():
+        raise FileNotFoundError(f"{em}: no such run or model folder (--em)")  # not reported as a missing corpus
     if not cfg.train_file:
         cfg = cfg.replace(corpus=str(resolve_corpus(cfg.corpus, em)))
     distributed.barrier()  # every rank checked before rank 0 writes

@@ -182,6 +182,11 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
             raise ValueError(f"unknown corpus source {s!r}; choose from {', '.join(SOURCES)}")
     if out_dir.exists() and not out_dir.is_dir():  # refused before the splitting, not after
         raise NotADirectoryError(f"{out_dir}: is a file; give a folder for the corpus")
+    for f in cfg.files if "files" in cfg.sources else []:  # before the other sources are read
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{f}: no such corpus file")
+        if Path(f).suffix not in (".txt", ".jsonl"):
+            raise ValueError(f"{f}: corpus files must be .txt or .jsonl")
     rows: list[dict] = []
     seen: set[str] = set()
     stats: dict[str, dict[str, int]] = {}
