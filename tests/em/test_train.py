@@ -234,3 +234,7 @@ def test_a_run_names_its_corpus_also_after_the_data_keys_change(tiny_em_run, tmp
     legacy = {k: v for k, v in info.items() if k != "corpus_dir"}
     old = run_corpus_dir(legacy)
     assert old != corpus_dir(cfg) and old == corpus_dir(EMConfig.from_dict(info["em"]), legacy=True)
+    from pathlib import Path
+
+    moved = {**info, "corpus_dir": str(Path("elsewhere") / Path(info["corpus_dir"]).name)}  # recorded from another folder
+    assert run_corpus_dir(moved) == corpus_dir(cfg)

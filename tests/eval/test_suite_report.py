@@ -163,6 +163,7 @@ def test_cli_eval_bad_input():
     (["--out", "README.md"], "README.md: is a file; give a folder for the report"),
     (["--out", "README.md/report"], "README.md: is a file; give a folder for the report"),
     (["--set", "neighbours_k=0"], "eval sizes too small: neighbours_k=0 (at least 1)"),
+    (["--set", "inversion_sentences=0"], "inversion_sentences=0 (at least 1)"),
     (["--set", "retrieval_queries=0", "--set", "knn_folds=1"], "retrieval_queries=0 (at least 1), knn_folds=1 (at least 2)"),
     (["--set", "typo_sentences=1", "--set", "knn_texts=4"], "typo_sentences=1 (at least 2), knn_folds=5 (at most knn_texts=4)"),
     (["--set", "sts=src"], "src: is a folder; sts names a file"),

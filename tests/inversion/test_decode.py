@@ -346,6 +346,8 @@ def test_case_twins_with_one_vector_are_offered_as_the_more_frequent_form():
     vecs = torch.tensor([[1.0, 0.0], [1.0, 1e-7], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
     units, counts = ["Arc", "arc", "US", "us", "ARC"], [3, 9, 5, 7, 1]
     assert stand_ins(vecs, units, counts).tolist() == [1, 1, 2, 3, 1]  # US / us differ: both kept
+    # accents too, as MiniLM strips them: "café" and "cafe" are one vector ("Café" has another here: kept)
+    assert stand_ins(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), ["café", "cafe", "Café"], [2, 9, 1]).tolist() == [1, 1, 2]
 
 
 def test_children_an_encoder_cannot_read_or_past_the_word_cap_are_not_made():

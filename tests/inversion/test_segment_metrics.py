@@ -61,6 +61,8 @@ def test_token_f1_exact_match_bleu_rouge():
     assert metrics.bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
     assert metrics.bleu(["mat the on sat cat the"], ["the cat sat on the mat"]) < 30
     assert metrics.rouge_l(["the cat sat"], ["the cat sat"]) == pytest.approx(100.0)
+    assert metrics.rouge_l(["Привет мир"], ["Привет мир"]) == pytest.approx(100.0)  # rouge-score's tokenizer dropped it
+    assert metrics.rouge_l(["Córdoba is far"], ["in Córdoba"]) == pytest.approx(40.0)  # 1 of 3 and 1 of 2 tokens
     rows = [{"text": "the cat sat", "reconstruction": "the cat sat", "cosine": 1.0, "encoder_calls": 10, "seconds": 0.5},
             {"text": "a b c d e f g h i j k l", "reconstruction": "", "cosine": None, "encoder_calls": 0, "seconds": 0.5}]
     s = metrics.summarise(rows)

@@ -402,7 +402,7 @@ def run_config_dict(cfg: EMConfig, backbone: HFBackbone, vocab_fingerprint: str)
     # corpus_dir: where the run's corpus is (its test split is what inversion and the demo hold out),
     # so that later code finds it also after the built-data keys change
     return {"kind": "em", "em": cfg.to_dict(), "backbone_identity": backbone.identity(), "vocab_fingerprint": vocab_fingerprint,
-            "corpus_dir": str(corpus_dir(cfg))}
+            "corpus_dir": str(corpus_dir(cfg).absolute())}  # absolute: read from any working folder
 
 
 def train_em(cfg: EMConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, float]:

@@ -32,6 +32,7 @@ class EvalConfig(Config):
     typo_sentences: int = 300
     typo_rates: list[float] = dataclasses.field(default_factory=lambda: [0.05, 0.1, 0.2])
     stats_texts: int = 1000
+    inversion_sentences: int = 200  # held-out sentences the inversion evaluator decodes (~1 s each on CPU)
     plot_units: int = 400  # units in the PCA / t-SNE plots
     vocab: str = ""  # a Vocab JSON (`invemb vocab build`): units for purity, OOV for word similarity, plots
     controller: str = ""  # a controller run for the inversion evaluator
@@ -43,7 +44,7 @@ class EvalConfig(Config):
         # the least each evaluator can work with (a typo MRR ranks among 2+ sentences; stats need 3 texts)
         least = {"order_sentences": 1, "relation_pairs": 1, "units": 1, "purity_queries": 1, "neighbours_k": 1,
                  "retrieval_queries": 1, "knn_texts": 1, "knn_k": 1, "knn_folds": 2, "typo_sentences": 2,
-                 "stats_texts": 3, "plot_units": 1, "batch_size": 1}
+                 "stats_texts": 3, "inversion_sentences": 1, "plot_units": 1, "batch_size": 1}
         small = [f"{k}={getattr(self, k)} (at least {n})" for k, n in least.items() if not getattr(self, k) >= n]
         if self.knn_folds > self.knn_texts:
             small.append(f"knn_folds={self.knn_folds} (at most knn_texts={self.knn_texts})")
@@ -93,11 +94,11 @@ class EvalConfig(Config):
     presets = {
         "tiny": {"order_sentences": 40, "relation_pairs": 100, "units": 400, "purity_queries": 50,
                  "retrieval_queries": 40, "knn_texts": 120, "knn_k": 5, "knn_folds": 3, "typo_sentences": 40,
-                 "stats_texts": 100, "plot_units": 120},
+                 "stats_texts": 100, "plot_units": 120, "inversion_sentences": 20},
         "default": {},
         "full": {"order_sentences": 2000, "relation_pairs": 5000, "units": 20000, "purity_queries": 2000,
                  "retrieval_queries": 2000, "knn_texts": 5000, "typo_sentences": 2000, "stats_texts": 5000,
-                 "plot_units": 1000, "batch_size": 256},
+                 "plot_units": 1000, "batch_size": 256, "inversion_sentences": 1000},
     }
 
 
@@ -145,7 +146,7 @@ def _factories(cfg: EvalConfig) -> dict[str, Callable[[], object]]:
         "typo": lambda: TypoEvaluator(loader=sentences(cfg.typo_sentences), rates=tuple(cfg.typo_rates), seed=seed,
                                       batch_size=bs),
         "stats": lambda: EmbeddingStatsEvaluator(loader=sentences(cfg.stats_texts), batch_size=bs),
-        "inversion": lambda: InversionEvaluator(cfg.controller or None, loader=sentences(200)),
+        "inversion": lambda: InversionEvaluator(cfg.controller or None, loader=sentences(cfg.inversion_sentences)),
     }
 
 

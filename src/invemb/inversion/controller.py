@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
@@ -41,15 +42,24 @@ def _rows(s: BufferSummary, rows: torch.Tensor) -> BufferSummary:
     return BufferSummary(*(x[rows] for x in s))
 
 
+def _fold(text: str) -> str:
+    """Case and accents aside ("Café" -> "cafe"): the forms an uncased, accent-stripping backbone
+    (MiniLM's) cannot tell apart. Only units whose vectors are equal are merged."""
+    folded = text.casefold()
+    if folded.isascii():
+        return folded
+    return "".join(c for c in unicodedata.normalize("NFKD", folded) if not unicodedata.combining(c))
+
+
 def stand_ins(unit_vectors: torch.Tensor, units: Sequence[str], counts: Sequence[int], atol: float = 1e-5) -> torch.Tensor:
     """(N,) for each unit, the unit it is offered as: itself, or the most frequent unit that differs
-    from it in case only and has the same vector (within float noise: ``atol``). An uncased backbone
+    from it in case or accents only and has the same vector (within float noise: ``atol``). An uncased backbone
     gives "Arc" and "arc" one vector, so the decoder cannot tell them apart: offering both wasted a
     candidate slot, and which one a near-tie put first changed with the shape of the search (a
     sentence alone or in a lockstep batch)."""
     groups: dict[str, list[int]] = {}
     for u, text in enumerate(units):
-        groups.setdefault(text.casefold(), []).append(u)
+        groups.setdefault(_fold(text), []).append(u)
     vectors = unit_vectors.float().numpy()
     stand_in = np.arange(len(units))
     for members in groups.values():
@@ -114,7 +124,8 @@ class ModelPolicy:
                     found.append((row[c] - (cfg.repeat_penalty / temp if units[c] in placed else 0.0), units[c]))
             ranked = sorted(found, key=lambda p: (-p[0], p[1]))[: cfg.units_k]  # exact ties: by unit id
             seen = {u for _, u in ranked}
-            ranked += [(row[n_found + c], u) for c, u in enumerate(frequent) if u not in seen]
+            ranked += [(row[n_found + c] - (cfg.repeat_penalty / temp if u in placed else 0.0), u)
+                       for c, u in enumerate(frequent) if u not in seen]  # penalised like the retrieved units
             logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]), 0).tolist()
             for (_, u), lp in zip(ranked, logp):
                 pair_hyp.append(i)

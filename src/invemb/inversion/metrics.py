@@ -19,6 +19,13 @@ def _tokens(text: str) -> list[str]:
     return [t.lower() for t in tokenize(text)]
 
 
+class _RougeTokens:
+    """rouge-score's tokenizer interface over :func:`_tokens`."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return _tokens(text)
+
+
 def token_overlap(prediction: str, reference: str) -> tuple[float, float]:
     """(precision, recall) of the lowercased-token multisets, 0-100; an empty side scores 100 on its
     own measure only when both are empty (nothing said, nothing missed)."""
@@ -59,7 +66,9 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    # rouge-score's own tokenizer keeps [a-z0-9] only: "Córdoba" became two tokens and a Cyrillic
+    # sentence none (ROUGE-L 0 for an exact match). The same lowercased tokens as token F1 instead.
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_RougeTokens())
     scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
     return 100.0 * sum(scores) / max(1, len(scores))
 
