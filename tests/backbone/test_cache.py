@@ -78,3 +78,11 @@ def test_empty_text_refused(tiny_backbone):
 def test_missing_backbone_is_one_clear_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass --backbone PATH"):
         HFBackbone(BackboneConfig(path=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("setting", [{"max_length": 0}, {"max_length": 1}, {"unfreeze_layers": -1}])
+def test_bad_backbone_settings_are_refused(setting):
+    from invemb.backbone.hf import BackboneConfig
+
+    with pytest.raises(ValueError, match="max_length must be at least 2 tokens"):
+        BackboneConfig(**setting)

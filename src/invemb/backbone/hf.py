@@ -61,6 +61,12 @@ class BackboneConfig(Config):
         "full": {"max_length": 256},
     }
 
+    def __post_init__(self) -> None:
+        # max_length 0 was accepted and keyed a feature cache of its own
+        if self.max_length < 2 or self.unfreeze_layers < 0:
+            raise ValueError(f"backbone max_length must be at least 2 tokens ([CLS] and [SEP]) and unfreeze_layers "
+                             f"at least 0; got max_length={self.max_length}, unfreeze_layers={self.unfreeze_layers}")
+
 
 class HFBackbone(torch.nn.Module):
     """A frozen HF encoder: texts -> pooled features (B, H) and token states (B, T, H)."""
