@@ -17,7 +17,7 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="invemb: invertible text embeddings (words, phrases, sentences in one space).")
 train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=(
-    "Train a model into a run folder.\n\n"
+    "Train a model into a run folder.\n\nExample: invemb train em --preset default --out runs/em-default\n\n"
     "Several processes (DDP; gloo on CPU, nccl on GPUs): torchrun --standalone --nproc_per_node 2 "
     "$(which invemb) train em --preset tiny --out runs/em-ddp. Two processes with grad_accum A follow one "
     "process with 2*A; only rank 0 writes; --resume needs the same number of processes."))

@@ -6,9 +6,9 @@ from typing import List, Optional
 
 import typer
 
-corpus_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the training corpus.")
-vocab_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the unit vocabulary and lexicon.")
-features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The frozen-backbone feature cache.")
+corpus_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the training corpus.\n\nExample: invemb corpus build --out data/built/corpus --source wiki --file notes.txt")
+vocab_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build the unit vocabulary and lexicon.\n\nExample: invemb vocab build --corpus data/built/corpus --out data/built/vocab.json")
+features_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The frozen-backbone feature cache.\n\nExample: invemb features build --texts corpus.jsonl --cache data/built/features")
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:

@@ -86,7 +86,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         demo(preset, out or Path(f"runs/em-{preset}"), controller_out=ctrl)
 
     ablate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                             help="Ablations: what each objective buys, one short run per dropped term.")
+                             help="Ablations: what each objective buys, one short run per dropped term.\n\n"
+                                  "Example: invemb ablate em --preset tiny --drop order --epochs 2 --suite order --out runs/ablate-tiny")
     app.add_typer(ablate_app, name="ablate")
 
     @ablate_app.command("em")

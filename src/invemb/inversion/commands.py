@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS indexes over unit vectors.")
+index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS indexes over unit vectors.\n\nExample: invemb index build --model runs/em-default --out runs/em-default/index")
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ import typer
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     from invemb.cli import emit, user_errors
 
-    compare_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Fair comparisons between model variants.")
+    compare_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Fair comparisons between model variants.\n\nExample: invemb compare moe --preset default --out runs/compare-moe")
     app.add_typer(compare_app, name="compare")
 
     @train_app.command("scratch")

@@ -9,7 +9,7 @@ import typer
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     from invemb.cli import emit, user_errors
 
-    tiered_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Two-tier character -> semantic encoder tools.")
+    tiered_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Two-tier character -> semantic encoder tools.\n\nExample: invemb tiered probe --model runs/tiered --reference default")
     app.add_typer(tiered_app, name="tiered")
 
     @train_app.command("tiered")
