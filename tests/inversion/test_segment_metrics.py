@@ -151,3 +151,20 @@ def test_paired_difference_intervals():
     assert 0 < f1["low"] < f1["difference"] < f1["high"]
     with pytest.raises(ValueError, match="same sentences"):
         metrics.paired_difference(same[:3], half[1:4])
+
+
+def test_wordnet_eval_sentences_leave_out_glosses_even_when_a_gloss_was_dropped(tmp_path):
+    """The gloss is the synset's part 0; where it was too short (or a duplicate) the first row left is an
+    example, which the old rule (skip each synset's first row) threw away."""
+    import json
+
+    from invemb.inversion.harness import eval_sentences
+
+    rows = [{"text": "a bank", "source": "wordnet", "doc": "wordnet:a.n.01", "split": "test", "part": 1},
+            {"text": "the gloss of b that is long enough", "source": "wordnet", "doc": "wordnet:b.n.01", "split": "test", "part": 0},
+            {"text": "an example sentence of b here", "source": "wordnet", "doc": "wordnet:b.n.01", "split": "test", "part": 1},
+            {"text": "she sat by the river bank today", "source": "wordnet", "doc": "wordnet:c.n.01", "split": "test", "part": 2}]
+    (tmp_path / "sentences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "manifest.json").write_text("{}")
+    got = eval_sentences(tmp_path, "wordnet", 10, min_words=2)
+    assert sorted(got) == ["a bank", "an example sentence of b here", "she sat by the river bank today"]

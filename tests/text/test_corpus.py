@@ -81,11 +81,13 @@ def test_build_from_user_files_dedups_and_keeps_docs_together(tmp_path):
 def test_duplicates_differing_in_case_or_outer_punctuation_are_one_sentence(tmp_path):
     """Kept once, so the two cannot land in different splits."""
     rows = [{"text": "He was grimly satisfied."}, {"text": "he was grimly satisfied"}, {"text": "\"What do we have here?\""},
-            {"text": "What do we have here"}, {"text": "He was not satisfied."}]
+            {"text": "What do we have here"}, {"text": "He was not satisfied."},
+            {"text": "-5 degrees is cold"}, {"text": "5 degrees is cold."}]  # a sign before a digit is kept
     jl = tmp_path / "d.jsonl"
     jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = build_corpus(CorpusConfig(sources=[], files=[str(jl)], min_words=3), tmp_path / "c", progress=False)
-    assert Corpus(tmp_path / "c").sentences() == ["He was grimly satisfied.", '"What do we have here?"', "He was not satisfied."]
+    assert Corpus(tmp_path / "c").sentences() == ["He was grimly satisfied.", '"What do we have here?"', "He was not satisfied.",
+                                                  "-5 degrees is cold", "5 degrees is cold."]
     assert m["sources"]["files"]["duplicates"] == 2
 
 

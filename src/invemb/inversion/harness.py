@@ -58,8 +58,10 @@ def eval_sentences(corpus: str | Path, which: str, n: int, min_words: int = 5, m
     if which not in EVAL_SETS:
         raise ValueError(f"unknown evaluation set {which!r}; choose from {', '.join(EVAL_SETS)}")
     rows = [r for r in Corpus(corpus).rows if r["split"] == "test" and r["source"] == which]
-    if which == "wordnet":
-        first: set[str] = set()
+    if which == "wordnet" and all("part" in r for r in rows):
+        rows = [r for r in rows if r["part"] > 0]  # part 0 is the gloss
+    elif which == "wordnet":  # a corpus built before rows kept their part: the first row of a synset
+        first: set[str] = set()  # (wrong where the gloss was dropped as too short or a duplicate)
         examples = []
         for r in rows:
             if r["doc"] in first:

@@ -7,5 +7,7 @@
 # pairs that are both synonyms and antonyms kept as antonyms only. 3: whitespace controls (vertical
 # tab, NEL) separate words instead of being deleted; "CAN'T" -> "ca n't"; stop words stripped from
 # both ends of a name ("Mary and I" -> "Mary"); long user documents split at line breaks; the
-# cache keys hold the size and time of user files.
+# cache keys hold the size and time of user files; a sign or currency before a digit is not outer
+# punctuation to deduplication ("-5 degrees" is not "5 degrees."); corpus rows keep their place in
+# their document ("part": a WordNet gloss is 0).
 RULES_VERSION = 3

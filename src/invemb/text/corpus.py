@@ -33,7 +33,8 @@ _INVISIBLE = re.compile(
     "(?!\\s)[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
     "\ufeff\ufff9-\ufffb]")
 # What two sentences that differ only in case or outer punctuation share: one is a duplicate.
-_DEDUP_EDGES = re.compile(r"^[\W_]+|[\W_]+$")
+# A sign or currency before a digit is part of the sentence ("-5 degrees" is not "5 degrees").
+_DEDUP_EDGES = re.compile(r"^(?:(?![-+\u2212$\u20ac\u00a3\u00a5]\d)[\W_])+|[\W_]+$")
 MAX_DOC_CHARS = 100_000  # a longer user document is split (at line breaks) before sentence splitting
 
 
@@ -196,7 +197,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
         st = stats.setdefault(source, {"documents": 0, "sentences": 0, "duplicates": 0, "too_short_or_long": 0})
         st["documents"] += 1
         split = split_of(doc, cfg.dev_fraction, cfg.test_fraction)
-        for s in sentences:
+        for part, s in enumerate(sentences):  # part: the text's place in its document (a WordNet gloss is 0)
             s = normalize(s)
             n = len(s.split())
             if n < cfg.min_words or n > cfg.max_words:
@@ -208,7 +209,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
                 continue
             seen.add(key)
             st["sentences"] += 1
-            rows.append({"text": s, "source": source, "doc": doc, "split": split})
+            rows.append({"text": s, "source": source, "doc": doc, "split": split, "part": part})
 
     sources = list(cfg.sources) + (["files"] if cfg.files and "files" not in cfg.sources else [])
     bar = None
