@@ -50,6 +50,16 @@ def check_output_file(path: str | Path, what: str) -> Path:
     return path
 
 
+def check_output_folder(path: str | Path, what: str) -> Path:
+    """``path`` as a Path, refused at once when it, or the nearest part of it that exists, is a
+    file (the folder could not be made). ``what``: how the message names the folder."""
+    path = Path(path)
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing if existing != path.absolute() else path}: is a file; give a folder for {what}")
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 

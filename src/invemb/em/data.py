@@ -44,14 +44,12 @@ def corpus_dir(cfg: EMConfig, legacy: bool = False) -> Path:
 def run_corpus_dir(info: dict) -> Path:
     """The corpus an EM run (its config.json ``info``) was trained from: the folder it recorded, or
     for a run from before the record, the folder of the rules of its time."""
-    if info.get("corpus_dir") and Path(info["corpus_dir"]).exists():
-        return Path(info["corpus_dir"])
-    if info.get("corpus_dir"):  # recorded relative to another working folder: found again by its name
-        here = built_dir(EMConfig.from_dict(info["em"])) / Path(info["corpus_dir"]).name
-        if here.exists():
-            return here
-        return Path(info["corpus_dir"])
-    return corpus_dir(EMConfig.from_dict(info["em"]), legacy=True)
+    if not info.get("corpus_dir"):
+        return corpus_dir(EMConfig.from_dict(info["em"]), legacy=True)
+    recorded = Path(info["corpus_dir"])
+    # recorded relative to another working folder: found again by its name in the built folder
+    here = built_dir(EMConfig.from_dict(info["em"])) / recorded.name
+    return here if not recorded.exists() and here.exists() else recorded
 
 
 def vocab_path(cfg: EMConfig) -> Path:

@@ -43,27 +43,11 @@ class InversionEvaluator:
         import json
         from pathlib import Path
 
-        from invemb.inversion.units import encoder_fingerprint
+        from invemb.inversion.units import trained_on
 
         config = Path(self.controller) / "config.json"
         if not config.exists():
             return  # the controller's own loader says what is wrong with the folder
         info = json.loads(config.read_text())
-        trained = info.get("encoder_fingerprint")
-        if trained is not None and trained != encoder_fingerprint(encoder) and not self._same_encoder(encoder):
+        if info.get("encoder_fingerprint") is not None and not trained_on(encoder, Path(self.controller), info):
             raise NotRun(f"the controller {self.controller} was trained on another encoder ({info.get('em', '?')})")
-
-    def _same_encoder(self, encoder) -> bool:
-        """The value comparison behind a differing fingerprint (float noise at a rounding edge)."""
-        from pathlib import Path
-
-        from safetensors.torch import load_file
-
-        from invemb.inversion.units import same_encoder
-        from invemb.text.vocab import Vocab
-
-        run = Path(self.controller)
-        if not ((run / "vocab.json").exists() and (run / "unit_vectors.safetensors").exists()):
-            return False
-        return same_encoder(encoder, Vocab.load(run / "vocab.json").units,
-                            load_file(str(run / "unit_vectors.safetensors"))["units"])

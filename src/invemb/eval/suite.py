@@ -79,17 +79,13 @@ class EvalConfig(Config):
             except (KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
                 raise ValueError(f"{self.vocab}: not a vocabulary JSON (`invemb vocab build` writes one)") from None
         if self.controller:
-            import json
+            from invemb.inversion.controller import controller_info
 
-            config = Path(self.controller) / "config.json"
-            kind = json.loads(config.read_text()).get("kind") if config.is_file() else None
-            if kind != "controller":
-                raise ValueError(f"{self.controller}: not a controller run (`invemb train controller` makes one)")
+            controller_info(self.controller)
         if out:
-            out = Path(out).absolute()
-            folder = next(p for p in (out, *out.parents) if p.exists())  # the nearest part that exists
-            if not folder.is_dir():
-                raise NotADirectoryError(f"{folder}: is a file; give a folder for the report (--out {out})")
+            from invemb.io import check_output_folder
+
+            check_output_folder(out, "the report")
 
     presets = {
         "tiny": {"order_sentences": 40, "relation_pairs": 100, "units": 400, "purity_queries": 50,

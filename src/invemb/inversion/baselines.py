@@ -14,9 +14,7 @@ import time
 import torch
 
 from invemb.config import Config
-from invemb.encoder import has_content
-from invemb.inversion.decode import CountingEncoder, InversionResult, check_target, render
-from invemb.text.vocab import tokenize
+from invemb.inversion.decode import CountingEncoder, InversionResult, check_target, fits, render
 
 
 @dataclasses.dataclass
@@ -72,9 +70,7 @@ def black_box_search(target: torch.Tensor, encoder: CountingEncoder, index, unit
         cands = [c for c in dict.fromkeys(cands) if c not in seen]
         seen.update(cands)
         texts = [render([index.units[u] for u in c]) for c in cands]
-        # Words, not units, are capped (a unit may be a phrase), as the controller's decoding does; a unit
-        # of invisible characters alone is not encodable.
-        keep = [i for i, t in enumerate(texts) if has_content(t) and len(tokenize(t)) <= cfg.max_words]
+        keep = [i for i, t in enumerate(texts) if fits(t, cfg.max_words)]  # as the controller's decoding
         cands, texts = [cands[i] for i in keep], [texts[i] for i in keep]
         if not cands:
             break

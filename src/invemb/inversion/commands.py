@@ -197,16 +197,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from invemb.inversion import load_run
         from invemb.inversion.harness import compare_methods, eval_sentences, resolve_corpus
         from invemb.inversion.baselines import BagConfig, BlackBoxConfig
+        from invemb.io import check_output_folder
 
         if n < 1:  # these, before the controller loads and the corpus is read
             raise ValueError(f"--n must be at least 1 sentence, got {n}")
         BagConfig.preset(preset), BlackBoxConfig.preset(preset)
-        if out is not None and out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"{out}: is a file; give a folder for the results")
-        if corpus is not None:
-            resolve_corpus(corpus, em)
-        ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
+        if out is not None:
+            check_output_folder(out, "the results")
         corpus = resolve_corpus(corpus, em)
+        ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
         sets = {s: eval_sentences(corpus, s, n) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime})
         if plain:

@@ -200,14 +200,23 @@ class ModelPolicy:
                 proposals[i].actions.append(Action(units[j - 1], slot, float(torch.log(probs[p, j]) + slot_logp[slot]), remove=j - 1))
 
 
+def controller_info(run: str | Path) -> dict:
+    """A controller run's config.json, refused in one line when the folder is not a controller run."""
+    config = Path(run) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run}: not a controller run folder (no config.json)")
+    info = json.loads(config.read_text())
+    if info.get("kind") != "controller":
+        raise ValueError(f"{run}: not a controller run (config.json kind is {info.get('kind')!r}, not 'controller')")
+    return info
+
+
 def load_model(run: Path) -> tuple[ControllerModel, dict]:
     from safetensors.torch import load_file
 
     from invemb.inversion.train import ControllerTrainConfig
 
-    info = json.loads((run / "config.json").read_text())
-    if info.get("kind") != "controller":
-        raise ValueError(f"{run}: config.json kind is {info.get('kind')!r}, not 'controller'")
+    info = controller_info(run)
     cfg = ControllerTrainConfig.from_dict(info["config"])
     model = ControllerModel(info["dim"], cfg.selector, cfg.placer, cfg.chunk)
     weights = run / "model.safetensors"
@@ -241,11 +250,9 @@ class Controller:
         from safetensors.torch import load_file
 
         import invemb
-        from invemb.inversion.units import encoder_fingerprint, same_encoder
+        from invemb.inversion.units import encoder_fingerprint, trained_on
 
         run = Path(run)
-        if not (run / "config.json").exists():
-            raise FileNotFoundError(f"{run}: not a controller run folder (no config.json)")
         model, info = load_model(run)
         encoder = em if em is not None and not isinstance(em, (str, Path)) else invemb.load(str(em or info["em"]), runtime=runtime)
         if encoder.dim != info["dim"]:
@@ -258,10 +265,9 @@ class Controller:
             if em_vocab.fingerprint() != vocab.fingerprint():
                 raise ValueError(f"the EM run {em} has a different vocabulary than controller {run}: refused")
         unit_vectors = load_file(str(run / "unit_vectors.safetensors"))["units"]
-        fp = encoder_fingerprint(encoder)
-        if fp != info["encoder_fingerprint"] and not same_encoder(encoder, vocab.units, unit_vectors):
+        if not trained_on(encoder, run, info, vocab.units, unit_vectors):
             raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
-                             f"not on this one (fingerprint {fp})")
+                             f"not on this one (fingerprint {encoder_fingerprint(encoder)})")
         decode = DecodeConfig.from_dict(info["config"]["decode"]).replace(**decode_overrides)
         return cls(encoder, vocab, unit_vectors, model, decode, info)
 

@@ -132,6 +132,12 @@ class CountingEncoder:
         self.encoder.save(path)
 
 
+def fits(text: str, max_words: int) -> bool:
+    """Whether a candidate text may be a hypothesis: something an encoder can read (not a unit of
+    invisible characters alone) and at most ``max_words`` words (a unit may be a phrase)."""
+    return has_content(text) and len(tokenize(text)) <= max_words
+
+
 def render(units: Sequence[str]) -> str:
     """Unit texts in buffer order -> ordinary text, first letter capitalised."""
     text = detokenize(list(units))
@@ -239,9 +245,7 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                     for a in ranked:
                         units = _apply(h, a)
                         text = render([unit_texts[u] for u in units])
-                        # Nothing an encoder can read (a unit of invisible characters alone), or past the
-                        # word cap (a 7-word unit at 38 words): not a child.
-                        if not has_content(text) or len(tokenize(text)) > cfg.max_words:
+                        if not fits(text, cfg.max_words):  # a 7-word unit at 38 words: not a child
                             continue
                         kids.append(Hypothesis(units, text, logp=h.logp + a.logp,
                                                actions=h.actions + 1, steps=h.steps + [{"unit": unit_texts[a.unit], "slot": a.slot,

@@ -32,6 +32,23 @@ def same_encoder(encoder: Encoder, units: list[str], unit_vectors: torch.Tensor,
     return bool((vecs - unit_vectors[picks].float()).abs().max() <= atol)
 
 
+def trained_on(encoder: Encoder, run: Path, info: dict, units: list[str] | None = None,
+               unit_vectors: torch.Tensor | None = None) -> bool:
+    """Whether the controller run ``run`` (``info``: its config.json) was trained on ``encoder``: the
+    same fingerprint, else its unit vectors reproduced (:func:`same_encoder`). ``units`` and
+    ``unit_vectors``: the run's, when the caller has them loaded already."""
+    if encoder_fingerprint(encoder) == info["encoder_fingerprint"]:
+        return True
+    if unit_vectors is None:
+        from safetensors.torch import load_file
+
+        vocab, vectors = Path(run) / "vocab.json", Path(run) / "unit_vectors.safetensors"
+        if not (vocab.exists() and vectors.exists()):
+            return False
+        units, unit_vectors = Vocab.load(vocab).units, load_file(str(vectors))["units"]
+    return same_encoder(encoder, units, unit_vectors)
+
+
 def encode_units(encoder: Encoder, vocab: Vocab, batch_size: int = 256, progress: bool = True) -> torch.Tensor:
     """(V, D) float32 vectors of every unit, in vocabulary order, with a progress bar."""
     units = vocab.units

@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from invemb.config import Config
-from invemb.io import atomic_write_json, read_jsonl, read_jsonl_texts, read_text_file, write_jsonl
+from invemb.io import atomic_write_json, check_output_folder, read_jsonl, read_jsonl_texts, read_text_file, write_jsonl
 
 SOURCES = ("wiki", "wordnet", "brown", "nlp", "files")
 _WS = re.compile(r"\s+")
 # Invisible characters that reach the corpus from Wikipedia and mis-decoded text (word joiners,
 # soft hyphens, bidi marks, BOMs, C0/C1 controls): they would become vocabulary units.
-# Characters Python counts as whitespace (vertical tab, \x1c-\x1f, NEL) are left to _WS: deleting
-# them would join the words they separate.
+# Characters Python counts as whitespace (vertical tab, \x1c-\x1f, NEL \x85) are left out, to _WS:
+# deleting them would join the words they separate.
 _INVISIBLE = re.compile(
-    "(?!\\s)[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
     "\ufeff\ufff9-\ufffb]")
 # What two sentences that differ only in case or outer punctuation share: one is a duplicate.
 # A sign or currency before a digit is part of the sentence ("-5 degrees" is not "5 degrees").
@@ -129,23 +129,20 @@ def _presplit_docs(cfg: CorpusConfig, source: str) -> Iterator[tuple[str, list[s
 
 
 def _file_docs(paths: list[str]) -> Iterator[tuple[str, str]]:
-    """A user's files as documents: each line of a .jsonl, each blank-line-separated paragraph of
-    a .txt. The split goes by document, so one long .txt spreads over train, dev and test (and a
-    single file would otherwise land in one split whole)."""
+    """A user's files (checked by :func:`build_corpus`: .txt or .jsonl, present) as documents: each
+    line of a .jsonl, each blank-line-separated paragraph of a .txt. The split goes by document, so
+    one long .txt spreads over train, dev and test (and a single file would otherwise land in one
+    split whole)."""
     for path in paths:
         p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: no such corpus file")
         if p.suffix == ".jsonl":
             for i, text in enumerate(read_jsonl_texts(p)):
                 yield from ((f"file:{p.name}:{i}", piece) for piece in _pieces(text))
-        elif p.suffix == ".txt":
+        else:
             paragraphs = re.split(r"\n\s*\n", read_text_file(p))
             for i, para in enumerate(paragraphs):
                 if para.strip():
                     yield from ((f"file:{p.name}:{i}", piece) for piece in _pieces(para))
-        else:
-            raise ValueError(f"{p}: corpus files must be .txt or .jsonl")
 
 
 def _pieces(text: str, limit: int = MAX_DOC_CHARS) -> list[str]:
@@ -181,9 +178,8 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
     for s in cfg.sources:
         if s not in SOURCES:
             raise ValueError(f"unknown corpus source {s!r}; choose from {', '.join(SOURCES)}")
-    if out_dir.exists() and not out_dir.is_dir():  # refused before the splitting, not after
-        raise NotADirectoryError(f"{out_dir}: is a file; give a folder for the corpus")
-    for f in cfg.files if "files" in cfg.sources else []:  # before the other sources are read
+    check_output_folder(out_dir, "the corpus")  # before the splitting, not after
+    for f in cfg.files:  # read whenever given; checked before the other sources are read
         if not Path(f).is_file():
             raise FileNotFoundError(f"{f}: no such corpus file")
         if Path(f).suffix not in (".txt", ".jsonl"):
