@@ -58,6 +58,7 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
     ("em_features", bench("em_features"), None),
     ("em_cache", bench("em_cache"), (RUNS["em"], "final_metrics.json")),
     ("em_quality", bench("em_quality", "--run", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
+    ("em_order_share", bench("em_order_share", "--run", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
     ("eval_suite", bench("eval_suite", "--encoder", "backbone", "--encoder", RUNS["em"],
                          "--out", "bench/out/eval_suite_report"), (RUNS["em"], "final_metrics.json")),
     ("inversion_eval", bench("inversion_eval", "--controller", RUNS["controller"], "--em", RUNS["em"], "--n", "50",
