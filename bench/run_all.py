@@ -63,6 +63,8 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
                          "--out", "bench/out/eval_suite_report"), (RUNS["em"], "final_metrics.json")),
     ("inversion_eval", bench("inversion_eval", "--controller", RUNS["controller"], "--em", RUNS["em"], "--n", "50",
                              "--n-blackbox", "6", "--threads", "2"), (RUNS["controller"], "model.safetensors")),
+    ("inversion_oracle", bench("inversion_oracle", "--controller", RUNS["controller"], "--em", RUNS["em"], "--n", "100"),
+     (RUNS["controller"], "model.safetensors")),
     ("backbone_runtime", bench("backbone_runtime", "--em", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
     ("inversion_speed", bench("inversion_speed", "--controller", RUNS["controller"], "--em", RUNS["em"]),
      (RUNS["controller"], "model.safetensors")),
