@@ -61,9 +61,13 @@ def main() -> None:
     ap.add_argument("--corpus", default=None, help="built corpus folder (default: the EM run's)")
     ap.add_argument("--n", type=int, default=50, help="sentences per set")
     ap.add_argument("--sets", default="wiki,wordnet")
+    ap.add_argument("--methods", default="controller,gold_units,gold")
+    ap.add_argument("--decode", action="append", default=[], metavar="KEY=VALUE",
+                    help="decoding override for every method (repeat), as `invemb invert --decode`")
     args = ap.parse_args()
     from tqdm.auto import tqdm
 
+    from invemb.config import parse_overrides
     from invemb.inversion.controller import Controller
     from invemb.inversion.decode import OraclePolicy, beam_decode
     from invemb.inversion.harness import eval_sentences, resolve_corpus
@@ -71,7 +75,7 @@ def main() -> None:
     from invemb.inversion.segment import Segmenter
 
     torch.set_num_threads(2)
-    ctrl = Controller.load(args.controller, em=args.em)
+    ctrl = Controller.load(args.controller, em=args.em, **parse_overrides(args.decode))
     segmenter, units = Segmenter(ctrl.vocab), ctrl.vocab.units
     oracle_cfg = ctrl.decode_cfg.replace(patience=0)
     corpus = resolve_corpus(args.corpus, args.em)
@@ -85,7 +89,8 @@ def main() -> None:
             "gold": lambda t, gold: beam_decode(t, OraclePolicy(gold), ctrl.encoder, units, oracle_cfg),
         }
         results[which] = {}
-        for name, method in methods.items():
+        for name in args.methods.split(","):
+            method = methods[name]
             rows = []
             for text, target in tqdm(list(zip(sentences, targets)), desc=f"{which} / {name}", unit="sent"):
                 t0 = time.perf_counter()
@@ -94,7 +99,8 @@ def main() -> None:
                              "encoder_calls": res.encoder_calls, "seconds": time.perf_counter() - t0})
             results[which][name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summarise(rows).items()}
             print(which, name, {k: results[which][name][k] for k in ("token_f1", "bleu", "cosine", "length_ratio")}, flush=True)
-    write("inversion_oracle", {"em": args.em, "controller": args.controller, "n": args.n, "results": results})
+    write("inversion_oracle", {"em": args.em, "controller": args.controller, "n": args.n, "decode": args.decode,
+                               "results": results})
 
 
 if __name__ == "__main__":
