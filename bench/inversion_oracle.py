@@ -33,7 +33,6 @@ class GoldUnitsPolicy:
         self.controller, self.gold = controller, Counter(gold)
 
     def propose(self, targets, hyps, cfg):
-        from invemb.inversion.controller import _rows
         from invemb.inversion.decode import Action, Proposal
         from invemb.inversion.summary import summarise
 
@@ -45,7 +44,7 @@ class GoldUnitsPolicy:
         proposals = [Proposal([], stop_prob=0.0 if left else 1.0) for left in lacking]
         if not pairs:
             return proposals
-        out = model.placer(_rows(s, torch.tensor([p[0] for p in pairs])), unit_vectors[torch.tensor([p[1] for p in pairs])])
+        out = model.placer(s.select(torch.tensor([p[0] for p in pairs])), unit_vectors[torch.tensor([p[1] for p in pairs])])
         slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1)
         for k, (i, u, unit_logp) in enumerate(pairs):
             n = len(hyps[i].units) + 1  # a buffer of n - 1 units has n slots

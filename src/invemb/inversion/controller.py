@@ -38,10 +38,6 @@ class ControllerModel(nn.Module):
         self.placer = Placer(dim, placer)
 
 
-def _rows(s: BufferSummary, rows: torch.Tensor) -> BufferSummary:
-    return BufferSummary(*(x[rows] for x in s))
-
-
 def _fold(text: str) -> str:
     """Case and accents aside ("Café" -> "cafe"): the forms an uncased, accent-stripping backbone
     (MiniLM's) cannot tell apart. Only units whose vectors are equal are merged."""
@@ -136,7 +132,7 @@ class ModelPolicy:
         def place(pairs: list[int]):
             """The Placer over ``pairs`` (indices into pair_*), filling slot_top."""
             rows = torch.tensor([pair_hyp[p] for p in pairs], dtype=torch.long)
-            out = self.model.placer(_rows(s, rows), self.unit_vectors[torch.tensor([pair_unit[p] for p in pairs], dtype=torch.long)])
+            out = self.model.placer(s.select(rows), self.unit_vectors[torch.tensor([pair_unit[p] for p in pairs], dtype=torch.long)])
             slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1), -inf beyond each buffer's slots
             top = torch.topk(slot_logp, min(cfg.slots, slot_logp.shape[1]), dim=-1)  # (P, k), finite ones first
             values, slots = top.values.tolist(), top.indices.tolist()

@@ -23,6 +23,10 @@ class BufferSummary(NamedTuple):
     text: torch.Tensor  # (B, D) encoder vector of the buffer text (zeros for an empty buffer)
     residual: torch.Tensor  # (B, D) target - text
 
+    def select(self, rows: torch.Tensor) -> "BufferSummary":
+        """The summaries of ``rows`` (R,) long, in that order (a row may repeat)."""
+        return BufferSummary(*(x[rows] for x in self))
+
     @property
     def unit_mean(self) -> torch.Tensor:  # (B, D)
         m = self.mask.unsqueeze(-1).float()  # (B, L, 1)
