@@ -34,22 +34,17 @@ class GoldUnitsPolicy:
 
     def propose(self, targets, hyps, cfg):
         from invemb.inversion.decode import Action, Proposal
-        from invemb.inversion.summary import summarise
 
-        model, unit_vectors = self.controller.model, self.controller.unit_vectors
-        text = torch.stack([h.vector if h.vector is not None else torch.zeros(targets.shape[1]) for h in hyps])  # (H, D)
-        s = summarise(targets, [h.units for h in hyps], text, unit_vectors, model.chunk)
+        policy = self.controller.policy
         lacking = [sorted((self.gold - Counter(h.units)).elements()) for h in hyps]
         pairs = [(i, u, -math.log(len(left))) for i, left in enumerate(lacking) for u in dict.fromkeys(left)]
         proposals = [Proposal([], stop_prob=0.0 if left else 1.0) for left in lacking]
         if not pairs:
             return proposals
-        out = model.placer(s.select(torch.tensor([p[0] for p in pairs])), unit_vectors[torch.tensor([p[1] for p in pairs])])
-        slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1)
-        for k, (i, u, unit_logp) in enumerate(pairs):
-            n = len(hyps[i].units) + 1  # a buffer of n - 1 units has n slots
-            top = torch.topk(slot_logp[k, :n], min(cfg.slots, n))
-            proposals[i].actions += [Action(u, slot, unit_logp + v) for v, slot in zip(top.values.tolist(), top.indices.tolist())]
+        _, best = policy.best_slots(policy.summary(targets, hyps), [i for i, _, _ in pairs], [u for _, u, _ in pairs],
+                                    [len(hyps[i].units) for i, _, _ in pairs], cfg.slots)
+        for (i, u, unit_logp), (values, slots) in zip(pairs, best):
+            proposals[i].actions += [Action(u, slot, unit_logp + v) for v, slot in zip(values, slots)]
         return proposals
 
 
@@ -82,6 +77,7 @@ def main() -> None:
     for which in args.sets.split(","):
         sentences = eval_sentences(corpus, which, args.n)
         targets = ctrl.encoder.encoder.encode(sentences)  # (N, D)
+        golds = [segmenter.segment(text).unit_ids for text in sentences]
         methods = {
             "controller": lambda t, gold: ctrl.invert_vector(t),
             "gold_units": lambda t, gold: beam_decode(t, GoldUnitsPolicy(ctrl, gold), ctrl.encoder, units, oracle_cfg),
@@ -91,9 +87,9 @@ def main() -> None:
         for name in args.methods.split(","):
             method = methods[name]
             rows = []
-            for text, target in tqdm(list(zip(sentences, targets)), desc=f"{which} / {name}", unit="sent"):
+            for text, target, gold in tqdm(list(zip(sentences, targets, golds)), desc=f"{which} / {name}", unit="sent"):
                 t0 = time.perf_counter()
-                res = method(target, segmenter.segment(text).unit_ids)
+                res = method(target, gold)
                 rows.append({"text": text, "reconstruction": res.text, "cosine": res.cosine,
                              "encoder_calls": res.encoder_calls, "seconds": time.perf_counter() - t0})
             results[which][name] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in summarise(rows).items()}

@@ -83,10 +83,23 @@ class ModelPolicy:
             frequent = list(dict.fromkeys(int(stand_in[u]) for u in frequent))
         self.frequent = torch.tensor(frequent, dtype=torch.long)  # (F,) most frequent first
 
+    def summary(self, targets: torch.Tensor, hyps: Sequence[Hypothesis]) -> BufferSummary:
+        """What the Selector and Placer read of each hypothesis: targets (H, D), buffers, text vectors."""
+        text = torch.stack([x.vector if x.vector is not None else torch.zeros(targets.shape[1]) for x in hyps])  # (H, D)
+        return summarise(targets, [x.units for x in hyps], text, self.unit_vectors, self.model.chunk)
+
+    def best_slots(self, s: BufferSummary, rows: list[int], units: list[int], buffer_lens: list[int], k: int):
+        """The Placer on (summary row, unit) pairs: its output and, per pair, the log-probabilities and
+        slots of its ``k`` best slots (fewer where the buffer has fewer: u units have u + 1 slots)."""
+        out = self.model.placer(s.select(torch.tensor(rows, dtype=torch.long)), self.unit_vectors[torch.tensor(units, dtype=torch.long)])
+        slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1), -inf beyond each buffer's slots
+        top = torch.topk(slot_logp, min(k, slot_logp.shape[1]), dim=-1)  # (P, k), finite ones first
+        values, slots = top.values.tolist(), top.indices.tolist()
+        best = [(v[:min(k, n + 1)], sl[:min(k, n + 1)]) for v, sl, n in zip(values, slots, buffer_lens)]
+        return out, best
+
     def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
-        d = targets.shape[1]
-        text = torch.stack([x.vector if x.vector is not None else torch.zeros(d) for x in hyps])  # (H, D)
-        s = summarise(targets, [x.units for x in hyps], text, self.unit_vectors, self.model.chunk)
+        s = self.summary(targets, hyps)
         sel = self.model.selector(s)
         stop = torch.sigmoid(sel.stop_logit).tolist()
         temp = self.model.selector.cfg.temperature
@@ -131,14 +144,9 @@ class ModelPolicy:
 
         def place(pairs: list[int]):
             """The Placer over ``pairs`` (indices into pair_*), filling slot_top."""
-            rows = torch.tensor([pair_hyp[p] for p in pairs], dtype=torch.long)
-            out = self.model.placer(s.select(rows), self.unit_vectors[torch.tensor([pair_unit[p] for p in pairs], dtype=torch.long)])
-            slot_logp = torch.log_softmax(out.slot_logits, dim=-1)  # (P, L + 1), -inf beyond each buffer's slots
-            top = torch.topk(slot_logp, min(cfg.slots, slot_logp.shape[1]), dim=-1)  # (P, k), finite ones first
-            values, slots = top.values.tolist(), top.indices.tolist()
-            for k, p in enumerate(pairs):
-                n = min(cfg.slots, len(hyps[pair_hyp[p]].units) + 1)  # a buffer of u units has u + 1 slots
-                slot_top[p] = (values[k][:n], slots[k][:n])
+            out, best = self.best_slots(s, [pair_hyp[p] for p in pairs], [pair_unit[p] for p in pairs],
+                                        [len(hyps[pair_hyp[p]].units) for p in pairs], cfg.slots)
+            slot_top.update(zip(pairs, best))
             return out
 
         by_hyp: dict[int, list[int]] = {}
