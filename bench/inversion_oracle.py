@@ -80,8 +80,10 @@ def main() -> None:
         golds = [segmenter.segment(text).unit_ids for text in sentences]
         methods = {
             "controller": lambda t, gold: ctrl.invert_vector(t),
-            "gold_units": lambda t, gold: beam_decode(t, GoldUnitsPolicy(ctrl, gold), ctrl.encoder, units, oracle_cfg),
-            "gold": lambda t, gold: beam_decode(t, OraclePolicy(gold), ctrl.encoder, units, oracle_cfg),
+            "gold_units": lambda t, gold: beam_decode(t, GoldUnitsPolicy(ctrl, gold), ctrl.encoder, units, oracle_cfg,
+                                                             prior=ctrl.prior(oracle_cfg)),
+            "gold": lambda t, gold: beam_decode(t, OraclePolicy(gold), ctrl.encoder, units, oracle_cfg,
+                                                 prior=ctrl.prior(oracle_cfg)),
         }
         results[which] = {}
         for name in args.methods.split(","):

@@ -109,7 +109,7 @@ def test_placer_pruning_keeps_every_search_the_same(cli_run, gap):
     from invemb.inversion import load_run
 
     root, em = cli_run
-    ctrl = load_run(root / "run", em=em, expand_gap=gap, units_k=6, expand=2)
+    ctrl = load_run(root / "run", em=em, expand_gap=gap, units_k=6, expand=1, lm_pool=2)  # the decoder reads 2 actions
     placed = []
     hook = ctrl.policy.model.placer.register_forward_hook(lambda mod, args, out: placed.append(len(args[1])))
     texts = ["Big fox near the old tree.", "The cat sat on the mat.", "A dog ran."]
@@ -248,6 +248,14 @@ def test_eval_inversion_cli_writes_metrics_rows_and_plots(cli_run, tmp_path):
     by_step = results["wiki"]["bag"]["by_step"]  # the bag "places" its top units in rank order
     assert by_step and by_step[0]["step"] == 1 and by_step[0]["rows"] == 4 and 0 <= by_step[0]["precision"] <= 100
     assert (out / "precision_by_step_wiki.png").stat().st_size > 0
+    # --seed draws another sample of the held-out sentences: 4 of the 8, not the same 4
+    res = runner.invoke(app, ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus),
+                              "--n", "4", "--method", "bag", "--preset", "tiny", "--set", "wiki", "--seed", "1",
+                              "--out", str(tmp_path / "rep1")])
+    assert res.exit_code == 0, res.output
+    texts = [json.loads(line)["text"] for line in (tmp_path / "rep1" / "rows_wiki_bag.jsonl").read_text().splitlines()]
+    first_sample = [json.loads(line)["text"] for line in (out / "rows_wiki_bag.jsonl").read_text().splitlines()]
+    assert len(texts) == 4 and set(texts) <= set(sentences) and texts != first_sample
     res = runner.invoke(app, ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus),
                               "--method", "oracle"])
     assert res.exit_code == 2 and "unknown method(s) oracle" in res.output

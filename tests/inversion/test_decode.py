@@ -20,7 +20,7 @@ def test_oracle_selector_and_placer_reproduce_the_sentence(fake_encoder, seed):
     for sentence in toy_sentences(4, seed=10 + seed):
         gold = seg.segment(sentence).unit_ids
         target = fake_encoder.encode([sentence])[0]
-        res = beam_decode(target, OraclePolicy(gold, seed=seed), enc, vocab.units, DecodeConfig(beam=2, patience=0))
+        res = beam_decode(target, OraclePolicy(gold, seed=seed), enc, vocab.units, DecodeConfig(beam=2, patience=0, lm_weight=0))
         assert res.text == sentence
         assert res.cosine == pytest.approx(1.0, abs=1e-5)
         assert len(res.steps) == len(gold) and res.encoder_calls == len(gold)
@@ -363,11 +363,11 @@ def test_children_an_encoder_cannot_read_or_past_the_word_cap_are_not_made():
     encoder = CountingEncoder(StrictEncoder())
     units = ["\u2060", "big cat sat", "on the mat", "today"]
     target = encoder.encode(["big cat sat on the mat today"])[0]
-    alone = beam_decode(target, OraclePolicy([0]), encoder, units, DecodeConfig(beam=1, patience=0))
+    alone = beam_decode(target, OraclePolicy([0]), encoder, units, DecodeConfig(beam=1, patience=0, lm_weight=0))
     assert alone.text == "" and alone.steps == []
     for seed in range(4):
         capped = beam_decode(target, OraclePolicy([1, 2, 3], seed=seed), encoder, units,
-                             DecodeConfig(beam=1, patience=0, max_words=5))
+                             DecodeConfig(beam=1, patience=0, max_words=5, lm_weight=0))
         assert 1 <= len(tokenize(capped.text)) <= 5
     with pytest.raises(ValueError, match=r"bad decoding settings: beam=0 \(at least 1\), expand=0 \(at least 1\)"):
         DecodeConfig(beam=0, expand=0)

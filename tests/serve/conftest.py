@@ -33,6 +33,7 @@ def toy_controller():
     end in milliseconds; what it rebuilds is noise, which the service tests do not judge."""
     from invemb.inversion.controller import Controller, ControllerModel
     from invemb.inversion.decode import DecodeConfig
+    from invemb.inversion.lm import BigramLM
     from invemb.inversion.placer import PlacerConfig
     from invemb.inversion.selector import SelectorConfig
 
@@ -40,7 +41,9 @@ def toy_controller():
     encoder, vocab = BagEncoder(), toy_vocab()
     model = ControllerModel(encoder.dim, SelectorConfig.preset("tiny"), PlacerConfig.preset("tiny")).eval()
     units = encoder.encode(vocab.units)
-    return Controller(encoder, vocab, units, model, DecodeConfig.preset("tiny", stop_threshold=1.1, max_steps=4))  # never stops early
+    prior = BigramLM.build(toy_sentences(50, seed=0))
+    return Controller(encoder, vocab, units, model, DecodeConfig.preset("tiny", stop_threshold=1.1, max_steps=4),  # never stops early
+                      prior=prior)
 
 
 @pytest.fixture(scope="session")

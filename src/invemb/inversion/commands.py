@@ -55,7 +55,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(None, "--output", help="JSONL results for --input / --vectors"),
         beam: Optional[int] = typer.Option(None, help="beam width (default: the run's)"),
         decode_sets: List[str] = typer.Option([], "--decode", help="decoding override KEY=VALUE (DecodeConfig: "
-                                              "beam, units_k, slots, expand, patience, ...; repeat)"),
+                                              "beam, units_k, slots, expand, patience, lm_weight (the language prior; 0: off), ...; repeat)"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU: faster decoding)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
@@ -179,6 +179,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         controller: Path = typer.Option(..., help="controller run folder"),
         set_: List[str] = typer.Option(["wiki", "wordnet"], "--set", help="wiki | wordnet (held-out, 5-32 words; repeat)"),
         n: int = typer.Option(50, help="sentences per set"),
+        seed: int = typer.Option(0, help="which held-out sentences are drawn: another seed gives a fresh sample "
+                                         "(to confirm a setting chosen on the default one)"),
         method: List[str] = typer.Option(["controller", "bag", "blackbox"], "--method",
                                          help="controller | greedy | bag | blackbox (repeat)"),
         corpus: Optional[Path] = typer.Option(None, help="built corpus folder (default: data/built/corpus, else the EM run's)"),
@@ -206,7 +208,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             check_output_folder(out, "the results")
         corpus = resolve_corpus(corpus, em)
         ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
-        sets = {s: eval_sentences(corpus, s, n) for s in set_}
+        sets = {s: eval_sentences(corpus, s, n, seed=seed) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime})
         if plain:
             emit([{"set": s, "method": m, **r["summary"]} for s, per in results.items() for m, r in per.items()], plain=True)

@@ -3,7 +3,8 @@ drives beam decoding. A controller run folder holds:
 
 ``config.json`` (kind "controller", the encoder it was trained on and its fingerprint, the vocabulary
 fingerprint, the training config), ``vocab.json``, ``unit_vectors.safetensors`` (every unit's
-encoder vector, computed once), ``model.safetensors`` (weights), checkpoints, metrics, plots.
+encoder vector, computed once), ``model.safetensors`` (weights), ``bigram_lm.*`` (the decoder's
+language prior, :mod:`invemb.inversion.lm`), checkpoints, metrics, plots.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch import nn
 from invemb.encoder import Encoder, has_content
 from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
                                      beam_decode, beam_decode_many, check_target)
+from invemb.inversion.lm import BigramLM
 from invemb.inversion.placer import Placer, PlacerConfig
 from invemb.inversion.selector import Selector, SelectorConfig
 from invemb.inversion.summary import BufferSummary, summarise
@@ -154,13 +156,13 @@ class ModelPolicy:
             by_hyp.setdefault(i, []).append(p)
         if self.prune_placer:
             # An action's log-probability is its unit's plus a slot's (<= 0), so a unit whose own is below a
-            # hypothesis's expand-th best action (or below its best minus expand_gap) cannot be among the
-            # actions the decoder keeps: the Placer runs first on each hypothesis's first pair (the move head
-            # reads it) and its `expand` likeliest units, then only on the other units above that bound.
+            # hypothesis's pool-th best action (cfg.pool: the actions the decoder reads) or below its best minus
+            # expand_gap cannot be among them: the Placer runs first on each hypothesis's first pair (the
+            # move head reads it) and its `pool` likeliest units, then only on the other units above that bound.
             chosen = set()
             for ps in by_hyp.values():
                 chosen.add(ps[0])
-                chosen.update(sorted(ps, key=lambda q: -pair_logp[q])[: cfg.expand])
+                chosen.update(sorted(ps, key=lambda q: -pair_logp[q])[: cfg.pool])
             first = sorted(chosen)
         else:
             first = list(range(len(pair_hyp)))
@@ -168,7 +170,7 @@ class ModelPolicy:
         rest = []
         for ps in by_hyp.values():
             best = sorted((pair_logp[p] + v for p in ps if p in slot_top for v in slot_top[p][0]), reverse=True)
-            bound = best[cfg.expand - 1] if len(best) >= cfg.expand else float("-inf")
+            bound = best[cfg.pool - 1] if len(best) >= cfg.pool else float("-inf")
             if cfg.expand_gap > 0 and best:
                 bound = max(bound, best[0] - cfg.expand_gap)
             rest += [p for p in ps if p not in slot_top and pair_logp[p] >= bound]
@@ -234,13 +236,17 @@ class Controller:
     """Inverts sentence vectors of one encoder with a trained controller run."""
 
     def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
-                 decode: DecodeConfig, info: dict | None = None):
+                 decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None):
+        """``prior``: the language prior of ``decode.lm_weight`` (default: the run's own, loaded or built
+        when a decode first needs it)."""
         from invemb.index import IndexConfig, UnitIndex
 
         self.encoder = CountingEncoder(encoder)
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.settings(decode)
         self.info = info or {}
+        self.run: Path | None = None  # the run folder, when loaded from one (where its language prior lives)
+        self._language_prior = prior
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
@@ -273,7 +279,40 @@ class Controller:
             raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
                              f"not on this one (fingerprint {encoder_fingerprint(encoder)})")
         decode = DecodeConfig.from_dict(info["config"]["decode"]).replace(**decode_overrides)
-        return cls(encoder, vocab, unit_vectors, model, decode, info)
+        ctrl = cls(encoder, vocab, unit_vectors, model, decode, info)
+        ctrl.run = run
+        return ctrl
+
+    @property
+    def language_prior(self) -> BigramLM:
+        """The bigram prior of ``--decode lm_weight``: the one given, else the run's own, else built now
+        from the text the controller was trained on (its corpus's train split; seconds) and saved into
+        the run."""
+        if self._language_prior is None:
+            self._language_prior = self._load_or_build_prior()
+        return self._language_prior
+
+    def _load_or_build_prior(self) -> BigramLM:
+        if self.run is not None and BigramLM.exists(self.run):
+            return BigramLM.load(self.run)
+        if not self.info.get("config"):
+            raise ValueError("lm_weight needs a language prior: this controller has no run folder or training "
+                             "config to build one from (give Controller a prior=, or decode with lm_weight=0)")
+        from invemb.inversion.train import ControllerTrainConfig, split_sentences
+
+        print("building the decoder's language prior from the controller's training text", file=sys.stderr)
+        lm = BigramLM.build(split_sentences(ControllerTrainConfig.from_dict(self.info["config"]), "train"))
+        if self.run is not None:
+            try:
+                lm.save(self.run)
+            except OSError as err:  # a read-only run folder: use it, keep nothing
+                print(f"language prior not saved in {self.run}: {err}", file=sys.stderr)
+        return lm
+
+    def prior(self, decode: DecodeConfig):
+        """The prior beam decoding adds to its scores for ``decode`` (text -> mean association of its
+        adjacent words, :meth:`BigramLM.mean_association`): None when lm_weight is 0."""
+        return self.language_prior.mean_association if decode.lm_weight else None
 
     @functools.cached_property
     def identity(self) -> dict:
@@ -295,7 +334,8 @@ class Controller:
         return decode
 
     def invert_vector(self, vector, decode: DecodeConfig | None = None) -> InversionResult:
-        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, self.settings(decode))
+        decode = self.settings(decode)
+        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, decode, prior=self.prior(decode))
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16, on_done=None) -> list[InversionResult]:
@@ -313,7 +353,7 @@ class Controller:
         step = max(1, batch)
         for start in range(0, len(vectors), step):
             out += beam_decode_many(vectors[start: start + step], self.policy, self.encoder, self.vocab.units,
-                                    decode, on_done=on_done)
+                                    decode, on_done=on_done, prior=self.prior(decode))
         if bar is not None:
             bar.close()
         return out

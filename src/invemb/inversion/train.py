@@ -35,6 +35,7 @@ from invemb.encoder import Encoder
 from invemb.io import PartialFolder
 from invemb.inversion.controller import ControllerModel
 from invemb.inversion.decode import DecodeConfig, render
+from invemb.inversion.lm import BigramLM
 from invemb.inversion.placer import PlacerConfig
 from invemb.inversion.segment import Segmenter
 from invemb.inversion.selector import SelectorConfig
@@ -376,18 +377,22 @@ class ControllerTask(TrainTask):
         return out
 
 
-def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:
+def split_sentences(cfg: ControllerTrainConfig, split: str) -> list[str]:
+    """Every sentence of ``split`` ("train" or "dev") the controller may learn from: ``cfg.train_file``'s
+    (its first lines are dev), else the corpus's split of ``cfg.sources``."""
     from invemb.io import read_jsonl_texts
 
     if cfg.train_file:
         texts = read_jsonl_texts(cfg.train_file)
         n_dev = min(cfg.dev_sentences, max(1, len(texts) // 5))
-        texts = texts[n_dev:] if split == "train" else texts[:n_dev]
-    else:
-        from invemb.text.corpus import Corpus
+        return texts[n_dev:] if split == "train" else texts[:n_dev]
+    from invemb.text.corpus import Corpus
 
-        texts = Corpus(cfg.corpus).sentences(split, cfg.sources)
-    texts = [t for t in texts if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
+    return Corpus(cfg.corpus).sentences(split, cfg.sources)
+
+
+def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:
+    texts = [t for t in split_sentences(cfg, split) if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(texts), generator=g)[:limit].tolist()
     return [texts[i] for i in order]
@@ -488,6 +493,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     from invemb.io import atomic_save_file
 
     atomic_save_file(out / "model.safetensors", lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
+    if not BigramLM.exists(out):  # the decoder's language prior (--decode lm_weight), from the same training text
+        BigramLM.build(split_sentences(cfg, "train"), progress=cfg.train.progress).save(out)
     summary = {"run": str(out), "sentences": len(data.units), "states": len(data.states), **final}
     atomic_write_text(out / "report.md", "# controller run\n\n" + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
     return summary
