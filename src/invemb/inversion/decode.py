@@ -62,7 +62,7 @@ class DecodeConfig(Config):
     seed: int = 0
 
     presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
-               "full": {"beam": 8, "units_k": 16, "slots": 3, "expand": 24}}
+               "full": {"beam": 8, "units_k": 16, "expand": 24}}
 
     @property
     def pool(self) -> int:
@@ -107,7 +107,7 @@ class Hypothesis:
     stale: int = 0
     done: bool = False
     best: "Hypothesis | None" = None  # best-scoring hypothesis on this path (itself included)
-    fluency: float = 0.0  # lm_weight * the language prior's mean log-probability per token of ``text``
+    fluency: float = 0.0  # lm_weight * the language prior's score of ``text`` (BigramLM.mean_association)
 
     def score(self, model_weight: float) -> float:
         if not self.units:
@@ -216,8 +216,8 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
     search and the Placer run once a step, not once a target). Each target's search is the one
     :func:`beam_decode` runs alone; its ``encoder_calls`` are its own children, and ``seconds`` is the
     batch's wall time over N. ``on_done(k)`` is called as k more searches end (a progress bar).
-    ``prior``: text -> mean log-probability per token (:meth:`BigramLM.mean_logprob`), weighted by
-    ``cfg.lm_weight`` into every score; needed when that weight is not 0."""
+    ``prior``: text -> a fluency score (the controller's is :meth:`BigramLM.mean_association`), weighted
+    by ``cfg.lm_weight`` into every score; needed when that weight is not 0."""
     cfg = cfg or DecodeConfig()
     if cfg.lm_weight and prior is None:
         raise ValueError(f"lm_weight={cfg.lm_weight} needs a language prior, and none was given: pass prior= "
