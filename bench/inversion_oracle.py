@@ -72,6 +72,7 @@ def main() -> None:
     ctrl = Controller.load(args.controller, em=args.em, **parse_overrides(args.decode))
     segmenter, units = Segmenter(ctrl.vocab), ctrl.vocab.units
     oracle_cfg = ctrl.decode_cfg.replace(patience=0)
+    prior = ctrl.prior(oracle_cfg)
     corpus = resolve_corpus(args.corpus, args.em)
     results = {}
     for which in args.sets.split(","):
@@ -81,9 +82,8 @@ def main() -> None:
         methods = {
             "controller": lambda t, gold: ctrl.invert_vector(t),
             "gold_units": lambda t, gold: beam_decode(t, GoldUnitsPolicy(ctrl, gold), ctrl.encoder, units, oracle_cfg,
-                                                             prior=ctrl.prior(oracle_cfg)),
-            "gold": lambda t, gold: beam_decode(t, OraclePolicy(gold), ctrl.encoder, units, oracle_cfg,
-                                                 prior=ctrl.prior(oracle_cfg)),
+                                                             prior=prior),
+            "gold": lambda t, gold: beam_decode(t, OraclePolicy(gold), ctrl.encoder, units, oracle_cfg, prior=prior),
         }
         results[which] = {}
         for name in args.methods.split(","):

@@ -236,17 +236,17 @@ class Controller:
     """Inverts sentence vectors of one encoder with a trained controller run."""
 
     def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
-                 decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None):
+                 decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None,
+                 run: Path | None = None):
         """``prior``: the language prior of ``decode.lm_weight`` (default: the run's own, loaded or built
-        when a decode first needs it)."""
+        when a decode first needs it); ``run``: the run folder it was loaded from, where that prior lives."""
         from invemb.index import IndexConfig, UnitIndex
 
         self.encoder = CountingEncoder(encoder)
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.settings(decode)
         self.info = info or {}
-        self.run: Path | None = None  # the run folder, when loaded from one (where its language prior lives)
-        self._language_prior = prior
+        self.run, self._language_prior = run, prior
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
@@ -279,35 +279,18 @@ class Controller:
             raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
                              f"not on this one (fingerprint {encoder_fingerprint(encoder)})")
         decode = DecodeConfig.from_dict(info["config"]["decode"]).replace(**decode_overrides)
-        ctrl = cls(encoder, vocab, unit_vectors, model, decode, info)
-        ctrl.run = run
-        return ctrl
+        return cls(encoder, vocab, unit_vectors, model, decode, info, run=run)
 
     @property
     def language_prior(self) -> BigramLM:
         """The bigram prior of ``--decode lm_weight``: the one given, else the run's own, else built now
-        from the text the controller was trained on (its corpus's train split; seconds) and saved into
-        the run."""
+        from the text the controller was trained on (:func:`invemb.inversion.train.language_prior`)."""
         if self._language_prior is None:
-            self._language_prior = self._load_or_build_prior()
+            from invemb.inversion.train import ControllerTrainConfig, language_prior
+
+            trained = self.info.get("config")
+            self._language_prior = language_prior(self.run, ControllerTrainConfig.from_dict(trained) if trained else None)
         return self._language_prior
-
-    def _load_or_build_prior(self) -> BigramLM:
-        if self.run is not None and BigramLM.exists(self.run):
-            return BigramLM.load(self.run)
-        if not self.info.get("config"):
-            raise ValueError("lm_weight needs a language prior: this controller has no run folder or training "
-                             "config to build one from (give Controller a prior=, or decode with lm_weight=0)")
-        from invemb.inversion.train import ControllerTrainConfig, split_sentences
-
-        print("building the decoder's language prior from the controller's training text", file=sys.stderr)
-        lm = BigramLM.build(split_sentences(ControllerTrainConfig.from_dict(self.info["config"]), "train"))
-        if self.run is not None:
-            try:
-                lm.save(self.run)
-            except OSError as err:  # a read-only run folder: use it, keep nothing
-                print(f"language prior not saved in {self.run}: {err}", file=sys.stderr)
-        return lm
 
     def prior(self, decode: DecodeConfig):
         """The prior beam decoding adds to its scores for ``decode`` (text -> mean association of its

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +392,25 @@ def split_sentences(cfg: ControllerTrainConfig, split: str) -> list[str]:
     return Corpus(cfg.corpus).sentences(split, cfg.sources)
 
 
+def language_prior(run: Path | None, cfg: ControllerTrainConfig | None, progress: bool = False) -> BigramLM:
+    """The decoder's language prior (``--decode lm_weight``) for a controller trained with ``cfg``: the
+    run folder's own, else built from the same training text (seconds) and saved into the run (a
+    read-only folder: used, not kept)."""
+    if run is not None and BigramLM.exists(run):
+        return BigramLM.load(run)
+    if cfg is None:
+        raise ValueError("lm_weight needs a language prior: this controller has no run folder or training "
+                         "config to build one from (give Controller a prior=, or decode with lm_weight=0)")
+    print("building the decoder's language prior from the controller's training text", file=sys.stderr)
+    lm = BigramLM.build(split_sentences(cfg, "train"), progress=progress)
+    if run is not None:
+        try:
+            lm.save(run)
+        except OSError as err:
+            print(f"language prior not saved in {run}: {err}", file=sys.stderr)
+    return lm
+
+
 def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:
     texts = [t for t in split_sentences(cfg, split) if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
     g = torch.Generator().manual_seed(seed)
@@ -493,8 +513,7 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     from invemb.io import atomic_save_file
 
     atomic_save_file(out / "model.safetensors", lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
-    if not BigramLM.exists(out):  # the decoder's language prior (--decode lm_weight), from the same training text
-        BigramLM.build(split_sentences(cfg, "train"), progress=cfg.train.progress).save(out)
+    language_prior(out, cfg, progress=cfg.train.progress)  # built and saved once, beside the weights
     summary = {"run": str(out), "sentences": len(data.units), "states": len(data.states), **final}
     atomic_write_text(out / "report.md", "# controller run\n\n" + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
     return summary
