@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS indexes over unit vectors.\n\nExample: invemb index build --model runs/em-default --out runs/em-default/index")
+index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS indexes over unit vectors, and a controller's sentence memory.\n\nExamples: invemb index build --model runs/em-default --out runs/em-default/index; invemb index memory --controller runs/ctl-default --source wiki")
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
@@ -55,7 +55,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         output: Optional[Path] = typer.Option(None, "--output", help="JSONL results for --input / --vectors"),
         beam: Optional[int] = typer.Option(None, help="beam width (default: the run's)"),
         decode_sets: List[str] = typer.Option([], "--decode", help="decoding override KEY=VALUE (DecodeConfig: "
-                                              "beam, units_k, slots, expand, patience, lm_weight (the language prior; 0: off), ...; repeat)"),
+                                              "beam, units_k, slots, expand, patience, lm_weight (the language prior; 0: off), "
+                                              "memory_weight (the sentence memory; 0: off), ...; repeat)"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU: faster decoding)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
@@ -169,6 +170,30 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         index.save(out)
         emit({"units": len(vocab_obj), "kind": index.cfg.kind, "dim": index.dim, "out": str(out),
               "config": index.cfg.to_dict()})
+
+    @index_app.command("memory")
+    @user_errors
+    def index_memory(
+        controller: Path = typer.Option(..., help="controller run folder (its sentence memory is extended in place)"),
+        source: List[str] = typer.Option([], "--source", help="corpus source to add (wiki, wordnet, brown, nlp; repeat; default: all the controller trained on)"),
+        max_sentences: int = typer.Option(0, help="add at most this many sentences, a seeded sample (0: every one)"),
+        quiet: bool = typer.Option(False, help="no progress bar"),
+    ):
+        """Add the controller's training text to its sentence memory, the units of the training sentences
+        nearest to a target that `--decode memory_weight` offers the Selector (README "Sentence memory").
+        A controller run starts with the sentences of its own training states; this encodes the rest of
+        its corpus's train split (about 15 minutes for the default corpus on 2 cores). Killed, the same
+        command again keeps what it had encoded.
+
+        Examples:
+
+        \b
+          invemb index memory --controller runs/ctl-default --source wiki
+          invemb eval inversion --em runs/em-default --controller runs/ctl-default --decode memory_weight=10
+        """
+        from invemb.inversion.train import extend_memory
+
+        emit(extend_memory(controller, sources=list(source) or None, max_sentences=max_sentences, progress=not quiet))
 
     from invemb.eval.commands import eval_app
 

@@ -4,7 +4,8 @@ drives beam decoding. A controller run folder holds:
 ``config.json`` (kind "controller", the encoder it was trained on and its fingerprint, the vocabulary
 fingerprint, the training config), ``vocab.json``, ``unit_vectors.safetensors`` (every unit's
 encoder vector, computed once), ``model.safetensors`` (weights), ``bigram_lm.*`` (the decoder's
-language prior, :mod:`invemb.inversion.lm`), checkpoints, metrics, plots.
+language prior, :mod:`invemb.inversion.lm`), ``sentence_memory.*`` (the training sentences' vectors and
+units, :mod:`invemb.inversion.memory`), checkpoints, metrics, plots.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from invemb.encoder import Encoder, has_content
 from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
                                      beam_decode, beam_decode_many, check_target)
 from invemb.inversion.lm import BigramLM
+from invemb.inversion.memory import SentenceMemory
 from invemb.inversion.placer import Placer, PlacerConfig
 from invemb.inversion.selector import Selector, SelectorConfig
 from invemb.inversion.summary import BufferSummary, summarise
@@ -74,8 +76,11 @@ class ModelPolicy:
     """Selector -> unit index -> Placer, batched over the live hypotheses of one beam step."""
 
     def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index, frequent: list[int] | None = None,
-                 prune_placer: bool = True, stand_in: torch.Tensor | None = None):
+                 prune_placer: bool = True, stand_in: torch.Tensor | None = None,
+                 memory: Callable[[], SentenceMemory] | None = None):
+        """``memory``: gives the sentence memory of ``--decode memory_weight`` (asked for only when that is on)."""
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
+        self.memory = memory
         self.prune_placer = prune_placer  # skip Placer pairs that cannot yield a kept action (same proposals kept)
         self.stand_in = stand_in  # (N,) see stand_ins; None: every unit offered as itself
         # Function words sit far from any sentence vector, so the index rarely returns them; the
@@ -89,6 +94,14 @@ class ModelPolicy:
         """What the Selector and Placer read of each hypothesis: targets (H, D), buffers, text vectors."""
         text = torch.stack([x.vector if x.vector is not None else torch.zeros(targets.shape[1]) for x in hyps])  # (H, D)
         return summarise(targets, [x.units for x in hyps], text, self.unit_vectors, self.model.chunk)
+
+    def memory_votes(self, targets: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor | None:
+        """(H, N) each hypothesis's memory vote per unit (None when the memory is off): computed once per
+        distinct target, so a hypothesis gets the same votes alone and in a lockstep batch."""
+        if not cfg.memory_weight or self.memory is None:
+            return None
+        distinct, row = torch.unique(targets, dim=0, return_inverse=True)
+        return self.memory().votes(distinct, cfg.memory_k, cfg.memory_temperature, remap=self.stand_in)[row]
 
     def best_slots(self, s: BufferSummary, rows: list[int], units: list[int], buffer_lens: list[int], k: int):
         """The Placer on (summary row, unit) pairs: its output and, per pair, the log-probabilities and
@@ -118,24 +131,33 @@ class ModelPolicy:
             ids = torch.where(ids >= 0, self.stand_in[ids.clamp_min(0)], ids)
         n_found, frequent_ids = ids.shape[1], self.frequent[: cfg.frequent_units]
         frequent = frequent_ids.tolist()
+        votes = self.memory_votes(targets, cfg)  # (H, N) or None
+        n_memory = 0
+        if votes is not None and cfg.memory_units:  # the memory's best-voted units join the retrieved ones
+            voted = votes.topk(cfg.memory_units, dim=1)
+            ids = torch.cat([ids, voted.indices.masked_fill(voted.values <= 0, -1)], dim=1)  # (H, P + Mu)
+            n_memory = cfg.memory_units
         # Logits (cosine / temperature, or the reranker's) of each hypothesis's retrieved and frequent units.
-        pool = torch.cat([ids.clamp_min(0), frequent_ids.expand(len(hyps), -1)], dim=1)  # (H, P + F)
-        logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + F)
-        logits[:, :n_found].masked_fill_(ids < 0, float("-inf"))  # slots the index left empty
+        pool = torch.cat([ids.clamp_min(0), frequent_ids.expand(len(hyps), -1)], dim=1)  # (H, P + Mu + F)
+        logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + Mu + F)
+        n_ranked = n_found + n_memory
+        logits[:, :n_ranked].masked_fill_(ids < 0, float("-inf"))  # slots the index or the memory left empty
+        if votes is not None:  # retrieved and memory units get the vote; frequent ones are offered as they are
+            logits[:, :n_ranked] += cfg.memory_weight * votes.gather(1, pool[:, :n_ranked])
         pair_hyp, pair_unit, pair_logp = [], [], []
         for i, x in enumerate(hyps):
             placed = set(x.units)
             row, units = logits[i].tolist(), pool[i].tolist()
             found, offered = [], set()
-            for c in range(n_found):
-                if len(found) == max(cfg.units_k + len(x.units), rerank):
-                    break
+            for c in range(n_ranked):
+                if c < n_found and len(found) == max(cfg.units_k + len(x.units), rerank):
+                    continue  # the index's first units only; the memory's are all considered
                 if row[c] > float("-inf") and units[c] not in offered:  # a stand-in found twice is offered once
                     offered.add(units[c])
                     found.append((row[c] - (cfg.repeat_penalty / temp if units[c] in placed else 0.0), units[c]))
             ranked = sorted(found, key=lambda p: (-p[0], p[1]))[: cfg.units_k]  # exact ties: by unit id
             seen = {u for _, u in ranked}
-            ranked += [(row[n_found + c] - (cfg.repeat_penalty / temp if u in placed else 0.0), u)
+            ranked += [(row[n_ranked + c] - (cfg.repeat_penalty / temp if u in placed else 0.0), u)
                        for c, u in enumerate(frequent) if u not in seen]  # penalised like the retrieved units
             logp = torch.log_softmax(torch.tensor([p[0] for p in ranked]), 0).tolist()
             for (_, u), lp in zip(ranked, logp):
@@ -237,20 +259,22 @@ class Controller:
 
     def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
                  decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None,
-                 run: Path | None = None):
+                 run: Path | None = None, memory: SentenceMemory | None = None):
         """``prior``: the language prior of ``decode.lm_weight`` (default: the run's own, loaded or built
-        when a decode first needs it); ``run``: the run folder it was loaded from, where that prior lives."""
+        when a decode first needs it); ``memory``: the sentence memory of ``decode.memory_weight`` (default:
+        the run's own, loaded when a decode first needs it); ``run``: the run folder it was loaded from."""
         from invemb.index import IndexConfig, UnitIndex
 
         self.encoder = CountingEncoder(encoder)
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.settings(decode)
         self.info = info or {}
-        self.run, self._language_prior = run, prior
+        self.run, self._language_prior, self._memory = run, prior, memory
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
-                                  stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts))
+                                  stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts),
+                                  memory=lambda: self.sentence_memory)
 
     @classmethod
     def load(cls, run: str | Path, em: str | Path | Encoder | None = None, runtime: str = "torch",
@@ -291,6 +315,18 @@ class Controller:
             trained = self.info.get("config")
             self._language_prior = language_prior(self.run, ControllerTrainConfig.from_dict(trained) if trained else None)
         return self._language_prior
+
+    @property
+    def sentence_memory(self) -> SentenceMemory:
+        """The sentence memory of ``--decode memory_weight``: the one given, else the run's own, else built
+        now from the controller's training states (their vectors are saved; nothing is encoded)."""
+        if self._memory is None:
+            from invemb.inversion.train import ControllerTrainConfig, sentence_memory
+
+            trained = self.info.get("config")
+            self._memory = sentence_memory(self.run, ControllerTrainConfig.from_dict(trained) if trained else None,
+                                           self.vocab)
+        return self._memory
 
     def prior(self, decode: DecodeConfig):
         """The prior beam decoding adds to its scores for ``decode`` (text -> mean association of its

@@ -51,6 +51,13 @@ class DecodeConfig(Config):
     # model_weight * log-prob + the child's weighted prior before the expand cut, so the prior also
     # chooses which children get encoded (1: the policy's order alone decides that)
     lm_pool: int = 3
+    # Weight of the sentence memory's vote (invemb.inversion.memory: the units of the training sentences
+    # nearest to the target) added to the Selector's logits; 0: off. memory_k nearest sentences, softmax
+    # over cos / memory_temperature; the memory_units best-voted units join each hypothesis's candidates.
+    memory_weight: float = 0.0
+    memory_k: int = 100
+    memory_temperature: float = 0.1
+    memory_units: int = 16
     repeat_penalty: float = 0.05  # cosine taken off units already in the buffer
     frequent_units: int = 20  # the N most frequent vocabulary units (the, of, a, ...) join every hypothesis's candidates
     stop_threshold: float = 0.5
@@ -72,8 +79,10 @@ class DecodeConfig(Config):
     def __post_init__(self) -> None:
         bad = [f"{k}={getattr(self, k)} (at least {least})"
                for k, least in (("beam", 1), ("units_k", 1), ("slots", 1), ("expand", 1), ("max_words", 1),
-                                ("max_steps", 1), ("lm_pool", 1), ("patience", 0), ("frequent_units", 0), ("expand_gap", 0),
-                                ("min_gain", 0), ("repeat_penalty", 0), ("model_weight", 0), ("lm_weight", 0))
+                                ("max_steps", 1), ("lm_pool", 1), ("memory_k", 1), ("memory_units", 0), ("patience", 0),
+                                ("frequent_units", 0), ("expand_gap", 0),
+                                ("min_gain", 0), ("repeat_penalty", 0), ("model_weight", 0), ("lm_weight", 0),
+                                ("memory_weight", 0), ("memory_temperature", 1e-6))
                if not getattr(self, k) >= least]  # NaN fails this too
         bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
                 if not math.isfinite(getattr(self, k))]

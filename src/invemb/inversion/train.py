@@ -37,6 +37,7 @@ from invemb.io import PartialFolder
 from invemb.inversion.controller import ControllerModel
 from invemb.inversion.decode import DecodeConfig, render
 from invemb.inversion.lm import BigramLM
+from invemb.inversion.memory import SentenceMemory, text_hash
 from invemb.inversion.placer import PlacerConfig
 from invemb.inversion.segment import Segmenter
 from invemb.inversion.selector import SelectorConfig
@@ -134,11 +135,8 @@ class StateSet:
         return cls(j["units"], t["targets"], [(s, list(p)) for s, p in j["states"]], t["buffer_vecs"], t["hard"], noise)
 
 
-def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, index, cfg: ControllerTrainConfig,
-                 seed: int, progress: bool = True, spill: PartialFolder | None = None) -> StateSet:
-    """Sample training states of ``sentences``. ``spill``: keeps each finished chunk of encodings, so
-    a run killed while encoding re-encodes only the chunks it had not finished."""
-    vocab = segmenter.vocab
+def covered(sentences: list[str], segmenter: Segmenter, cfg: ControllerTrainConfig) -> tuple[list[str], list[list[int]]]:
+    """The sentences a controller trains on (covered by the vocabulary, 2 to max_len units) and their unit ids."""
     kept, units = [], []
     for s in sentences:
         seg = segmenter.segment(s)
@@ -146,6 +144,15 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
         if seg.coverage >= cfg.min_coverage and 2 <= len(ids) < cfg.placer.max_len:
             kept.append(s)
             units.append(ids)
+    return kept, units
+
+
+def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, index, cfg: ControllerTrainConfig,
+                 seed: int, progress: bool = True, spill: PartialFolder | None = None) -> StateSet:
+    """Sample training states of ``sentences``. ``spill``: keeps each finished chunk of encodings, so
+    a run killed while encoding re-encodes only the chunks it had not finished."""
+    vocab = segmenter.vocab
+    kept, units = covered(sentences, segmenter, cfg)
     if not kept:
         raise ValueError("no training sentence is covered by the vocabulary (check --vocab and the sentences)")
     targets = _encode(encoder, kept, "targets", progress, spill=spill)
@@ -409,6 +416,83 @@ def language_prior(run: Path | None, cfg: ControllerTrainConfig | None, progress
         except OSError as err:
             print(f"language prior not saved in {run}: {err}", file=sys.stderr)
     return lm
+
+
+def sentence_memory(run: Path | None, cfg: ControllerTrainConfig | None, vocab: Vocab) -> SentenceMemory:
+    """The decoder's sentence memory (``--decode memory_weight``) of a controller run: its own, else one
+    built from its saved training states (their targets and gold units: nothing to encode, seconds) and
+    saved into the run (a read-only folder: used, not kept)."""
+    if run is not None and SentenceMemory.exists(run):
+        return SentenceMemory.load(run)
+    if run is None or not (run / "states_train.json").exists():
+        raise ValueError("memory_weight needs a sentence memory: this controller has no run folder with training "
+                         "states to build one from (give Controller a memory=, or decode with memory_weight=0)")
+    print("building the decoder's sentence memory from the controller's training states", file=sys.stderr)
+    data = StateSet.load(run / "states_train")
+    hashes = []  # the states keep no texts: the same draw again gives them, and their hashes
+    if cfg is not None:
+        texts, units = covered(_sentences(cfg, "train", cfg.max_sentences, cfg.train.seed), Segmenter(vocab), cfg)
+        if units == data.units:  # else the corpus changed since training: no hashes to skip repeats by
+            hashes = [text_hash(t) for t in texts]
+    memory = SentenceMemory.from_lists(data.targets, data.units, len(vocab), hashes)
+    try:
+        memory.save(run)
+    except OSError as err:
+        print(f"sentence memory not saved in {run}: {err}", file=sys.stderr)
+    return memory
+
+
+def extend_memory(run: str | Path, sources: list[str] | None = None, max_sentences: int = 0, encoder: Encoder | None = None,
+                  progress: bool = True) -> dict:
+    """Add the controller's training text (``sources`` of its corpus, default all it trained on; at most
+    ``max_sentences``, 0: every one) to its sentence memory, encoding each sentence the memory lacks
+    (10-20 minutes for the default corpus's 310k on 2 cores). Killed, the same call again keeps the
+    chunks it had encoded (``memory_encoded/`` in the run)."""
+    import invemb
+    from invemb.io import content_key
+    from invemb.inversion.controller import controller_info
+
+    run = Path(run)
+    info = controller_info(run)
+    trained = ControllerTrainConfig.from_dict(info["config"])
+    cfg = trained
+    if max_sentences < 0:
+        raise ValueError(f"--max-sentences must be 0 (every sentence) or more, got {max_sentences}")
+    if sources:
+        if cfg.train_file:
+            raise ValueError(f"{run} was trained on --set train_file={cfg.train_file}, which has no sources to pick")
+        from invemb.text.corpus import Corpus
+
+        present = sorted({r["source"] for r in Corpus(cfg.corpus).rows})
+        unknown = [x for x in sources if x not in present]
+        if unknown:
+            raise ValueError(f"unknown source {', '.join(unknown)}: the corpus {cfg.corpus} has {', '.join(present)}")
+        cfg = cfg.replace(sources=list(sources))
+    vocab = Vocab.load(run / "vocab.json")
+    memory = sentence_memory(run, trained, vocab)  # the states' own draw, whatever sources are added
+    known = set(memory.texts_hash)
+    texts = [t for t in split_sentences(cfg, "train") if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
+    texts = [t for t in dict.fromkeys(texts) if text_hash(t) not in known]
+    if max_sentences:
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        texts = [texts[i] for i in sorted(torch.randperm(len(texts), generator=g)[:max_sentences].tolist())]
+    texts, units = covered(texts, Segmenter(vocab), cfg)
+    before = len(memory)
+    if texts:
+        from invemb.inversion.units import encoder_fingerprint
+
+        encoder = encoder or invemb.load(info["em"])
+        fp = encoder_fingerprint(encoder)
+        if fp != info["encoder_fingerprint"]:
+            raise ValueError(f"encoder {info['em']} is not the one controller {run} was trained on")
+        spill = PartialFolder(run / "memory_encoded", content_key("sentence memory", fp))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
+        vectors = torch.empty(len(texts), encoder.dim)
+        vectors[order] = _encode(encoder, [texts[i] for i in order], "memory sentences", progress, spill=spill)
+        memory = memory.extend(SentenceMemory.from_lists(vectors, units, len(vocab), [text_hash(t) for t in texts]))
+        memory.save(run)
+        spill.discard()
+    return {"run": str(run), "sentences_before": before, "sentences_added": len(memory) - before, "sentences": len(memory)}
 
 
 def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:

@@ -1,0 +1,120 @@
+import json
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from invemb.inversion.memory import MEMORY_FILES, SentenceMemory, text_hash
+from toy import toy_sentences, toy_vocab
+
+
+def small_memory() -> SentenceMemory:
+    vectors = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # unit-norm rows
+    return SentenceMemory.from_lists(vectors, [[3, 1, 3], [1, 2], [0, 2]], n_units=5, texts_hash=["a", "b", "c"])
+
+
+def test_votes_match_a_hand_computation():
+    memory = small_memory()
+    assert memory.sentence_units(0) == [1, 3]  # distinct and sorted
+    assert memory.base_rate.tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3, 1 / 3, 0.0])
+    got = memory.votes(torch.tensor([[2.0, 0.0]]), k=2, temperature=0.5)  # the target need not be normalised
+    # nearest two: sentence 0 (cos 1.0) and 1 (cos 0.8); weights softmax([1.0, 0.8] / 0.5)
+    w0 = 1 / (1 + torch.exp(torch.tensor(-0.4))).item()
+    expected = [0.0, max(0.0, 1.0 - 2 / 3), max(0.0, (1 - w0) - 2 / 3), w0 - 1 / 3, 0.0]
+    assert got.shape == (1, 5)
+    assert got[0].tolist() == pytest.approx(expected, abs=1e-6)
+    # case twins: unit 3 stands in for 1 and itself; it gets the better of their votes, unit 1 nothing
+    twins = memory.votes(torch.tensor([[2.0, 0.0]]), k=2, temperature=0.5, remap=torch.tensor([0, 3, 2, 3, 4]))
+    assert twins[0].tolist() == pytest.approx([0.0, 0.0, expected[2], max(expected[1], expected[3]), 0.0], abs=1e-6)
+
+
+def test_memory_saves_loads_and_extends_without_repeats(tmp_path):
+    memory = small_memory()
+    memory.save(tmp_path)
+    assert SentenceMemory.exists(tmp_path)
+    back = SentenceMemory.load(tmp_path)
+    target = torch.tensor([[0.3, 0.9]])
+    assert torch.allclose(back.votes(target, 3, 0.1), memory.votes(target, 3, 0.1), atol=1e-3)  # fp16 vectors on disk
+    assert back.texts_hash == ["a", "b", "c"] and back.n_units == 5
+    more = SentenceMemory.from_lists(torch.tensor([[0.6, 0.8], [1.0, 0.0]]), [[4], [3]], 5, ["d", "a"])
+    both = memory.extend(more)
+    assert len(both) == 4 and both.texts_hash == ["a", "b", "c", "d"] and both.sentence_units(3) == [4]
+    with pytest.raises(ValueError, match="different vocabularies"):
+        memory.extend(SentenceMemory.from_lists(torch.ones(1, 2), [[0]], 7))
+    with pytest.raises(ValueError, match="bad sentence memory"):
+        SentenceMemory(torch.ones(2, 2), torch.zeros(2, dtype=torch.long), torch.zeros(0, dtype=torch.long), 3)
+
+
+def test_the_memory_offers_a_unit_the_selector_does_not_retrieve(toy_run):
+    from invemb.inversion.controller import Controller
+    from invemb.inversion.decode import Hypothesis
+
+    run, encoder, _ = toy_run
+    sentence = toy_sentences(1, seed=5)[0]
+    target = encoder.encode([sentence])  # (1, D)
+    plain = Controller.load(run, em=encoder, lm_weight=0.0)
+    cfg = plain.decode_cfg
+    offered = {a.unit for a in plain.policy.propose(target, [Hypothesis([])], cfg)[0].actions}
+    absent = next(u for u in range(len(plain.vocab)) if u not in offered)
+    # a memory whose only sentence near the target holds the absent unit
+    far = F.normalize(torch.randn(3, encoder.dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    memory = SentenceMemory.from_lists(torch.cat([target, -far]), [[absent], [0], [1], [2]], len(plain.vocab))
+    ctrl = Controller(plain.encoder.encoder, plain.vocab, plain.unit_vectors, plain.model, cfg, plain.info,
+                      run=run, memory=memory)
+    on = cfg.replace(memory_weight=50.0, memory_k=2)  # a vote of 0.75 outweighs any logit gap
+    with_memory = ctrl.policy.propose(target, [Hypothesis([])], on)[0].actions
+    assert absent in {a.unit for a in with_memory}
+    assert {a.unit for a in ctrl.policy.propose(target, [Hypothesis([])], cfg)[0].actions} == offered  # off: as before
+    res = ctrl.invert_vector(target[0], on)
+    assert res.text and res.cosine is not None
+
+
+def test_a_run_builds_its_memory_from_its_states_and_extends_it_with_its_training_text(toy_run, tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from invemb.cli import app
+    from invemb.inversion.controller import Controller
+    from invemb.inversion.train import ControllerTrainConfig, extend_memory, train_controller
+    from invemb.io import write_jsonl
+
+    run, encoder, _ = toy_run
+    # A run builds its memory from its saved training states when a decode first needs it.
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(*MEMORY_FILES, "checkpoints"))
+    ctrl = Controller.load(copy, em=encoder, lm_weight=0.0, memory_weight=2.0)
+    assert not SentenceMemory.exists(copy)
+    ctrl.invert_vector(encoder.encode([toy_sentences(1, seed=4)[0]])[0])
+    assert "building the decoder's sentence memory" in capsys.readouterr().err
+    built = SentenceMemory.load(copy)
+    # every training sentence (the train file's lines after the 48 dev ones), with its text's hash
+    assert sorted(built.texts_hash) == sorted(text_hash(t) for t in toy_sentences(240, seed=0)[48:])
+
+    # A run trained on part of its text: extending adds the rest once, and again adds nothing.
+    root = tmp_path / "part"
+    root.mkdir()
+    toy_vocab().save(root / "vocab.json")
+    texts = toy_sentences(120, seed=1)
+    assert len(set(texts)) == len(texts)  # so the counts below are sentences, not repeats
+    write_jsonl(root / "train.jsonl", [{"text": s} for s in texts])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(root / "vocab.json"), train_file=str(root / "train.jsonl"),
+                                       max_sentences=40, dev_sentences=20).replace(**{"train.epochs": 1, "train.progress": False})
+    train_controller("toy", cfg, root / "run", encoder=encoder)
+    added = extend_memory(root / "run", max_sentences=30, encoder=encoder, progress=False)
+    assert (added["sentences_before"], added["sentences_added"]) == (40, 30)
+    train_texts = texts[20:]  # the file's first 20 lines are dev
+    added = extend_memory(root / "run", encoder=encoder, progress=False)
+    assert added["sentences"] == len(train_texts)
+    memory = SentenceMemory.load(root / "run")
+    assert sorted(memory.texts_hash) == sorted(text_hash(t) for t in train_texts)
+    # each sentence's vector is its encoding, its units its segmentation
+    i = memory.texts_hash.index(text_hash(train_texts[-1]))
+    assert torch.allclose(memory.vectors[i], encoder.encode([train_texts[-1]])[0], atol=1e-3)
+    assert extend_memory(root / "run", encoder=encoder, progress=False)["sentences_added"] == 0
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["index", "memory", "--controller", str(root / "run"), "--source", "wiki"])
+    assert bad.exit_code != 0 and "has no sources to pick" in bad.output
+    bad = runner.invoke(app, ["index", "memory", "--controller", str(root / "run"), "--max-sentences", "-1"])
+    assert bad.exit_code != 0 and "--max-sentences must be 0" in bad.output
+    assert json.loads((root / "run" / "config.json").read_text())["kind"] == "controller"
