@@ -36,5 +36,13 @@ def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
         os.chmod(tmp_path / "new.json", 0o640)
         atomic_write_json(tmp_path / "new.json", {"x": 1})
         assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
+        # a writer that makes a file of its own in the temporary's place (safetensors does) gets it too
+        import torch
+        from safetensors.torch import save_file
+
+        from invemb.io import atomic_save_file
+
+        atomic_save_file(tmp_path / "w.safetensors", lambda p: save_file({"w": torch.zeros(2)}, p))
+        assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~io._UMASK
     finally:
         os.umask(mask)

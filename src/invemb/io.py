@@ -29,10 +29,12 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     # mkstemp makes the file private (0600) and os.replace keeps that: give it the mode a plain
     # open() would (the old file's, else 0666 less the umask), so others can read results and runs.
-    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
+    # Set after the writer ran: some (safetensors' save_file) write a new file in the temporary's place.
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
