@@ -58,10 +58,15 @@ class SentenceMemory:
         if other.n_units != self.n_units or other.vectors.shape[1] != self.vectors.shape[1]:
             raise ValueError("sentence memories of different vocabularies or encoders cannot be merged")
         known = set(self.texts_hash)
-        keep = [i for i in range(len(other)) if not other.texts_hash or other.texts_hash[i] not in known]
-        lists = [self.sentence_units(i) for i in range(len(self))] + [other.sentence_units(i) for i in keep]
-        hashes = self.texts_hash + [other.texts_hash[i] for i in keep] if self.texts_hash and other.texts_hash else []
-        return SentenceMemory.from_lists(torch.cat([self.vectors, other.vectors[keep]]), lists, self.n_units, hashes)
+        keep = (torch.tensor([h not in known for h in other.texts_hash], dtype=torch.bool) if other.texts_hash
+                else torch.ones(len(other), dtype=torch.bool))  # (M_other,)
+        lengths = other.offsets.diff()  # (M_other,) units per sentence
+        entry_kept = keep.repeat_interleave(lengths)  # (T_other,) each unit entry: is its sentence kept
+        offsets = torch.cat([self.offsets, self.offsets[-1] + lengths[keep].cumsum(0)])
+        hashes = self.texts_hash + [h for h, k in zip(other.texts_hash, keep.tolist()) if k] \
+            if self.texts_hash and other.texts_hash else []
+        return SentenceMemory(torch.cat([self.vectors, other.vectors[keep]]), offsets,
+                              torch.cat([self.units, other.units[entry_kept]]), self.n_units, hashes)
 
     def sentence_units(self, i: int) -> list[int]:
         return self.units[self.offsets[i]: self.offsets[i + 1]].tolist()

@@ -399,6 +399,14 @@ def split_sentences(cfg: ControllerTrainConfig, split: str) -> list[str]:
     return Corpus(cfg.corpus).sentences(split, cfg.sources)
 
 
+def _keep_in_run(built, run: Path, what: str) -> None:
+    """Save what a decode built on first use into its run; a read-only run keeps working without it."""
+    try:
+        built.save(run)
+    except OSError as err:
+        print(f"{what} not saved in {run}: {err}", file=sys.stderr)
+
+
 def language_prior(run: Path | None, cfg: ControllerTrainConfig | None, progress: bool = False) -> BigramLM:
     """The decoder's language prior (``--decode lm_weight``) for a controller trained with ``cfg``: the
     run folder's own, else built from the same training text (seconds) and saved into the run (a
@@ -411,10 +419,7 @@ def language_prior(run: Path | None, cfg: ControllerTrainConfig | None, progress
     print("building the decoder's language prior from the controller's training text", file=sys.stderr)
     lm = BigramLM.build(split_sentences(cfg, "train"), progress=progress)
     if run is not None:
-        try:
-            lm.save(run)
-        except OSError as err:
-            print(f"language prior not saved in {run}: {err}", file=sys.stderr)
+        _keep_in_run(lm, run, "language prior")
     return lm
 
 
@@ -435,10 +440,7 @@ def sentence_memory(run: Path | None, cfg: ControllerTrainConfig | None, vocab: 
         if units == data.units:  # else the corpus changed since training: no hashes to skip repeats by
             hashes = [text_hash(t) for t in texts]
     memory = SentenceMemory.from_lists(data.targets, data.units, len(vocab), hashes)
-    try:
-        memory.save(run)
-    except OSError as err:
-        print(f"sentence memory not saved in {run}: {err}", file=sys.stderr)
+    _keep_in_run(memory, run, "sentence memory")
     return memory
 
 
@@ -454,8 +456,7 @@ def extend_memory(run: str | Path, sources: list[str] | None = None, max_sentenc
 
     run = Path(run)
     info = controller_info(run)
-    trained = ControllerTrainConfig.from_dict(info["config"])
-    cfg = trained
+    cfg = trained = ControllerTrainConfig.from_dict(info["config"])
     if max_sentences < 0:
         raise ValueError(f"--max-sentences must be 0 (every sentence) or more, got {max_sentences}")
     if sources:
@@ -471,8 +472,7 @@ def extend_memory(run: str | Path, sources: list[str] | None = None, max_sentenc
     vocab = Vocab.load(run / "vocab.json")
     memory = sentence_memory(run, trained, vocab)  # the states' own draw, whatever sources are added
     known = set(memory.texts_hash)
-    texts = [t for t in split_sentences(cfg, "train") if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
-    texts = [t for t in dict.fromkeys(texts) if text_hash(t) not in known]
+    texts = [t for t in dict.fromkeys(_fitting(cfg, "train")) if text_hash(t) not in known]
     if max_sentences:
         g = torch.Generator().manual_seed(cfg.train.seed)
         texts = [texts[i] for i in sorted(torch.randperm(len(texts), generator=g)[:max_sentences].tolist())]
@@ -495,8 +495,13 @@ def extend_memory(run: str | Path, sources: list[str] | None = None, max_sentenc
     return {"run": str(run), "sentences_before": before, "sentences_added": len(memory) - before, "sentences": len(memory)}
 
 
+def _fitting(cfg: ControllerTrainConfig, split: str) -> list[str]:
+    """The sentences of ``split`` of ``cfg.min_words``-``cfg.max_words`` tokens."""
+    return [t for t in split_sentences(cfg, split) if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
+
+
 def _sentences(cfg: ControllerTrainConfig, split: str, limit: int, seed: int) -> list[str]:
-    texts = [t for t in split_sentences(cfg, split) if cfg.min_words <= len(tokenize(t)) <= cfg.max_words]
+    texts = _fitting(cfg, split)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(texts), generator=g)[:limit].tolist()
     return [texts[i] for i in order]
