@@ -118,3 +118,66 @@ def test_a_run_builds_its_memory_from_its_states_and_extends_it_with_its_trainin
     bad = runner.invoke(app, ["index", "memory", "--controller", str(root / "run"), "--max-sentences", "-1"])
     assert bad.exit_code != 0 and "--max-sentences must be 0" in bad.output
     assert json.loads((root / "run" / "config.json").read_text())["kind"] == "controller"
+
+
+def test_top_votes_leave_a_targets_own_group_out():
+    memory = small_memory()
+    full = memory.votes(memory.vectors, k=2, temperature=0.5)  # (3, 5)
+    ids, votes = memory.top_votes(memory.vectors, units=3, k=2, temperature=0.5)
+    assert votes[0].tolist() == pytest.approx(sorted(full[0].tolist(), reverse=True)[:3], abs=1e-6)
+    assert 3 in ids[0].tolist()  # unit 3 is sentence 0's own
+    assert (ids[votes <= 0] == -1).all()  # no id without a vote
+    own = torch.arange(3)
+    ids, votes = memory.top_votes(memory.vectors, units=3, k=2, temperature=0.5, groups=(own, own), chunk=2)
+    # sentence 0 hears only from sentences 1 and 2, so its own unit 3 gets no vote
+    assert 3 not in ids[0].tolist()
+    assert votes[0].tolist() == pytest.approx(sorted(memory.votes(memory.vectors[:1], 2, 0.5,
+                                                                  exclude=torch.tensor([[True, False, False]]))[0].tolist(),
+                                                     reverse=True)[:3], abs=1e-6)
+
+
+def test_memory_input_zeroes_the_votes_of_placed_units():
+    from invemb.inversion.selector import MemoryInput
+
+    mem = MemoryInput.of(torch.tensor([[3, 1, -1]]), torch.tensor([[0.5, 0.2, 0.0]]), [[1]], torch.eye(5))
+    assert mem.votes.tolist() == [[0.5, 0.0, 0.0]]  # unit 1 is in the buffer
+    assert mem.vectors[0, 2].abs().sum() == 0 and mem.vectors[0, 0].tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]
+    assert mem.votes_of(torch.tensor([3, 1, 4])).tolist() == [[0.5, 0.0, 0.0]]
+
+
+def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding(tmp_path):
+    from invemb.inversion.controller import Controller
+    from invemb.inversion.decode import Hypothesis
+    from invemb.inversion.train import ControllerTrainConfig, StateSet, sentence_docs, train_controller
+    from invemb.io import write_jsonl
+    from invemb.text.vocab import Vocab
+    from toy import BagEncoder
+
+    encoder = BagEncoder()
+    toy_vocab().save(tmp_path / "vocab.json")
+    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(160, seed=3)])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
+                                       max_sentences=160, dev_sentences=32).replace(
+        **{"train.epochs": 3, "train.progress": False, "selector.memory": 4})
+    summary = train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
+    k = cfg.decode.units_k
+    assert 0.0 < summary[f"dev_memory_prec@{k}"] <= 1.0 and summary[f"dev_memory_hit@{k}"] > 0.5
+    # a train_file has no documents: each sentence is left out of its own neighbours only
+    assert sentence_docs(cfg, Vocab.load(tmp_path / "vocab.json"), StateSet.load(tmp_path / "run" / "states_train")) is None
+
+    ctrl = Controller.load(tmp_path / "run", em=encoder, lm_weight=0.0)
+    sentence = toy_sentences(1, seed=9)[0]
+    target = encoder.encode([sentence])
+    read = ctrl.policy.selector_memory(target, [Hypothesis([])])
+    assert read.ids.shape == (1, 4) and (read.votes >= 0).all() and read.votes.sum() > 0
+    s = ctrl.policy.summary(target, [Hypothesis([])])
+    with pytest.raises(ValueError, match="reads a sentence memory"):
+        ctrl.model.selector(s)
+    assert ctrl.model.selector(s, read).memory_gate.item() > 0
+    res = ctrl.invert_vector(target[0])
+    assert res.text and res.cosine > 0.5
+    # the memory's votes are kept per target across steps: a sentence decodes the same alone and in a batch
+    texts = toy_sentences(3, seed=11)
+    together = [r["reconstruction"] for r in ctrl.invert_texts(texts, progress=False)]
+    fresh = Controller.load(tmp_path / "run", em=encoder, lm_weight=0.0)
+    assert together == [fresh.invert_texts([t], progress=False)[0]["reconstruction"] for t in texts]

@@ -33,6 +33,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         With the Selector's reranker (better units, slower training; README "Reranker"):
         invemb train controller --em runs/em-default --out runs/controller-rerank --set selector.rerank=64
+
+        Without the sentence memory the Selector reads by default (20% faster training, about 1-2 points
+        less wiki token F1; README "Sentence memory"):
+        invemb train controller --em runs/em-default --out runs/controller-plain --set selector.memory=0
         """
         from invemb.config import parse_overrides
         from invemb.inversion.train import ControllerTrainConfig, train_controller
@@ -179,18 +183,19 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         max_sentences: int = typer.Option(0, help="add at most this many sentences, a seeded sample (0: every one)"),
         quiet: bool = typer.Option(False, help="no progress bar"),
     ):
-        """Add the controller's training text to its sentence memory, the units of the training sentences
-        nearest to a target that `--decode memory_weight` offers the Selector (README "Sentence memory").
-        A controller run starts with the sentences of its own training states; this encodes more of its
-        corpus's train split (default corpus, 2 cores: all of it, 215k sentences, 13 minutes; `--source
-        wiki`, 21k, 2 minutes). A memory of the genre you invert works best. Killed, the same command
-        again keeps what it had encoded.
+        """Add the controller's training text to its sentence memory: the units of the training sentences
+        nearest to a target, which the Selector reads (trained with `selector.memory`, the default preset)
+        and `--decode memory_weight` offers it (README "Sentence memory"). A controller run starts with the
+        sentences of its own training states; this encodes more of its corpus's train split (default
+        corpus, 2 cores: all of it, 215k sentences, 13 minutes; `--source wiki`, 21k, 2 minutes). A memory
+        of the genre you invert works best: with the wiki text, wiki token F1 rose from 44.5 / 42.9 to
+        46.1 / 48.6 on two samples. Killed, the same command again keeps what it had encoded.
 
         Examples:
 
         \b
           invemb index memory --controller runs/ctl-default --source wiki
-          invemb eval inversion --em runs/em-default --controller runs/ctl-default --decode memory_weight=10
+          invemb eval inversion --em runs/em-default --controller runs/ctl-default
         """
         from invemb.inversion.train import extend_memory
 

@@ -27,7 +27,7 @@ from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypo
 from invemb.inversion.lm import BigramLM
 from invemb.inversion.memory import SentenceMemory
 from invemb.inversion.placer import Placer, PlacerConfig
-from invemb.inversion.selector import Selector, SelectorConfig
+from invemb.inversion.selector import MemoryInput, Selector, SelectorConfig
 from invemb.inversion.summary import BufferSummary, summarise
 from invemb.text.vocab import Vocab
 
@@ -78,9 +78,11 @@ class ModelPolicy:
     def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index, frequent: list[int] | None = None,
                  prune_placer: bool = True, stand_in: torch.Tensor | None = None,
                  memory: Callable[[], SentenceMemory] | None = None):
-        """``memory``: gives the sentence memory of ``--decode memory_weight`` (asked for only when that is on)."""
+        """``memory``: gives the sentence memory (asked for only when ``--decode memory_weight`` is on or
+        the Selector reads one)."""
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
         self.memory = memory
+        self._read_cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # target -> its memory (ids, votes)
         self.prune_placer = prune_placer  # skip Placer pairs that cannot yield a kept action (same proposals kept)
         self.stand_in = stand_in  # (N,) see stand_ins; None: every unit offered as itself
         # Function words sit far from any sentence vector, so the index rarely returns them; the
@@ -103,6 +105,27 @@ class ModelPolicy:
         distinct, row = torch.unique(targets, dim=0, return_inverse=True)
         return self.memory().votes(distinct, cfg.memory_k, cfg.memory_temperature, remap=self.stand_in)[row]
 
+    def selector_memory(self, targets: torch.Tensor, hyps: Sequence[Hypothesis]) -> MemoryInput | None:
+        """What a Selector trained with a memory (``selector.memory``) reads of it per hypothesis, its votes
+        computed once per distinct target as ``memory_votes``; None for a Selector without one."""
+        cfg = self.model.selector.cfg
+        if not cfg.memory:
+            return None
+        if self.memory is None:
+            raise ValueError("this controller's Selector reads a sentence memory: give the policy memory=")
+        # A target's votes are the same at every step of its search: computed once, kept for the next steps.
+        keys = [t.numpy().tobytes() for t in targets.float()]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._read_cache))
+        if todo:
+            if len(self._read_cache) + len(todo) > 4096:  # bounded: a long stream of vectors never fills memory
+                self._read_cache.clear()
+            rows = torch.tensor([keys.index(k) for k in todo])
+            ids, votes = self.memory().top_votes(targets[rows], cfg.memory, cfg.memory_k, cfg.memory_temperature,
+                                                 remap=self.stand_in)
+            self._read_cache.update(zip(todo, zip(ids, votes)))
+        ids, votes = (torch.stack(x) for x in zip(*(self._read_cache[k] for k in keys)))
+        return MemoryInput.of(ids, votes, [x.units for x in hyps], self.unit_vectors)
+
     def best_slots(self, s: BufferSummary, rows: list[int], units: list[int], buffer_lens: list[int], k: int):
         """The Placer on (summary row, unit) pairs: its output and, per pair, the log-probabilities and
         slots of its ``k`` best slots (fewer where the buffer has fewer: u units have u + 1 slots)."""
@@ -115,7 +138,8 @@ class ModelPolicy:
 
     def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
         s = self.summary(targets, hyps)
-        sel = self.model.selector(s)
+        read = self.selector_memory(targets, hyps)  # (H, M) the Selector's own memory input, or None
+        sel = self.model.selector(s, read)
         stop = torch.sigmoid(sel.stop_logit).tolist()
         temp = self.model.selector.cfg.temperature
         # How many units each hypothesis fetches depends on the settings alone, never on the other
@@ -137,9 +161,13 @@ class ModelPolicy:
             voted = votes.topk(cfg.memory_units, dim=1)
             ids = torch.cat([ids, voted.indices.masked_fill(voted.values <= 0, -1)], dim=1)  # (H, P + Mu)
             n_memory = cfg.memory_units
+        if read is not None:  # the memory units a memory-trained Selector reads are its candidates too
+            ids = torch.cat([ids, read.ids], dim=1)  # (H, P + Mu + M)
+            n_memory += read.ids.shape[1]
         # Logits (cosine / temperature, or the reranker's) of each hypothesis's retrieved and frequent units.
-        pool = torch.cat([ids.clamp_min(0), frequent_ids.expand(len(hyps), -1)], dim=1)  # (H, P + Mu + F)
-        logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + Mu + F)
+        pool = torch.cat([ids.clamp_min(0), frequent_ids.expand(len(hyps), -1)], dim=1)  # (H, P + Mu + M + F)
+        logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + Mu + M + F)
+        logits = logits + self.model.selector.memory_logits(sel, read, pool)  # gate * vote: 0 without a memory
         n_ranked = n_found + n_memory
         logits[:, :n_ranked].masked_fill_(ids < 0, float("-inf"))  # slots the index or the memory left empty
         if votes is not None:  # retrieved and memory units get the vote; frequent ones are offered as they are
@@ -318,8 +346,9 @@ class Controller:
 
     @property
     def sentence_memory(self) -> SentenceMemory:
-        """The sentence memory of ``--decode memory_weight``: the one given, else the run's own, else built
-        now from the controller's training states (their vectors are saved; nothing is encoded)."""
+        """The sentence memory of ``--decode memory_weight`` and of a Selector trained to read one: the one
+        given, else the run's own, else built now from the controller's training states (their vectors
+        are saved; nothing is encoded)."""
         if self._memory is None:
             from invemb.inversion.train import ControllerTrainConfig, sentence_memory
 

@@ -71,12 +71,16 @@ class SentenceMemory:
     def sentence_units(self, i: int) -> list[int]:
         return self.units[self.offsets[i]: self.offsets[i + 1]].tolist()
 
-    def votes(self, targets: torch.Tensor, k: int, temperature: float, remap: torch.Tensor | None = None) -> torch.Tensor:
+    def votes(self, targets: torch.Tensor, k: int, temperature: float, remap: torch.Tensor | None = None,
+              exclude: torch.Tensor | None = None) -> torch.Tensor:
         """(Q, n_units): per target (Q, D), each unit's summed softmax weight over the ``k`` nearest
         sentences that hold it, less its base rate (the share of all sentences holding it), floored
         at 0: what the neighbours say beyond any sentence, so "." and "the" get nothing.
-        ``remap`` (n_units,): a unit id to count each unit as (case twins)."""
+        ``remap`` (n_units,): a unit id to count each unit as (case twins). ``exclude`` (Q, M) bool: memory
+        sentences a target may not hear from (its own, when the targets are in the memory)."""
         sims = F.normalize(targets.float(), dim=1) @ self.vectors.T  # (Q, M)
+        if exclude is not None:
+            sims.masked_fill_(exclude, float("-inf"))
         top = sims.topk(min(k, len(self)), dim=1)
         weight = torch.softmax(top.values / temperature, dim=1)  # (Q, k)
         sent = top.indices.reshape(-1)  # (Q * k,)
@@ -92,6 +96,24 @@ class SentenceMemory:
         if remap is not None:  # twins: a stand-in gets the best vote of the units it stands for
             out = torch.zeros_like(out).scatter_reduce_(1, remap.expand_as(out), out, reduce="amax")
         return out
+
+    def top_votes(self, targets: torch.Tensor, units: int, k: int, temperature: float, remap: torch.Tensor | None = None,
+                  groups: tuple[torch.Tensor, torch.Tensor] | None = None, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``units`` best-voted unit ids (Q, units) per target and their votes (Q, units) (see
+        ``votes``; ids of zero votes are -1), ``chunk`` targets at a time. ``groups``: a group id per
+        target (Q,) and per memory sentence (M,); a target does not hear from sentences of its own
+        group (its own document, when the targets are training sentences)."""
+        ids = torch.full((targets.shape[0], units), -1, dtype=torch.long)
+        values = torch.zeros(targets.shape[0], units)
+        for i in range(0, targets.shape[0], chunk):
+            part = slice(i, i + chunk)
+            exclude = None if groups is None else groups[0][part, None] == groups[1][None, :]  # (q, M)
+            v = self.votes(targets[part], k, temperature, remap, exclude)
+            top = v.topk(min(units, v.shape[1]), dim=1)
+            n = top.indices.shape[1]
+            ids[part, :n] = top.indices.masked_fill(top.values <= 0, -1)
+            values[part, :n] = top.values.clamp_min(0.0)
+        return ids, values
 
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file

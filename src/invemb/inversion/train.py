@@ -12,7 +12,9 @@ Per micro-batch of states:
 - Selector: multi-positive InfoNCE of the intention against the batch's gold units plus the hard
   negatives (plus each gold unit's nearest units with ``neighbour_negatives``), every unit still
   missing from the buffer being a positive, pooled or each on its own (``selector.positives``);
-  stop head: BCE on "nothing is missing".
+  stop head: BCE on "nothing is missing". With ``selector.memory`` the Selector also reads the
+  sentence memory of the training states (each sentence left out of its own neighbours, as a test
+  sentence is not in the memory), and the memory's units join the candidates.
 - Reranker (``selector.rerank`` > 0): the same loss over the ``rerank`` units the intention
   retrieves from all units (the pool decoding reranks), on the reranked logits.
 - Placer: a random missing unit as candidate, cross-entropy on its gold slot (the number of placed
@@ -40,7 +42,7 @@ from invemb.inversion.lm import BigramLM
 from invemb.inversion.memory import SentenceMemory, text_hash
 from invemb.inversion.placer import PlacerConfig
 from invemb.inversion.segment import Segmenter
-from invemb.inversion.selector import SelectorConfig
+from invemb.inversion.selector import MemoryInput, SelectorConfig
 from invemb.inversion.summary import summarise
 from invemb.training import distributed
 from invemb.training.loop import StepContext, TrainConfig, Trainer, TrainTask, iterate_minibatches, resolve_device
@@ -226,6 +228,35 @@ def unit_neighbours(unit_vectors: torch.Tensor, ids: list[int], k: int, chunk: i
     return out
 
 
+def memory_top_votes(data: StateSet, dev: StateSet, n_units: int, cfg: SelectorConfig,
+                     docs: torch.Tensor | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The Selector's memory in training: the training states' sentences. Per sentence of ``data`` and
+    of ``dev``, the ``cfg.memory`` best-voted unit ids and their votes, keyed by ``id()`` of the state
+    set. A training sentence does not hear from its own document (``docs`` (N,): a document id per
+    sentence; None: from itself only): a test sentence's document is never in the memory, and
+    sentences of one Wikipedia summary share names a test sentence's neighbours would not give."""
+    memory = SentenceMemory.from_lists(data.targets, data.units, n_units)
+    docs = torch.arange(len(data.units)) if docs is None else docs
+    return {id(data): memory.top_votes(data.targets, cfg.memory, cfg.memory_k, cfg.memory_temperature, groups=(docs, docs)),
+            id(dev): memory.top_votes(dev.targets, cfg.memory, cfg.memory_k, cfg.memory_temperature)}
+
+
+def sentence_docs(cfg: ControllerTrainConfig, vocab: Vocab, data: StateSet) -> torch.Tensor | None:
+    """A document id (N,) per training sentence of ``data``, from the run's own draw again (as
+    ``sentence_memory`` does); None (each sentence its own document) for a ``train_file`` run or where
+    the corpus changed since the states were drawn."""
+    if cfg.train_file:
+        return None
+    from invemb.text.corpus import Corpus
+
+    texts, units = covered(_sentences(cfg, "train", cfg.max_sentences, cfg.train.seed), Segmenter(vocab), cfg)
+    if units != data.units:
+        return None
+    doc_of = {r["text"]: (r["source"], r["doc"]) for r in Corpus(cfg.corpus).rows if r["split"] == "train"}
+    numbers: dict[tuple[str, str], int] = {}
+    return torch.tensor([numbers.setdefault(doc_of[t], len(numbers)) for t in texts], dtype=torch.long)
+
+
 def _missing(units: list[int], placed: list[int]) -> list[int]:
     placed_set = set(placed)
     return [p for p in range(len(units)) if p not in placed_set]
@@ -235,7 +266,9 @@ class ControllerTask(TrainTask):
     """TrainTask for the shared loop."""
 
     def __init__(self, model: ControllerModel, data: StateSet, dev: StateSet, unit_vectors: torch.Tensor,
-                 cfg: ControllerTrainConfig, search_threads: int = 0):
+                 cfg: ControllerTrainConfig, search_threads: int = 0, docs: torch.Tensor | None = None):
+        """``docs`` (N,): a document id per training sentence, which the Selector's memory leaves out
+        of a sentence's neighbours (``memory_top_votes``)."""
         self.model, self.data, self.dev, self.unit_vectors, self.cfg = model, data, dev, unit_vectors, cfg
         self._units_on: torch.Tensor | None = None  # unit_vectors on the model's device, for the reranker's pool
         self.search_threads = search_threads  # CPU threads of the reranker's pool search (0: the loop's own)
@@ -243,6 +276,10 @@ class ControllerTask(TrainTask):
         if cfg.neighbour_negatives:
             golds = sorted({u for d in (data, dev) for ids in d.units for u in ids})
             self.neighbours = unit_neighbours(unit_vectors, golds, cfg.neighbour_negatives)
+        # Per sentence of each state set, the memory's best-voted units and votes (selector.memory).
+        self.memory_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if cfg.selector.memory:
+            self.memory_top = memory_top_votes(data, dev, len(unit_vectors), cfg.selector, docs)
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
         return list(iterate_minibatches(len(self.data.states), self.cfg.batch_size, generator))
@@ -257,12 +294,17 @@ class ControllerTask(TrainTask):
         targets = data.targets[sents]  # (B, D)
         buffers = [data.buffer(j) for j in batch]
         s = to(summarise(targets, buffers, data.buffer_vecs[batch], uv, cfg.chunk))
-        sel = model.selector(s)
-        # Candidates: every gold unit of the batch's sentences, their hard negatives and their units' neighbours.
+        mem = self.memory_input(data, sents, buffers)
+        mem = mem.to(dev) if mem is not None else None
+        sel = model.selector(s, mem)
+        # Candidates: every gold unit of the batch's sentences, their hard negatives, their units' neighbours
+        # and the memory's units.
         golds = torch.tensor([u for i in sents for u in data.units[i]])
         cand = torch.cat([golds, data.hard[sents].flatten()])
         if self.neighbours is not None:
             cand = torch.cat([cand, self.neighbours[golds].flatten()])
+        if mem is not None:
+            cand = torch.cat([cand, mem.ids[mem.ids >= 0].cpu()])
         cand = torch.unique(cand)
         col = {int(u): c for c, u in enumerate(cand)}
         positive = torch.zeros(len(batch), len(cand), dtype=torch.bool)
@@ -271,6 +313,7 @@ class ControllerTask(TrainTask):
             for p in miss:
                 positive[b, col[data.units[si][p]]] = True
         logits = sel.intention @ uv[cand].to(dev).T / model.selector.cfg.temperature  # (B, C)
+        logits = logits + model.selector.memory_logits(sel, mem, cand.to(dev))
         loss_sel = model.selector.selection_loss(logits, positive.to(dev))
         done = torch.tensor([float(not m) for m in missing], device=dev)
         loss_stop = F.binary_cross_entropy_with_logits(sel.stop_logit, done)
@@ -279,7 +322,7 @@ class ControllerTask(TrainTask):
         if model.selector.reranker is not None:
             # The reranker re-scores what the intention retrieves from all units, as in decoding.
             missing_units = [{data.units[si][p] for p in miss} for si, miss in zip(sents, missing)]
-            pool, logits = self._reranked_pool(model, s, sel, model.selector.cfg.rerank)
+            pool, logits = self._reranked_pool(model, s, sel, model.selector.cfg.rerank, mem)
             pool_positive = torch.tensor([[u in m for u in row] for row, m in zip(pool.tolist(), missing_units)], device=dev)
             loss_rerank = model.selector.selection_loss(logits, pool_positive)
             head = head + loss_rerank
@@ -324,7 +367,15 @@ class ControllerTask(TrainTask):
             self._units_on = self.unit_vectors.to(device)  # (V, D), moved once
         return self._units_on
 
-    def _reranked_pool(self, model: ControllerModel, s, sel, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def memory_input(self, data: StateSet, sents: list[int], buffers: list[list[int]]) -> MemoryInput | None:
+        """The Selector's memory input (on the CPU) for states of ``sents`` with ``buffers``; None without one."""
+        if not self.memory_top:
+            return None
+        ids, votes = self.memory_top[id(data)]
+        return MemoryInput.of(ids[sents], votes[sents], buffers, self.unit_vectors)
+
+    def _reranked_pool(self, model: ControllerModel, s, sel, size: int,
+                       mem: MemoryInput | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``size`` units (B, P) the intention retrieves from all units (gradient-free, as the
         index search) and their reranked logits (B, P)."""
         units = self._all_units(sel.intention.device)
@@ -336,7 +387,8 @@ class ControllerTask(TrainTask):
                 pool = (sel.intention @ units.T).topk(min(size, len(units)), dim=-1).indices  # (B, P)
         finally:
             torch.set_num_threads(loop_threads)
-        return pool.cpu(), model.selector.candidate_logits(s, sel, units[pool])
+        logits = model.selector.candidate_logits(s, sel, units[pool]) + model.selector.memory_logits(sel, mem, pool)
+        return pool.cpu(), logits
 
     def loss(self, model, batch, ctx: StepContext):
         return self._losses(getattr(model, "module", model), self.data, batch)
@@ -344,7 +396,8 @@ class ControllerTask(TrainTask):
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Held-out states: losses, slot accuracy, stop accuracy, and the Selector's hit@k (a missing unit
         among the top k over all units) and precision@k (the share of the top k that are missing), next
-        to the untrained bag-of-units query (the target) and, with a reranker, after reranking."""
+        to the untrained bag-of-units query (the target), with a reranker after reranking, and with a
+        memory over the intention's 64 units and the memory's, ranked by their logits as decoding does."""
         torch.manual_seed(0)  # the same dev candidates every epoch; four draws of them, averaged
         dev, k = self.dev, self.cfg.decode.units_k
         batch = list(range(len(dev.states)))
@@ -355,8 +408,9 @@ class ControllerTask(TrainTask):
         s = summarise(dev.targets[sents], buffers, dev.buffer_vecs, self.unit_vectors, self.cfg.chunk)
         dev_ = next(self.model.parameters()).device
         s_on = type(s)(*(t.to(dev_) for t in s))
+        mem = self.memory_input(dev, sents, buffers)  # on the CPU, or None
         with torch.no_grad():
-            sel_on = self.model.selector(s_on)
+            sel_on = self.model.selector(s_on, mem.to(dev_) if mem is not None else None)
         sel = type(sel_on)(*(t.float().cpu() for t in sel_on))
         missing = [{dev.units[si][p] for p in _missing(dev.units[si], pos)} for si, (_, pos) in zip(sents, dev.states)]
         rows = [i for i, m in enumerate(missing) if m]
@@ -377,9 +431,21 @@ class ControllerTask(TrainTask):
             rows_t = torch.tensor(rows, device=dev_)
             with torch.no_grad():
                 pool, logits = self._reranked_pool(self.model, type(s_on)(*(t[rows_t] for t in s_on)),
-                                                   type(sel_on)(*(t[rows_t] for t in sel_on)), self.model.selector.cfg.rerank)
+                                                   type(sel_on)(*(t[rows_t] for t in sel_on)), self.model.selector.cfg.rerank,
+                                                   type(mem)(*(t[rows].to(dev_) for t in mem)) if mem is not None else None)
             top = pool.gather(1, logits.float().cpu().argsort(dim=-1, descending=True)).tolist()  # (R, P) best first
             out[f"dev_rerank_hit@{k}"], out[f"dev_rerank_prec@{k}"] = scores(top)
+        if mem is not None and rows:
+            found = (sel.intention[rows] @ self.unit_vectors.T).topk(min(64, len(self.unit_vectors)), dim=-1).indices  # (R, 64)
+            voted = mem.ids[rows]  # (R, M)
+            pool = torch.cat([found, voted.clamp_min(0)], dim=1)  # (R, 64 + M)
+            logits = torch.einsum("rd,rcd->rc", sel.intention[rows], self.unit_vectors[pool]) / self.model.selector.cfg.temperature
+            logits = logits + self.model.selector.memory_logits(
+                type(sel)(*(t[rows] for t in sel)), type(mem)(*(t[rows] for t in mem)), pool)
+            repeat = (voted[:, :, None] == found[:, None, :]).any(-1) | (voted < 0)  # (R, M) empty or found already
+            logits[:, found.shape[1]:] = logits[:, found.shape[1]:].masked_fill(repeat, float("-inf"))
+            top = pool.gather(1, logits.argsort(dim=-1, descending=True)).tolist()
+            out[f"dev_memory_hit@{k}"], out[f"dev_memory_prec@{k}"] = scores(top)
         stop_pred = (sel.stop_logit > 0).tolist()
         out["dev_stop_acc"] = sum(p == (not m) for p, m in zip(stop_pred, missing)) / max(1, len(missing))
         return out
@@ -586,7 +652,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
     # The reranker's pool search is one big matrix product: it gets every core.
-    task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads)
+    docs = sentence_docs(cfg, vocab, data) if cfg.selector.memory else None
+    task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads, docs=docs)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
