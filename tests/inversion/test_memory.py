@@ -148,7 +148,7 @@ def test_memory_input_zeroes_the_votes_of_placed_units():
 def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding(tmp_path):
     from invemb.inversion.controller import Controller
     from invemb.inversion.decode import Hypothesis
-    from invemb.inversion.train import ControllerTrainConfig, StateSet, sentence_docs, train_controller
+    from invemb.inversion.train import ControllerTrainConfig, StateSet, memory_groups, train_controller
     from invemb.io import write_jsonl
     from invemb.text.vocab import Vocab
     from toy import BagEncoder
@@ -163,7 +163,12 @@ def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding
     k = cfg.decode.units_k
     assert 0.0 < summary[f"dev_memory_prec@{k}"] <= 1.0 and summary[f"dev_memory_hit@{k}"] > 0.5
     # a train_file has no documents: each sentence is left out of its own neighbours only
-    assert sentence_docs(cfg, Vocab.load(tmp_path / "vocab.json"), StateSet.load(tmp_path / "run" / "states_train")) is None
+    data = StateSet.load(tmp_path / "run" / "states_train")
+    memory = SentenceMemory.load(tmp_path / "run")  # built from the states for training, and kept
+    mine, theirs = memory_groups(cfg, Vocab.load(tmp_path / "vocab.json"), data, memory)
+    assert len(memory) == len(data.units) == len(set(mine.tolist())) and torch.equal(theirs, mine)
+    with pytest.raises(ValueError, match="memory_sources picks corpus sources"):
+        train_controller("toy", cfg.replace(memory_sources=["wiki"]), tmp_path / "other", encoder=encoder)
 
     ctrl = Controller.load(tmp_path / "run", em=encoder, lm_weight=0.0)
     sentence = toy_sentences(1, seed=9)[0]
@@ -181,3 +186,30 @@ def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding
     together = [r["reconstruction"] for r in ctrl.invert_texts(texts, progress=False)]
     fresh = Controller.load(tmp_path / "run", em=encoder, lm_weight=0.0)
     assert together == [fresh.invert_texts([t], progress=False)[0]["reconstruction"] for t in texts]
+
+
+def test_memory_sources_join_the_memory_before_training_and_a_sentence_never_hears_its_own_document(tmp_path):
+    from invemb.inversion.train import ControllerTrainConfig, StateSet, memory_groups, train_controller
+    from invemb.text.corpus import Corpus, CorpusConfig, build_corpus
+    from invemb.text.vocab import Vocab, tokenize
+    from toy import BagEncoder
+
+    encoder = BagEncoder()
+    toy_vocab().save(tmp_path / "vocab.json")
+    texts = toy_sentences(240, seed=13)
+    # paragraphs of three sentences: one document each
+    (tmp_path / "toy.txt").write_text("\n\n".join(" ".join(texts[i:i + 3]) for i in range(0, len(texts), 3)))
+    build_corpus(CorpusConfig(sources=[], files=[str(tmp_path / "toy.txt")]), tmp_path / "corpus", progress=False)
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), corpus=str(tmp_path / "corpus"),
+                                       sources=["files"], max_sentences=40, dev_sentences=10, memory_sources=["files"]).replace(
+        **{"train.epochs": 1, "train.progress": False, "selector.memory": 4})
+    summary = train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
+    assert summary["states"] > 0
+    memory = SentenceMemory.load(tmp_path / "run")
+    train = [r["text"] for r in Corpus(tmp_path / "corpus").rows
+             if r["split"] == "train" and cfg.min_words <= len(tokenize(r["text"])) <= cfg.max_words]
+    assert len(memory) > 40 and set(memory.texts_hash) <= {text_hash(t) for t in train}
+    data = StateSet.load(tmp_path / "run" / "states_train")
+    mine, theirs = memory_groups(cfg.replace(corpus=str(tmp_path / "corpus")), Vocab.load(tmp_path / "vocab.json"), data, memory)
+    assert torch.equal(theirs[: len(mine)], mine)  # the memory's first sentences are the states'
+    assert len(set(theirs.tolist())) < len(theirs)  # documents of several sentences are one group

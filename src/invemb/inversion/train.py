@@ -72,6 +72,9 @@ class ControllerTrainConfig(Config):
     noise_units: int = 2  # at most this many wrong units in such a buffer
     stop_weight: float = 0.5
     move_weight: float = 0.2
+    # Corpus sources whose train split (min_words-max_words) joins the sentence memory before training
+    # (with selector.memory): encoded once, saved with the run, read in training and decoding.
+    memory_sources: list[str] = dataclasses.field(default_factory=list)
     threads: int = 1  # torch CPU threads of the training loop (0: torch's default; encoding uses all); 1 wins on 2 shared cores
     selector: SelectorConfig = dataclasses.field(default_factory=SelectorConfig)
     placer: PlacerConfig = dataclasses.field(default_factory=PlacerConfig)
@@ -228,33 +231,43 @@ def unit_neighbours(unit_vectors: torch.Tensor, ids: list[int], k: int, chunk: i
     return out
 
 
-def memory_top_votes(data: StateSet, dev: StateSet, n_units: int, cfg: SelectorConfig,
-                     docs: torch.Tensor | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """The Selector's memory in training: the training states' sentences. Per sentence of ``data`` and
-    of ``dev``, the ``cfg.memory`` best-voted unit ids and their votes, keyed by ``id()`` of the state
-    set. A training sentence does not hear from its own document (``docs`` (N,): a document id per
-    sentence; None: from itself only): a test sentence's document is never in the memory, and
-    sentences of one Wikipedia summary share names a test sentence's neighbours would not give."""
-    memory = SentenceMemory.from_lists(data.targets, data.units, n_units)
-    docs = torch.arange(len(data.units)) if docs is None else docs
-    return {id(data): memory.top_votes(data.targets, cfg.memory, cfg.memory_k, cfg.memory_temperature, groups=(docs, docs)),
+def memory_top_votes(data: StateSet, dev: StateSet, cfg: SelectorConfig, memory: SentenceMemory,
+                     groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per sentence of ``data`` and of ``dev``, the ``cfg.memory`` units of ``memory`` best voted for its
+    target and their votes, keyed by ``id()`` of the state set. ``groups``: a document id per training
+    sentence (N,) and per memory sentence (M,); a training sentence does not hear from its own
+    document (a test sentence's document is never in the memory, and sentences of one Wikipedia
+    summary share names a test sentence's neighbours would not give). None: only from itself, the
+    memory being the training sentences."""
+    if groups is None:
+        own = torch.arange(len(data.units))
+        groups = (own, own)
+    return {id(data): memory.top_votes(data.targets, cfg.memory, cfg.memory_k, cfg.memory_temperature, groups=groups),
             id(dev): memory.top_votes(dev.targets, cfg.memory, cfg.memory_k, cfg.memory_temperature)}
 
 
-def sentence_docs(cfg: ControllerTrainConfig, vocab: Vocab, data: StateSet) -> torch.Tensor | None:
-    """A document id (N,) per training sentence of ``data``, from the run's own draw again (as
-    ``sentence_memory`` does); None (each sentence its own document) for a ``train_file`` run or where
-    the corpus changed since the states were drawn."""
-    if cfg.train_file:
-        return None
-    from invemb.text.corpus import Corpus
-
+def memory_groups(cfg: ControllerTrainConfig, vocab: Vocab, data: StateSet,
+                  memory: SentenceMemory) -> tuple[torch.Tensor, torch.Tensor]:
+    """A document id per training sentence of ``data`` (N,) and per sentence of ``memory`` (M,), whose
+    first N sentences are ``data``'s (``sentence_memory`` builds it so): found by text hash in the
+    corpus's train split (the run's own draw again, as ``sentence_memory`` does). A ``train_file`` line
+    is its own document; where the corpus changed since the states were drawn, each sentence is."""
     texts, units = covered(_sentences(cfg, "train", cfg.max_sentences, cfg.train.seed), Segmenter(vocab), cfg)
-    if units != data.units:
-        return None
-    doc_of = {r["text"]: (r["source"], r["doc"]) for r in Corpus(cfg.corpus).rows if r["split"] == "train"}
-    numbers: dict[tuple[str, str], int] = {}
-    return torch.tensor([numbers.setdefault(doc_of[t], len(numbers)) for t in texts], dtype=torch.long)
+    if units != data.units or len(memory.texts_hash) != len(memory):
+        n, m = len(data.units), len(memory)
+        return torch.arange(n), torch.arange(m)  # rows past the states are other sentences, never the same
+    doc_of: dict[str, tuple[str, str]] = {}
+    if not cfg.train_file:
+        from invemb.text.corpus import Corpus
+
+        doc_of = {text_hash(r["text"]): (r["source"], r["doc"]) for r in Corpus(cfg.corpus).rows if r["split"] == "train"}
+    numbers: dict[object, int] = {}
+
+    def group(h: str) -> int:
+        return numbers.setdefault(doc_of.get(h, h), len(numbers))
+
+    return (torch.tensor([group(text_hash(t)) for t in texts], dtype=torch.long),
+            torch.tensor([group(h) for h in memory.texts_hash], dtype=torch.long))
 
 
 def _missing(units: list[int], placed: list[int]) -> list[int]:
@@ -266,9 +279,10 @@ class ControllerTask(TrainTask):
     """TrainTask for the shared loop."""
 
     def __init__(self, model: ControllerModel, data: StateSet, dev: StateSet, unit_vectors: torch.Tensor,
-                 cfg: ControllerTrainConfig, search_threads: int = 0, docs: torch.Tensor | None = None):
-        """``docs`` (N,): a document id per training sentence, which the Selector's memory leaves out
-        of a sentence's neighbours (``memory_top_votes``)."""
+                 cfg: ControllerTrainConfig, search_threads: int = 0, memory: SentenceMemory | None = None,
+                 groups: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``memory``: the sentence memory a Selector with ``selector.memory`` reads (default: the training
+        states' sentences); ``groups``: see ``memory_top_votes``."""
         self.model, self.data, self.dev, self.unit_vectors, self.cfg = model, data, dev, unit_vectors, cfg
         self._units_on: torch.Tensor | None = None  # unit_vectors on the model's device, for the reranker's pool
         self.search_threads = search_threads  # CPU threads of the reranker's pool search (0: the loop's own)
@@ -279,7 +293,8 @@ class ControllerTask(TrainTask):
         # Per sentence of each state set, the memory's best-voted units and votes (selector.memory).
         self.memory_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if cfg.selector.memory:
-            self.memory_top = memory_top_votes(data, dev, len(unit_vectors), cfg.selector, docs)
+            memory = memory or SentenceMemory.from_lists(data.targets, data.units, len(unit_vectors))
+            self.memory_top = memory_top_votes(data, dev, cfg.selector, memory, groups)
 
     def batch_plan(self, epoch: int, generator: torch.Generator) -> list[list[int]]:
         return list(iterate_minibatches(len(self.data.states), self.cfg.batch_size, generator))
@@ -601,6 +616,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     distributed.init_distributed(resolve_device(cfg.train.device))  # under torchrun: join the process group
     if not resume and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pass --resume to continue it or pick a new --out")
+    if cfg.memory_sources and cfg.train_file:
+        raise ValueError(f"memory_sources picks corpus sources; this run trains on train_file={cfg.train_file}, which has none")
     if encoder is None and str(em) not in ("backbone", "default") and not Path(em).exists():
         raise FileNotFoundError(f"{em}: no such run or model folder (--em)")  # not reported as a missing corpus
     if not cfg.train_file:
@@ -648,12 +665,18 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
             data.save(data_path)
             if spill is not None:
                 spill.discard()
+        if main and cfg.selector.memory and cfg.memory_sources and not SentenceMemory.exists(out):
+            # Saved as the run's memory: the Selector learns from the memory it will decode with.
+            extend_memory(out, cfg.memory_sources, encoder=encoder, progress=cfg.train.progress)
     torch.manual_seed(seed)
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
     # The reranker's pool search is one big matrix product: it gets every core.
-    docs = sentence_docs(cfg, vocab, data) if cfg.selector.memory else None
-    task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads, docs=docs)
+    memory, groups = None, None
+    if cfg.selector.memory:
+        memory = sentence_memory(out, cfg, vocab)  # the states' sentences, and memory_sources' added above
+        groups = memory_groups(cfg, vocab, data, memory)
+    task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads, memory=memory, groups=groups)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
