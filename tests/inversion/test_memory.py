@@ -150,7 +150,6 @@ def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding
     from invemb.inversion.decode import Hypothesis
     from invemb.inversion.train import ControllerTrainConfig, StateSet, memory_groups, train_controller
     from invemb.io import write_jsonl
-    from invemb.text.vocab import Vocab
     from toy import BagEncoder
 
     encoder = BagEncoder()
@@ -165,7 +164,7 @@ def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding
     # a train_file has no documents: each sentence is left out of its own neighbours only
     data = StateSet.load(tmp_path / "run" / "states_train")
     memory = SentenceMemory.load(tmp_path / "run")  # built from the states for training, and kept
-    mine, theirs = memory_groups(cfg, Vocab.load(tmp_path / "vocab.json"), data, memory)
+    mine, theirs = memory_groups(cfg, data, memory)
     assert len(memory) == len(data.units) == len(set(mine.tolist())) and torch.equal(theirs, mine)
     with pytest.raises(ValueError, match="memory_sources picks corpus sources"):
         train_controller("toy", cfg.replace(memory_sources=["wiki"]), tmp_path / "other", encoder=encoder)
@@ -191,7 +190,7 @@ def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding
 def test_memory_sources_join_the_memory_before_training_and_a_sentence_never_hears_its_own_document(tmp_path):
     from invemb.inversion.train import ControllerTrainConfig, StateSet, memory_groups, train_controller
     from invemb.text.corpus import Corpus, CorpusConfig, build_corpus
-    from invemb.text.vocab import Vocab, tokenize
+    from invemb.text.vocab import tokenize
     from toy import BagEncoder
 
     encoder = BagEncoder()
@@ -210,6 +209,6 @@ def test_memory_sources_join_the_memory_before_training_and_a_sentence_never_hea
              if r["split"] == "train" and cfg.min_words <= len(tokenize(r["text"])) <= cfg.max_words]
     assert len(memory) > 40 and set(memory.texts_hash) <= {text_hash(t) for t in train}
     data = StateSet.load(tmp_path / "run" / "states_train")
-    mine, theirs = memory_groups(cfg.replace(corpus=str(tmp_path / "corpus")), Vocab.load(tmp_path / "vocab.json"), data, memory)
+    mine, theirs = memory_groups(cfg.replace(corpus=str(tmp_path / "corpus")), data, memory)
     assert torch.equal(theirs[: len(mine)], mine)  # the memory's first sentences are the states'
     assert len(set(theirs.tolist())) < len(theirs)  # documents of several sentences are one group

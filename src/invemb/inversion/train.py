@@ -246,28 +246,22 @@ def memory_top_votes(data: StateSet, dev: StateSet, cfg: SelectorConfig, memory:
             id(dev): memory.top_votes(dev.targets, cfg.memory, cfg.memory_k, cfg.memory_temperature)}
 
 
-def memory_groups(cfg: ControllerTrainConfig, vocab: Vocab, data: StateSet,
-                  memory: SentenceMemory) -> tuple[torch.Tensor, torch.Tensor]:
+def memory_groups(cfg: ControllerTrainConfig, data: StateSet, memory: SentenceMemory) -> tuple[torch.Tensor, torch.Tensor]:
     """A document id per training sentence of ``data`` (N,) and per sentence of ``memory`` (M,), whose
-    first N sentences are ``data``'s (``sentence_memory`` builds it so): found by text hash in the
-    corpus's train split (the run's own draw again, as ``sentence_memory`` does). A ``train_file`` line
-    is its own document; where the corpus changed since the states were drawn, each sentence is."""
-    texts, units = covered(_sentences(cfg, "train", cfg.max_sentences, cfg.train.seed), Segmenter(vocab), cfg)
-    if units != data.units or len(memory.texts_hash) != len(memory):
-        n, m = len(data.units), len(memory)
-        return torch.arange(n), torch.arange(m)  # rows past the states are other sentences, never the same
+    first N sentences are ``data``'s (``sentence_memory`` builds it so, with their text hashes): found
+    by text hash in the corpus's train split. A ``train_file`` line is its own document; a memory
+    without text hashes (the corpus changed since the states were drawn) makes each sentence its own."""
+    n = len(data.units)
+    if len(memory.texts_hash) != len(memory) or len(memory) < n:
+        return torch.arange(n), torch.arange(len(memory))  # rows past the states are other sentences, never the same
     doc_of: dict[str, tuple[str, str]] = {}
     if not cfg.train_file:
         from invemb.text.corpus import Corpus
 
         doc_of = {text_hash(r["text"]): (r["source"], r["doc"]) for r in Corpus(cfg.corpus).rows if r["split"] == "train"}
     numbers: dict[object, int] = {}
-
-    def group(h: str) -> int:
-        return numbers.setdefault(doc_of.get(h, h), len(numbers))
-
-    return (torch.tensor([group(text_hash(t)) for t in texts], dtype=torch.long),
-            torch.tensor([group(h) for h in memory.texts_hash], dtype=torch.long))
+    groups = torch.tensor([numbers.setdefault(doc_of.get(h, h), len(numbers)) for h in memory.texts_hash], dtype=torch.long)
+    return groups[:n], groups
 
 
 def _missing(units: list[int], placed: list[int]) -> list[int]:
@@ -505,14 +499,15 @@ def language_prior(run: Path | None, cfg: ControllerTrainConfig | None, progress
 
 
 def sentence_memory(run: Path | None, cfg: ControllerTrainConfig | None, vocab: Vocab) -> SentenceMemory:
-    """The decoder's sentence memory (``--decode memory_weight``) of a controller run: its own, else one
-    built from its saved training states (their targets and gold units: nothing to encode, seconds) and
-    saved into the run (a read-only folder: used, not kept)."""
+    """The sentence memory (read by the Selector with ``selector.memory``, and by ``--decode memory_weight``)
+    of a controller run: its own, else one built from its saved training states (their targets and gold
+    units: nothing to encode, seconds) and saved into the run (a read-only folder: used, not kept)."""
     if run is not None and SentenceMemory.exists(run):
         return SentenceMemory.load(run)
     if run is None or not (run / "states_train.json").exists():
-        raise ValueError("memory_weight needs a sentence memory: this controller has no run folder with training "
-                         "states to build one from (give Controller a memory=, or decode with memory_weight=0)")
+        raise ValueError("memory_weight or a memory-reading Selector needs a sentence memory: this controller has no "
+                         "run folder with training states to build one from (give Controller a memory=, or decode with "
+                         "memory_weight=0)")
     print("building the decoder's sentence memory from the controller's training states", file=sys.stderr)
     data = StateSet.load(run / "states_train")
     hashes = []  # the states keep no texts: the same draw again gives them, and their hashes
@@ -675,7 +670,7 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     memory, groups = None, None
     if cfg.selector.memory:
         memory = sentence_memory(out, cfg, vocab)  # the states' sentences, and memory_sources' added above
-        groups = memory_groups(cfg, vocab, data, memory)
+        groups = memory_groups(cfg, data, memory)
     task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads, memory=memory, groups=groups)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
