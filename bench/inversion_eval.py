@@ -62,7 +62,7 @@ def main() -> None:
             "greedy": Batched(lambda t, progress: ctrl.invert_vectors(t, ctrl.decode_cfg.replace(beam=1), progress, args.batch)),
             "bag": lambda t: bag_of_units(t, ctrl.index, BagConfig()),
             "oracle": lambda t: beam_decode(t, OraclePolicy(next(gold)), ctrl.encoder, ctrl.vocab.units,
-                                            DecodeConfig(beam=1, patience=0, max_steps=64, lm_weight=0)),
+                                            DecodeConfig(beam=1, patience=0, max_steps=64, lm_weight=0, length_weight=0)),
         }
         finished = {m: read_jsonl(partial.path(f"{which}_{m}.jsonl")) for m in (*methods, "blackbox")
                     if partial.has(f"{which}_{m}.jsonl")}

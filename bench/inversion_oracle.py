@@ -72,7 +72,7 @@ def main() -> None:
     ctrl = Controller.load(args.controller, em=args.em, **parse_overrides(args.decode))
     segmenter, units = Segmenter(ctrl.vocab), ctrl.vocab.units
     oracle_cfg = ctrl.decode_cfg.replace(patience=0)
-    prior = ctrl.prior(oracle_cfg)
+    prior, length = ctrl.prior(oracle_cfg), ctrl.lengths(oracle_cfg)
     corpus = resolve_corpus(args.corpus, args.em)
     results = {}
     for which in args.sets.split(","):
@@ -82,8 +82,9 @@ def main() -> None:
         methods = {
             "controller": lambda t, gold: ctrl.invert_vector(t),
             "gold_units": lambda t, gold: beam_decode(t, GoldUnitsPolicy(ctrl, gold), ctrl.encoder, units, oracle_cfg,
-                                                             prior=prior),
-            "gold": lambda t, gold: beam_decode(t, OraclePolicy(gold), ctrl.encoder, units, oracle_cfg, prior=prior),
+                                                             prior=prior, length=length),
+            "gold": lambda t, gold: beam_decode(t, OraclePolicy(gold), ctrl.encoder, units, oracle_cfg, prior=prior,
+                                         length=length),
         }
         results[which] = {}
         for name in args.methods.split(","):

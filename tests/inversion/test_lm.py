@@ -84,7 +84,7 @@ def test_the_prior_puts_an_order_blind_encoders_words_in_the_corpus_order():
     vocab, encoder = toy_vocab(), OrderFreeEncoder()
     lm = BigramLM.build(toy_sentences(300, seed=0))
     segmenter, counting = Segmenter(vocab), CountingEncoder(encoder)
-    cfg = DecodeConfig(beam=4, expand=64, patience=0)
+    cfg = DecodeConfig(beam=4, expand=64, patience=0, length_weight=0)
     with pytest.raises(ValueError, match="needs a language prior"):
         beam_decode(encoder.encode(["the cat sat"])[0], EverySlotPolicy([0]), counting, vocab.units,
                     cfg.replace(lm_weight=0.1))

@@ -5,7 +5,8 @@ drives beam decoding. A controller run folder holds:
 fingerprint, the training config), ``vocab.json``, ``unit_vectors.safetensors`` (every unit's
 encoder vector, computed once), ``model.safetensors`` (weights), ``bigram_lm.*`` (the decoder's
 language prior, :mod:`invemb.inversion.lm`), ``sentence_memory.*`` (the training sentences' vectors and
-units, :mod:`invemb.inversion.memory`), checkpoints, metrics, plots.
+units, :mod:`invemb.inversion.memory`), ``length_prior.*`` (the words a target's sentence has,
+:mod:`invemb.inversion.length`), checkpoints, metrics, plots.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import nn
 from invemb.encoder import Encoder, has_content
 from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
                                      beam_decode, beam_decode_many, check_target)
+from invemb.inversion.length import LengthPrior
 from invemb.inversion.lm import BigramLM
 from invemb.inversion.memory import SentenceMemory
 from invemb.inversion.placer import Placer, PlacerConfig
@@ -287,17 +289,19 @@ class Controller:
 
     def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
                  decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None,
-                 run: Path | None = None, memory: SentenceMemory | None = None):
+                 run: Path | None = None, memory: SentenceMemory | None = None, length_prior: LengthPrior | None = None):
         """``prior``: the language prior of ``decode.lm_weight`` (default: the run's own, loaded or built
         when a decode first needs it); ``memory``: the sentence memory of ``decode.memory_weight`` (default:
-        the run's own, loaded when a decode first needs it); ``run``: the run folder it was loaded from."""
+        the run's own, loaded when a decode first needs it); ``length_prior``: that of ``decode.length_weight``
+        (default: the run's own, loaded or fitted when a decode first needs it); ``run``: the run folder it
+        was loaded from."""
         from invemb.index import IndexConfig, UnitIndex
 
         self.encoder = CountingEncoder(encoder)
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.settings(decode)
         self.info = info or {}
-        self.run, self._language_prior, self._memory = run, prior, memory
+        self.run, self._language_prior, self._memory, self._length_prior = run, prior, memory, length_prior
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
@@ -357,6 +361,21 @@ class Controller:
                                            self.vocab)
         return self._memory
 
+    @property
+    def length_prior(self) -> LengthPrior:
+        """The length prior of ``--decode length_weight``: the one given, else the run's own, else fitted now
+        to the controller's saved training states (:func:`invemb.inversion.train.length_prior`)."""
+        if self._length_prior is None:
+            from invemb.inversion.train import length_prior
+
+            self._length_prior = length_prior(self.run, self.vocab)
+        return self._length_prior
+
+    def lengths(self, decode: DecodeConfig):
+        """The predicted words beam decoding's length bonus stops at for ``decode`` ((N, D) targets -> (N,),
+        :meth:`LengthPrior.predict`): None when length_weight is 0."""
+        return self.length_prior.predict if decode.length_weight else None
+
     def prior(self, decode: DecodeConfig):
         """The prior beam decoding adds to its scores for ``decode`` (text -> mean association of its
         adjacent words, :meth:`BigramLM.mean_association`): None when lm_weight is 0."""
@@ -383,7 +402,8 @@ class Controller:
 
     def invert_vector(self, vector, decode: DecodeConfig | None = None) -> InversionResult:
         decode = self.settings(decode)
-        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, decode, prior=self.prior(decode))
+        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, decode, prior=self.prior(decode),
+                           length=self.lengths(decode))
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16, on_done=None) -> list[InversionResult]:
@@ -401,7 +421,7 @@ class Controller:
         step = max(1, batch)
         for start in range(0, len(vectors), step):
             out += beam_decode_many(vectors[start: start + step], self.policy, self.encoder, self.vocab.units,
-                                    decode, on_done=on_done, prior=self.prior(decode))
+                                    decode, on_done=on_done, prior=self.prior(decode), length=self.lengths(decode))
         if bar is not None:
             bar.close()
         return out

@@ -38,6 +38,7 @@ from invemb.encoder import Encoder
 from invemb.io import PartialFolder
 from invemb.inversion.controller import ControllerModel
 from invemb.inversion.decode import DecodeConfig, render
+from invemb.inversion.length import LengthPrior
 from invemb.inversion.lm import BigramLM
 from invemb.inversion.memory import SentenceMemory, text_hash
 from invemb.inversion.placer import PlacerConfig
@@ -520,6 +521,23 @@ def sentence_memory(run: Path | None, cfg: ControllerTrainConfig | None, vocab: 
     return memory
 
 
+def length_prior(run: Path | None, vocab: Vocab) -> LengthPrior:
+    """The decoder's length prior (``--decode length_weight``) of a controller run: its own, else one fitted
+    to its saved training states (their targets and the words of their gold units: a second) and saved
+    into the run (a read-only folder: used, not kept)."""
+    if run is not None and LengthPrior.exists(run):
+        return LengthPrior.load(run)
+    if run is None or not (run / "states_train.json").exists():
+        raise ValueError("length_weight needs a length prior: this controller has no run folder with training states "
+                         "to fit one to (give Controller a length_prior=, or decode with length_weight=0)")
+    data = StateSet.load(run / "states_train")
+    unit_words: dict[int, int] = {}
+    words = [sum(unit_words.setdefault(u, len(tokenize(vocab.units[u]))) for u in units) for units in data.units]
+    prior = LengthPrior.fit(data.targets, torch.tensor(words).clamp_min(1))
+    _keep_in_run(prior, run, "length prior")
+    return prior
+
+
 def extend_memory(run: str | Path, sources: list[str] | None = None, max_sentences: int = 0, encoder: Encoder | None = None,
                   progress: bool = True) -> dict:
     """Add the controller's training text (``sources`` of its corpus, default all it trained on; at most
@@ -688,6 +706,8 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
 
     atomic_save_file(out / "model.safetensors", lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
     language_prior(out, cfg, progress=cfg.train.progress)  # built and saved once, beside the weights
-    summary = {"run": str(out), "sentences": len(data.units), "states": len(data.states), **final}
+    lengths = length_prior(out, vocab)
+    summary = {"run": str(out), "sentences": len(data.units), "states": len(data.states), **final,
+               "length_prior_dev_mae_words": lengths.stats.get("dev_mae_words")}
     atomic_write_text(out / "report.md", "# controller run\n\n" + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
     return summary
