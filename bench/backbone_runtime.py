@@ -1,4 +1,4 @@
-"""The EM backbone on onnxruntime against the same EM on torch, in one run.
+"""The EM backbone on onnxruntime and in bfloat16 against the same EM on torch, in one run.
 
 The EM's ``encode`` of held-out Wikipedia sentences and of their prefixes (the short, growing texts
 inversion re-scores), batches of ``--batch-size``, interleaved (every repeat times both runtimes in
@@ -35,7 +35,13 @@ def main() -> None:
     prefixes = [" ".join(s.split()[: max(1, len(s.split()) // 2)]) for s in sentences]
     texts = sentences + prefixes
     t0 = time.perf_counter()
+    from invemb.backbone.hf import bf16_is_fast
+
     encoders = {"torch": invemb.load(args.em), "onnx": invemb.load(args.em, runtime="onnx")}
+    if bf16_is_fast(torch.device("cpu")):
+        encoders["bf16"] = invemb.load(args.em, runtime="bf16")
+    else:
+        print("bf16 left out: this CPU has no bfloat16 arithmetic")
     load_s = time.perf_counter() - t0
     best = dict.fromkeys(encoders, float("inf"))
     for _ in range(args.repeat):
@@ -44,8 +50,9 @@ def main() -> None:
     vecs = {name: enc.encode(texts, batch_size=args.batch_size) for name, enc in encoders.items()}
     encode = {"texts": len(texts), "batch_size": args.batch_size,
               "texts_per_s": {k: round(len(texts) / v, 1) for k, v in best.items()},
-              "ratio_time_onnx_over_torch": round(best["onnx"] / best["torch"], 3),
-              "max_abs_diff": float((vecs["onnx"] - vecs["torch"]).abs().max())}
+              **{f"ratio_time_{k}_over_torch": round(best[k] / best["torch"], 3) for k in encoders if k != "torch"},
+              **{f"max_abs_diff_{k}": float((vecs[k] - vecs["torch"]).abs().max()) for k in encoders if k != "torch"},
+              **{f"min_cosine_{k}": float((vecs[k] * vecs["torch"]).sum(1).min()) for k in encoders if k != "torch"}}
     print("encode", encode, flush=True)
     report = {"em": args.em, "threads": args.threads, "load_seconds_both": round(load_s, 1), "encode": encode}
 

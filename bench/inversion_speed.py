@@ -1,5 +1,5 @@
-"""Decoding speed of the controller: one sentence at a time against lockstep batches, on the torch
-and the onnxruntime backbone, in one run on the same sentences; and, on onnx in lockstep, the Placer
+"""Decoding speed of the controller: one sentence at a time against lockstep batches, on the torch,
+onnxruntime and bfloat16 backbone runtimes, in one run on the same sentences; and, on onnx in lockstep, the Placer
 without its pruning (the same searches, every candidate pair placed) and ``--gaps`` (fewer children
 encoded: ``DecodeConfig.expand_gap``).
 
@@ -27,6 +27,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="sentences decoded in lockstep")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decode", action="append", default=[], metavar="KEY=VALUE",
+                    help="decoding override for every setting (repeat), as `invemb invert --decode`")
+    ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "bf16"],
+                    help="backbone runtimes to time (torch always; bf16 left out where the hardware has no bfloat16)")
     ap.add_argument("--gaps", type=float, nargs="*", default=[], help="also decode with these expand_gap values (onnx, lockstep)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -36,15 +40,25 @@ def main() -> None:
     from invemb.inversion.harness import eval_sentences, resolve_corpus
 
     sentences = eval_sentences(resolve_corpus(args.corpus, args.em), "wiki", args.n)
-    ctrls = {runtime: load_run(args.controller, em=invemb.load(args.em, runtime=runtime)) for runtime in ("torch", "onnx")}
+    from invemb.backbone.hf import bf16_is_fast
+
+    runtimes = list(dict.fromkeys(["torch", *args.runtimes]))
+    if "bf16" in runtimes and not bf16_is_fast(torch.device("cpu")):
+        print("bf16 left out: this CPU has no bfloat16 arithmetic")
+        runtimes.remove("bf16")
+    from invemb.config import parse_overrides
+
+    overrides = parse_overrides(args.decode)
+    ctrls = {runtime: load_run(args.controller, em=invemb.load(args.em, runtime=runtime), **overrides) for runtime in runtimes}
     targets = ctrls["torch"].encoder.encoder.encode(sentences)
     # name -> (controller, lockstep batch, Placer pruning, decoding settings)
     settings = {f"{runtime}_{'one_by_one' if batch == 1 else f'lockstep{batch}'}": (ctrl, batch, True, ctrl.decode_cfg)
                 for runtime, ctrl in ctrls.items() for batch in (1, args.batch)}
-    onnx = ctrls["onnx"]
-    settings[f"onnx_lockstep{args.batch}_placer_unpruned"] = (onnx, args.batch, False, onnx.decode_cfg)
-    for gap in args.gaps:
-        settings[f"onnx_lockstep{args.batch}_gap{gap:g}"] = (onnx, args.batch, True, onnx.decode_cfg.replace(expand_gap=gap))
+    if "onnx" in ctrls:
+        onnx = ctrls["onnx"]
+        settings[f"onnx_lockstep{args.batch}_placer_unpruned"] = (onnx, args.batch, False, onnx.decode_cfg)
+        for gap in args.gaps:
+            settings[f"onnx_lockstep{args.batch}_gap{gap:g}"] = (onnx, args.batch, True, onnx.decode_cfg.replace(expand_gap=gap))
     best = dict.fromkeys(settings, float("inf"))
     results = {}
     for _ in range(args.repeat):

@@ -27,7 +27,8 @@ def run_kind(path: str | Path) -> str | None:
 def load(path: str | Path = "backbone", runtime: str = "torch", **kwargs: Any) -> Encoder:
     """Load any saved run folder (EM, scratch, tiered), a raw HF backbone folder, or
     ``"backbone"`` for the bundled all-MiniLM-L6-v2, as an :class:`Encoder`. ``runtime="onnx"``
-    (EM runs and backbones, CPU inference) runs the frozen backbone with onnxruntime."""
+    (EM runs and backbones, CPU inference) runs the frozen backbone with onnxruntime, ``"bf16"`` in
+    bfloat16 where the hardware has it (:meth:`HFBackbone.use_runtime`)."""
     from invemb.backbone.hf import BackboneConfig, HFBackbone
 
     if str(path) in ("backbone", "default"):

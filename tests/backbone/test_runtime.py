@@ -27,7 +27,7 @@ def test_onnx_features_match_torch(tiny_bert_dir):
 
 
 def test_bad_runtime_requests_are_refused(tiny_bert_dir, tmp_path):
-    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'; choose from torch, onnx"):
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'; choose from torch, onnx, bf16"):
         HFBackbone(BackboneConfig(path=tiny_bert_dir)).use_runtime("tensorrt")
     with pytest.raises(ValueError, match="runtime 'onnx' is for inference"):
         HFBackbone(BackboneConfig(path=tiny_bert_dir, unfreeze_layers=1)).use_runtime("onnx")
@@ -57,3 +57,22 @@ def test_serve_and_eval_take_the_onnx_runtime(tiny_bert_dir):
     assert "stats" in res.output
     res = CliRunner().invoke(app, ["eval", "--encoder", tiny_bert_dir, "--suite", "stats", "--runtime", "tensorrt"])
     assert res.exit_code != 0 and "unknown runtime 'tensorrt'" in res.output
+
+
+def test_bf16_runtime_keeps_the_features_and_is_refused_where_it_would_be_slow(tiny_bert_dir, monkeypatch):
+    import invemb.backbone.hf as hf
+
+    monkeypatch.setattr(hf, "bf16_is_fast", lambda device: True)  # the arithmetic runs anywhere, slowly without it
+    torch_bb = HFBackbone(BackboneConfig(path=tiny_bert_dir))
+    bf16_bb = HFBackbone(BackboneConfig(path=tiny_bert_dir)).use_runtime("bf16")
+    a, b = torch_bb.encode(TEXTS), bf16_bb.encode(TEXTS)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert not torch.equal(a, b)  # bfloat16 arithmetic, not the fp32 path under another name
+    assert (a * b).sum(1).min() > 0.99
+    with pytest.raises(ValueError, match="runtime 'bf16' is for inference"):
+        HFBackbone(BackboneConfig(path=tiny_bert_dir, unfreeze_layers=1)).use_runtime("bf16")
+    monkeypatch.setattr(hf, "bf16_is_fast", lambda device: False)
+    with pytest.raises(ValueError, match="runtime 'bf16' would be slower than 'torch' here: cpu has no bfloat16"):
+        HFBackbone(BackboneConfig(path=tiny_bert_dir)).use_runtime("bf16")
+    with pytest.raises(ValueError, match="runtime 'bf16' would be slower than 'torch' on cpu"):
+        bf16_bb.to_device("cpu")

@@ -145,16 +145,27 @@ class HFBackbone(torch.nn.Module):
         device = resolve_device(name or self.cfg.device)
         if self.runtime == "onnx" and device.type != "cpu":
             raise ValueError(f"runtime 'onnx' runs on CPU, not {device}: use runtime 'torch' there")
+        if self.runtime == "bf16" and not bf16_is_fast(device):
+            raise ValueError(f"runtime 'bf16' would be slower than 'torch' on {device}: use runtime 'torch' there")
         self.model.to(device)
         return self
 
     # -- runtime -----------------------------------------------------------------------------
     def use_runtime(self, runtime: str) -> "HFBackbone":
-        """``"torch"`` (the default) or ``"onnx"``: the frozen transformer exported to ONNX and run by
+        """``"torch"`` (the default), ``"onnx"``: the frozen transformer exported to ONNX and run by
         onnxruntime, CPU inference only. The same features to within 1e-5 (EM vectors to 4e-7); on 2
-        CPU cores 1.1-1.3x faster EM encoding of short texts (``bench/backbone_runtime.py``)."""
+        CPU cores 1.1-1.3x faster EM encoding of short texts (``bench/backbone_runtime.py``). Or
+        ``"bf16"``: the transformer's matrix products in bfloat16 (torch autocast), inference only;
+        features to a cosine of about 0.998, and fast only where the hardware does bfloat16 (CPUs
+        with AVX512-BF16 or AMX, recent GPUs): elsewhere it is refused."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+        if runtime == "bf16":
+            if self.cfg.unfreeze_layers:
+                raise ValueError("runtime 'bf16' is for inference: this backbone trains its top layers (unfreeze_layers)")
+            if not bf16_is_fast(self.device):
+                raise ValueError(f"runtime 'bf16' would be slower than 'torch' here: {self.device} has no bfloat16 "
+                                 "arithmetic (a CPU needs AVX512-BF16 or AMX)")
         if runtime == "onnx":
             if self.cfg.unfreeze_layers:
                 raise ValueError("runtime 'onnx' is for inference: this backbone trains its top layers (unfreeze_layers)")
@@ -192,6 +203,9 @@ class HFBackbone(torch.nn.Module):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         if self.runtime == "onnx":
             states = self._onnx(batch)  # (B, T, H)
+        elif self.runtime == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                states = self.model(**batch).last_hidden_state.float()  # (B, T, H)
         else:
             states = self.model(**batch).last_hidden_state  # (B, T, H)
         mask = batch["attention_mask"]  # (B, T)
@@ -247,7 +261,16 @@ class HFBackbone(torch.nn.Module):
         self.cfg.replace(path=str(path)).save(path / "invemb_backbone.json")
 
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "bf16")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` does bfloat16 arithmetic natively (else autocast emulates it, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
 
 
 class OnnxTransformer:

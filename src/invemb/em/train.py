@@ -500,7 +500,7 @@ def export_sentence_transformers(model: TokenEmbeddingModel, path: Path) -> None
 def load_run(run: str | Path, backbone: str | None = None, runtime: str = "torch") -> TokenEmbeddingModel:
     """A trained EM run folder as an :class:`invemb.Encoder`. ``backbone`` points at a copy of the
     backbone folder elsewhere; a different backbone is refused with a message naming both.
-    ``runtime``: the backbone's (``"torch"`` or ``"onnx"``, see :meth:`HFBackbone.use_runtime`)."""
+    ``runtime``: the backbone's (``"torch"``, ``"onnx"`` or ``"bf16"``, see :meth:`HFBackbone.use_runtime`)."""
     run = Path(run)
     if not (run / "config.json").exists():
         raise FileNotFoundError(f"{run}: not an EM run folder (no config.json)")

@@ -61,7 +61,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         decode_sets: List[str] = typer.Option([], "--decode", help="decoding override KEY=VALUE (DecodeConfig: "
                                               "beam, units_k, slots, expand, patience, lm_weight (the language prior; 0: off), "
                                               "memory_weight (the sentence memory; 0: off), ...; repeat)"),
-        runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU: faster decoding)"),
+        runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Rebuild text from sentence vectors, printing each step (unit, slot, cosine) for one text.
@@ -220,7 +220,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         preset: str = typer.Option("default", help="baseline sizes: tiny | default | full"),
         decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE (repeat)"),
         out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png, precision_by_step_*.png"),
-        runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU: faster decoding)"),
+        runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Inversion metrics (BLEU, ROUGE-L, token F1, exact match, cosine, encoder calls, seconds)

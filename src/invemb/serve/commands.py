@@ -22,7 +22,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, help="model name reported in responses (default: the folder name)"),
         set_: List[str] = typer.Option([], "--set", help="ServeConfig override key=value, e.g. max_wait_ms=2 (repeat)"),
         log_level: str = typer.Option("info", help="uvicorn log level: critical | error | warning | info | debug"),
-        runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU)"),
+        runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it)"),
     ):
         """Serve an encoder over HTTP: OpenAI-compatible POST /v1/embeddings, POST /v1/invert (with
         --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
