@@ -60,7 +60,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         beam: Optional[int] = typer.Option(None, help="beam width (default: the run's)"),
         decode_sets: List[str] = typer.Option([], "--decode", help="decoding override KEY=VALUE (DecodeConfig: "
                                               "beam, units_k, slots, expand, patience, lm_weight (the language prior; 0: off), "
-                                              "memory_weight (the sentence memory; 0: off), ...; repeat)"),
+                                              "length_weight (the length prior; 0: off), memory_weight (the sentence "
+                                              "memory; 0: off), ...; repeat)"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
