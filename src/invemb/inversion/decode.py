@@ -303,7 +303,7 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                                                length=cfg.length_weight * min(len(tokenize(text)), s.words),
                                                actions=h.actions + 1, steps=h.steps + [{"unit": unit_texts[a.unit], "slot": a.slot,
                                                                                         **({"moved_from": a.remove} if a.remove >= 0 else {})}]))
-                    if len(kids) > cfg.expand:  # the score's terms known before encoding: policy and prior
+                    if len(kids) > cfg.expand:  # the score's terms known before encoding: policy, prior, length
                         kids = sorted(kids, key=lambda k: -(w * k.logp + k.fluency + k.length))[: cfg.expand]
                 if not kids:
                     s.finished.append(h.best)
