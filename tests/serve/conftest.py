@@ -33,7 +33,9 @@ def toy_controller():
     end in milliseconds; what it rebuilds is noise, which the service tests do not judge."""
     from invemb.inversion.controller import Controller, ControllerModel
     from invemb.inversion.decode import DecodeConfig
+    from invemb.inversion.length import LengthPrior
     from invemb.inversion.lm import BigramLM
+    from invemb.text.vocab import tokenize
     from invemb.inversion.placer import PlacerConfig
     from invemb.inversion.selector import SelectorConfig
 
@@ -41,9 +43,11 @@ def toy_controller():
     encoder, vocab = BagEncoder(), toy_vocab()
     model = ControllerModel(encoder.dim, SelectorConfig.preset("tiny"), PlacerConfig.preset("tiny")).eval()
     units = encoder.encode(vocab.units)
-    prior = BigramLM.build(toy_sentences(50, seed=0))
+    sentences = toy_sentences(50, seed=0)
+    prior = BigramLM.build(sentences)
+    lengths = LengthPrior.fit(encoder.encode(sentences), torch.tensor([len(tokenize(s)) for s in sentences]))
     return Controller(encoder, vocab, units, model, DecodeConfig.preset("tiny", stop_threshold=1.1, max_steps=4),  # never stops early
-                      prior=prior)
+                      prior=prior, length_prior=lengths)
 
 
 @pytest.fixture(scope="session")
