@@ -33,3 +33,19 @@ def write(name: str, payload: dict) -> Path:
     print(json.dumps(payload, indent=2))
     sys.stdout.flush()
     return path
+
+
+def order_and_retrieval(encoder, order, retrieval: bool = True) -> dict:
+    """Order discrimination of ``encoder`` on the probes of ``order`` (an OrderEvaluator) and, with
+    ``retrieval``, the retrieval suite's primary metrics, as one row (names: task/metric)."""
+    import torch
+
+    from invemb.eval.suite import run_suite
+
+    with torch.no_grad():
+        row = {"order/order_discrimination": round(order(encoder)["order_discrimination"], 4)}
+        if retrieval:
+            res = run_suite({"em": encoder}, "retrieval", progress=False)
+            row.update({f"{name}/{res['primary'][name]}": round(by_encoder["em"][res["primary"][name]], 4)
+                        for name, by_encoder in res["results"].items()})
+    return row

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import write
+from _common import order_and_retrieval, write
 
 MAX_POSITIONS = 128
 
@@ -72,19 +72,12 @@ def main() -> None:
     import invemb
     from invemb.eval.data import wiki_sentences
     from invemb.eval.order import OrderEvaluator
-    from invemb.eval.suite import run_suite
 
     em = invemb.load(Path(args.run))
     order = OrderEvaluator(wiki_sentences(args.sentences, split="test"))  # as bench/em_order_share.py
     rows = []
     for share in [float(s) for s in args.shares.split(",")]:
-        encoder = BoundEncoder(em, share, args.content_only)
-        with torch.no_grad():
-            row = {"share": share, "order/order_discrimination": round(order(encoder)["order_discrimination"], 4)}
-            if not args.no_retrieval:
-                res = run_suite({"em": encoder}, "retrieval", progress=False)
-                row.update({f"{name}/{res['primary'][name]}": round(by_encoder["em"][res["primary"][name]], 4)
-                            for name, by_encoder in res["results"].items()})
+        row = {"share": share, **order_and_retrieval(BoundEncoder(em, share, args.content_only), order, not args.no_retrieval)}
         rows.append(row)
         print(row, flush=True)
     write("em_order_binding", {"run": args.run, "content_only": args.content_only, "rows": rows})

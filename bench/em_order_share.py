@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from _common import write
+from _common import order_and_retrieval, write
 
 
 def main() -> None:
@@ -27,7 +25,6 @@ def main() -> None:
     import invemb
     from invemb.eval.data import wiki_sentences
     from invemb.eval.order import OrderEvaluator
-    from invemb.eval.suite import run_suite
 
     em = invemb.load(Path(args.run))
     if not em.head.cfg.order_dims:
@@ -37,12 +34,7 @@ def main() -> None:
     rows = []
     for share in [float(s) for s in args.shares.split(",")]:
         em.head.cfg.order_share = share
-        with torch.no_grad():
-            row = {"share": share, "trained_share": trained, "order/order_discrimination": round(order(em)["order_discrimination"], 4)}
-            if not args.no_retrieval:
-                res = run_suite({"em": em}, "retrieval", progress=False)
-                row.update({f"{name}/{res['primary'][name]}": round(by_encoder["em"][res["primary"][name]], 4)
-                            for name, by_encoder in res["results"].items()})
+        row = {"share": share, "trained_share": trained, **order_and_retrieval(em, order, not args.no_retrieval)}
         rows.append(row)
         print(row, flush=True)
     write("em_order_share", {"run": args.run, "rows": rows})

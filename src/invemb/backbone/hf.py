@@ -160,15 +160,12 @@ class HFBackbone(torch.nn.Module):
         with AVX512-BF16 or AMX, recent GPUs): elsewhere it is refused."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-        if runtime == "bf16":
-            if self.cfg.unfreeze_layers:
-                raise ValueError("runtime 'bf16' is for inference: this backbone trains its top layers (unfreeze_layers)")
-            if not bf16_is_fast(self.device):
-                raise ValueError(f"runtime 'bf16' would be slower than 'torch' here: {self.device} has no bfloat16 "
-                                 "arithmetic (a CPU needs AVX512-BF16 or AMX)")
+        if runtime != "torch" and self.cfg.unfreeze_layers:
+            raise ValueError(f"runtime {runtime!r} is for inference: this backbone trains its top layers (unfreeze_layers)")
+        if runtime == "bf16" and not bf16_is_fast(self.device):
+            raise ValueError(f"runtime 'bf16' would be slower than 'torch' here: {self.device} has no bfloat16 "
+                             "arithmetic (a CPU needs AVX512-BF16 or AMX)")
         if runtime == "onnx":
-            if self.cfg.unfreeze_layers:
-                raise ValueError("runtime 'onnx' is for inference: this backbone trains its top layers (unfreeze_layers)")
             if self.device.type != "cpu":
                 raise ValueError(f"runtime 'onnx' runs on CPU; this backbone is on {self.device} (use runtime 'torch')")
             if self._onnx is None:

@@ -123,7 +123,8 @@ class Hypothesis:
     done: bool = False
     best: "Hypothesis | None" = None  # best-scoring hypothesis on this path (itself included)
     fluency: float = 0.0  # lm_weight * the language prior's score of ``text`` (BigramLM.mean_association)
-    length: float = 0.0  # length_weight * the words of ``text``, at most the target's predicted words
+    words: int = 0  # tokens of ``text`` (the word cap and the length bonus read them)
+    length: float = 0.0  # length_weight * ``words``, at most the target's predicted words
 
     def score(self, model_weight: float) -> float:
         if not self.units:
@@ -211,7 +212,7 @@ class _Search:
     groups: list[list[Hypothesis]] = dataclasses.field(default_factory=list)
     calls: int = 0
     done: bool = False
-    words: float = math.inf  # the length prior's words for ``target``: the length bonus stops there
+    predicted_words: float = math.inf  # the length prior's words for ``target``: the length bonus stops there
 
     def result(self, w: float, seconds: float) -> InversionResult:
         best = max(self.finished + [h.best for h in self.beam], key=lambda h: h.score(w), default=Hypothesis([]))
@@ -258,7 +259,7 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
         searches.append(_Search(check_target(t, encoder.dim), [root]))
     if cfg.length_weight and searches:
         for s, words in zip(searches, length(torch.stack([s.target for s in searches])).tolist()):
-            s.words = words
+            s.predicted_words = words
     torch.manual_seed(cfg.seed)
     w = cfg.model_weight
 
@@ -298,9 +299,10 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                         text = render([unit_texts[u] for u in units])
                         if not fits(text, cfg.max_words):  # a 7-word unit at 38 words: not a child
                             continue
-                        kids.append(Hypothesis(units, text, logp=h.logp + a.logp,
+                        words = len(tokenize(text))
+                        kids.append(Hypothesis(units, text, logp=h.logp + a.logp, words=words,
                                                fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
-                                               length=cfg.length_weight * min(len(tokenize(text)), s.words),
+                                               length=cfg.length_weight * min(words, s.predicted_words),
                                                actions=h.actions + 1, steps=h.steps + [{"unit": unit_texts[a.unit], "slot": a.slot,
                                                                                         **({"moved_from": a.remove} if a.remove >= 0 else {})}]))
                     if len(kids) > cfg.expand:  # the score's terms known before encoding: policy, prior, length
@@ -331,7 +333,7 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                     better = k.score(w) > h.best.score(w) + cfg.min_gain
                     k.best = k if better else h.best
                     k.stale = 0 if better else h.stale + 1
-                    k.done = (cfg.patience > 0 and k.stale >= cfg.patience) or len(tokenize(k.text)) >= cfg.max_words
+                    k.done = (cfg.patience > 0 and k.stale >= cfg.patience) or k.words >= cfg.max_words
             # Slot 0 follows the greedy path; the other slots take the best remaining distinct texts.
             new_beam: list[Hypothesis] = []
             if s.live[0] is s.beam[0] and s.groups[0]:

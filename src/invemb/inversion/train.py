@@ -521,16 +521,17 @@ def sentence_memory(run: Path | None, cfg: ControllerTrainConfig | None, vocab: 
     return memory
 
 
-def length_prior(run: Path | None, vocab: Vocab) -> LengthPrior:
+def length_prior(run: Path | None, vocab: Vocab, data: StateSet | None = None) -> LengthPrior:
     """The decoder's length prior (``--decode length_weight``) of a controller run: its own, else one fitted
-    to its saved training states (their targets and the words of their gold units: a second) and saved
-    into the run (a read-only folder: used, not kept)."""
+    to its training states (``data`` when the caller has them loaded, else the saved ones: their targets
+    and the words of their gold units, a second) and saved into the run (a read-only folder: used, not kept)."""
     if run is not None and LengthPrior.exists(run):
         return LengthPrior.load(run)
-    if run is None or not (run / "states_train.json").exists():
-        raise ValueError("length_weight needs a length prior: this controller has no run folder with training states "
-                         "to fit one to (give Controller a length_prior=, or decode with length_weight=0)")
-    data = StateSet.load(run / "states_train")
+    if data is None:
+        if run is None or not (run / "states_train.json").exists():
+            raise ValueError("length_weight needs a length prior: this controller has no run folder with training "
+                             "states to fit one to (give Controller a length_prior=, or decode with length_weight=0)")
+        data = StateSet.load(run / "states_train")
     unit_words: dict[int, int] = {}
     words = [sum(unit_words.setdefault(u, len(tokenize(vocab.units[u]))) for u in units) for units in data.units]
     prior = LengthPrior.fit(data.targets, torch.tensor(words).clamp_min(1))
@@ -706,7 +707,7 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
 
     atomic_save_file(out / "model.safetensors", lambda p: save_file({k: v.contiguous() for k, v in model.state_dict().items()}, p))
     language_prior(out, cfg, progress=cfg.train.progress)  # built and saved once, beside the weights
-    lengths = length_prior(out, vocab)
+    lengths = length_prior(out, vocab, data)
     summary = {"run": str(out), "sentences": len(data.units), "states": len(data.states), **final,
                "length_prior_dev_mae_words": lengths.stats.get("dev_mae_words")}
     atomic_write_text(out / "report.md", "# controller run\n\n" + "\n".join(f"- {k}: {v}" for k, v in summary.items()) + "\n")
