@@ -65,6 +65,9 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
                              "--n-blackbox", "6", "--threads", "2"), (RUNS["controller"], "model.safetensors")),
     ("inversion_oracle", bench("inversion_oracle", "--controller", RUNS["controller"], "--em", RUNS["em"], "--n", "100"),
      (RUNS["controller"], "model.safetensors")),
+    # the demo controller's own memory (its 30k training states): its bag is trained on first use, 2 minutes
+    ("inversion_bag_recall", bench("inversion_bag_recall", "--controller", RUNS["controller"], "--em", RUNS["em"]),
+     (RUNS["controller"], "model.safetensors")),
     ("inversion_vocab_ceiling", bench("inversion_vocab_ceiling", "--em", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
     ("backbone_runtime", bench("backbone_runtime", "--em", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
     ("inversion_speed", bench("inversion_speed", "--controller", RUNS["controller"], "--em", RUNS["em"]),

@@ -61,7 +61,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         decode_sets: List[str] = typer.Option([], "--decode", help="decoding override KEY=VALUE (DecodeConfig: "
                                               "beam, units_k, slots, expand, patience, lm_weight (the language prior; 0: off), "
                                               "length_weight (the length prior; 0: off), memory_weight (the sentence "
-                                              "memory; 0: off), ...; repeat)"),
+                                              "memory; 0: off), bag_weight (the bag of units; 0: off; 0.5 after "
+                                              "`invemb index memory`), ...; repeat)"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
@@ -182,6 +183,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         controller: Path = typer.Option(..., help="controller run folder (its sentence memory is extended in place)"),
         source: List[str] = typer.Option([], "--source", help="corpus source to add (wiki, wordnet, brown, nlp; repeat; default: all the controller trained on)"),
         max_sentences: int = typer.Option(0, help="add at most this many sentences, a seeded sample (0: every one)"),
+        bag: bool = typer.Option(True, help="then train the run's bag of units (`--decode bag_weight`) again on the "
+                                            "grown memory (3-4 minutes for 50k sentences, 19 for 245k)"),
         quiet: bool = typer.Option(False, help="no progress bar"),
     ):
         """Add the controller's training text to its sentence memory: the units of the training sentences
@@ -191,7 +194,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         corpus, 2 cores: all of it, 194k more sentences, 11-13 minutes; `--source wiki`, 21k, 2 minutes).
         On two samples, all of it lifted wiki / WordNet token F1 from 44.5 / 60.8 and 42.9 / 60.2 to
         45.5 / 63.1 and 45.1 / 63.6; the wiki text alone gave wiki 46.1 / 48.6. Killed, the same command
-        again keeps what it had encoded.
+        again keeps what it had encoded. The decoder's bag of units (README "Bag of units") is trained on
+        this memory, so it is trained again on the grown one (`--no-bag`: keep the old).
 
         Examples:
 
@@ -202,7 +206,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """
         from invemb.inversion.train import extend_memory
 
-        emit(extend_memory(controller, sources=list(source) or None, max_sentences=max_sentences, progress=not quiet))
+        emit(extend_memory(controller, sources=list(source) or None, max_sentences=max_sentences, progress=not quiet,
+                           bag=bag))
 
     from invemb.eval.commands import eval_app
 

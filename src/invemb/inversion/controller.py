@@ -25,6 +25,7 @@ from torch import nn
 from invemb.encoder import Encoder, has_content
 from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
                                      beam_decode, beam_decode_many, check_target)
+from invemb.inversion.bag import UnitBag
 from invemb.inversion.length import LengthPrior
 from invemb.inversion.lm import BigramLM
 from invemb.inversion.memory import SentenceMemory
@@ -79,11 +80,12 @@ class ModelPolicy:
 
     def __init__(self, model: ControllerModel, unit_vectors: torch.Tensor, index, frequent: list[int] | None = None,
                  prune_placer: bool = True, stand_in: torch.Tensor | None = None,
-                 memory: Callable[[], SentenceMemory] | None = None):
+                 memory: Callable[[], SentenceMemory] | None = None, bag: Callable[[], UnitBag] | None = None):
         """``memory``: gives the sentence memory (asked for only when ``--decode memory_weight`` is on or
-        the Selector reads one)."""
+        the Selector reads one); ``bag``: gives the bag of units (asked for only when ``--decode bag_weight``
+        is on)."""
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
-        self.memory = memory
+        self.memory, self.bag = memory, bag
         self._read_cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # target -> its memory (ids, votes)
         self.prune_placer = prune_placer  # skip Placer pairs that cannot yield a kept action (same proposals kept)
         self.stand_in = stand_in  # (N,) see stand_ins; None: every unit offered as itself
@@ -106,6 +108,20 @@ class ModelPolicy:
             return None
         distinct, row = torch.unique(targets, dim=0, return_inverse=True)
         return self.memory().votes(distinct, cfg.memory_k, cfg.memory_temperature, remap=self.stand_in)[row]
+
+    def bag_votes(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> torch.Tensor | None:
+        """(H, N) each hypothesis's bag-of-units vote per unit (None when the bag is off), 0 for the units its
+        buffer holds: computed once per distinct target, so a hypothesis gets the same alone and in a batch."""
+        if not cfg.bag_weight:
+            return None
+        if self.bag is None:
+            raise ValueError(f"bag_weight={cfg.bag_weight} needs a bag of units: give the policy bag=, or decode with bag_weight=0")
+        distinct, row = torch.unique(targets, dim=0, return_inverse=True)
+        votes = self.bag().votes(distinct, cfg.bag_floor)[row]  # (H, N)
+        for i, x in enumerate(hyps):  # the bag does not know what a buffer holds: a placed unit gets no more
+            if x.units:
+                votes[i, torch.tensor(x.units, dtype=torch.long)] = 0.0
+        return votes
 
     def selector_memory(self, targets: torch.Tensor, hyps: Sequence[Hypothesis]) -> MemoryInput | None:
         """What a Selector trained with a memory (``selector.memory``) reads of it per hypothesis, its votes
@@ -158,22 +174,29 @@ class ModelPolicy:
         n_found, frequent_ids = ids.shape[1], self.frequent[: cfg.frequent_units]
         frequent = frequent_ids.tolist()
         votes = self.memory_votes(targets, cfg)  # (H, N) or None
-        n_memory = 0
+        n_memory = 0  # candidates after the index's: the memory's, the bag's and those the Selector reads
         if votes is not None and cfg.memory_units:  # the memory's best-voted units join the retrieved ones
             voted = votes.topk(cfg.memory_units, dim=1)
             ids = torch.cat([ids, voted.indices.masked_fill(voted.values <= 0, -1)], dim=1)  # (H, P + Mu)
             n_memory = cfg.memory_units
+        bag = self.bag_votes(targets, hyps, cfg)  # (H, N) or None
+        if bag is not None and cfg.bag_units:  # the bag's likeliest units the buffer lacks join them too
+            liked = bag.topk(cfg.bag_units, dim=1)
+            ids = torch.cat([ids, liked.indices.masked_fill(liked.values <= 0, -1)], dim=1)  # (H, P + Mu + Bu)
+            n_memory += cfg.bag_units
         if read is not None:  # the memory units a memory-trained Selector reads are its candidates too
-            ids = torch.cat([ids, read.ids], dim=1)  # (H, P + Mu + M)
+            ids = torch.cat([ids, read.ids], dim=1)  # (H, P + Mu + Bu + M)
             n_memory += read.ids.shape[1]
         # Logits (cosine / temperature, or the reranker's) of each hypothesis's retrieved and frequent units.
-        pool = torch.cat([ids.clamp_min(0), frequent_ids.expand(len(hyps), -1)], dim=1)  # (H, P + Mu + M + F)
-        logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + Mu + M + F)
+        pool = torch.cat([ids.clamp_min(0), frequent_ids.expand(len(hyps), -1)], dim=1)  # (H, P + Mu + Bu + M + F)
+        logits = self.model.selector.candidate_logits(s, sel, self.unit_vectors[pool])  # (H, P + Mu + Bu + M + F)
         logits = logits + self.model.selector.memory_logits(sel, read, pool)  # gate * vote: 0 without a memory
         n_ranked = n_found + n_memory
-        logits[:, :n_ranked].masked_fill_(ids < 0, float("-inf"))  # slots the index or the memory left empty
+        logits[:, :n_ranked].masked_fill_(ids < 0, float("-inf"))  # slots the index, the memory or the bag left empty
         if votes is not None:  # retrieved and memory units get the vote; frequent ones are offered as they are
             logits[:, :n_ranked] += cfg.memory_weight * votes.gather(1, pool[:, :n_ranked])
+        if bag is not None:
+            logits[:, :n_ranked] += cfg.bag_weight * bag.gather(1, pool[:, :n_ranked])
         pair_hyp, pair_unit, pair_logp = [], [], []
         for i, x in enumerate(hyps):
             placed = set(x.units)
@@ -289,12 +312,14 @@ class Controller:
 
     def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
                  decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None,
-                 run: Path | None = None, memory: SentenceMemory | None = None, length_prior: LengthPrior | None = None):
+                 run: Path | None = None, memory: SentenceMemory | None = None, length_prior: LengthPrior | None = None,
+                 bag: UnitBag | None = None):
         """``prior``: the language prior of ``decode.lm_weight`` (default: the run's own, loaded or built
         when a decode first needs it); ``memory``: the sentence memory of ``decode.memory_weight`` (default:
         the run's own, loaded when a decode first needs it); ``length_prior``: that of ``decode.length_weight``
-        (default: the run's own, loaded or fitted when a decode first needs it); ``run``: the run folder it
-        was loaded from."""
+        (default: the run's own, loaded or fitted when a decode first needs it); ``bag``: the bag of units of
+        ``decode.bag_weight`` (default: the run's own, loaded or trained when a decode first needs it);
+        ``run``: the run folder it was loaded from."""
         from invemb.index import IndexConfig, UnitIndex
 
         self.encoder = CountingEncoder(encoder)
@@ -302,11 +327,12 @@ class Controller:
         self.settings(decode)
         self.info = info or {}
         self.run, self._language_prior, self._memory, self._length_prior = run, prior, memory, length_prior
+        self._bag = bag
         self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
                                   stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts),
-                                  memory=lambda: self.sentence_memory)
+                                  memory=lambda: self.sentence_memory, bag=lambda: self.unit_bag)
 
     @classmethod
     def load(cls, run: str | Path, em: str | Path | Encoder | None = None, runtime: str = "torch",
@@ -370,6 +396,18 @@ class Controller:
 
             self._length_prior = length_prior(self.run, self.vocab)
         return self._length_prior
+
+    @property
+    def unit_bag(self) -> UnitBag:
+        """The bag of units of ``--decode bag_weight``: the one given, else the run's own, else trained now on
+        the run's sentence memory (:func:`invemb.inversion.train.unit_bag`; minutes)."""
+        if self._bag is None:
+            from invemb.inversion.train import ControllerTrainConfig, unit_bag
+
+            trained = self.info.get("config")
+            self._bag = unit_bag(self.run, ControllerTrainConfig.from_dict(trained) if trained else None, self.vocab,
+                                 self.unit_vectors)
+        return self._bag
 
     def lengths(self, decode: DecodeConfig):
         """The predicted words beam decoding's length bonus stops at for ``decode`` ((N, D) targets -> (N,),
