@@ -184,7 +184,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         source: List[str] = typer.Option([], "--source", help="corpus source to add (wiki, wordnet, brown, nlp; repeat; default: all the controller trained on)"),
         max_sentences: int = typer.Option(0, help="add at most this many sentences, a seeded sample (0: every one)"),
         bag: bool = typer.Option(True, help="then train the run's bag of units (`--decode bag_weight`) again on the "
-                                            "grown memory (3-4 minutes for 50k sentences, 19 for 245k)"),
+                                            "grown memory (2 minutes for 52k sentences, 19 for 245k)"),
         quiet: bool = typer.Option(False, help="no progress bar"),
     ):
         """Add the controller's training text to its sentence memory: the units of the training sentences
@@ -203,6 +203,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
           invemb index memory --controller runs/ctl-default
           invemb index memory --controller runs/ctl-default --source wiki
           invemb eval inversion --em runs/em-default --controller runs/ctl-default
+          invemb eval inversion --em runs/em-default --controller runs/ctl-default --decode bag_weight=0.5
         """
         from invemb.inversion.train import extend_memory
 
