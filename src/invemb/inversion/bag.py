@@ -134,7 +134,9 @@ def fit_bag(memory: SentenceMemory, unit_vectors: torch.Tensor, cfg: BagConfig |
             stand_in: torch.Tensor | None = None, progress: bool = True) -> UnitBag:
     """Train a bag of units on ``memory``'s sentences: each sentence's vector should put its softmax
     mass evenly on the distinct units it holds (a unit counted as its ``stand_in`` (N,), when given).
-    ``stats`` reports the held-out sentences' loss and recall of their units in the first 32."""
+    ``stats`` reports the held-out sentences' loss and recall of their units in the first 32: a random
+    share of the memory, so they share documents with training sentences: an optimistic figure
+    (``bench/inversion_bag_recall.py`` measures test sentences)."""
     from invemb.backbone.hf import bf16_is_fast
 
     cfg = cfg or BagConfig()
