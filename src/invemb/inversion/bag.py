@@ -146,7 +146,6 @@ def fit_bag(memory: SentenceMemory, unit_vectors: torch.Tensor, cfg: BagConfig |
         raise ValueError(f"{unit_vectors.shape[0]} unit vectors for a memory of {memory.n_units} units")
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     units = memory.units if stand_in is None else stand_in[memory.units]  # (T,) each entry's unit
     lengths = memory.offsets.diff()  # (M,)
     sentence = torch.arange(len(memory)).repeat_interleave(lengths)  # (T,) each entry's sentence
@@ -174,7 +173,9 @@ def fit_bag(memory: SentenceMemory, unit_vectors: torch.Tensor, cfg: BagConfig |
     train = train[starts[train + 1] > starts[train]]  # sentences holding at least one output unit
     if not len(train):
         raise ValueError("no memory sentence holds a unit with a bag output")
-    model = UnitBag(memory.vectors.shape[1], unit_ids, memory.n_units, cfg, init_vectors=unit_vectors[unit_ids])
+    with torch.random.fork_rng():  # a seeded init that leaves the caller's RNG (a decode's, on first use) alone
+        torch.manual_seed(cfg.seed)
+        model = UnitBag(memory.vectors.shape[1], unit_ids, memory.n_units, cfg, init_vectors=unit_vectors[unit_ids])
     batch = min(cfg.batch_size, len(train))
     steps = max(1, math.ceil(cfg.epochs * len(train) / batch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)

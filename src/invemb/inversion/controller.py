@@ -406,7 +406,7 @@ class Controller:
 
             trained = self.info.get("config")
             self._bag = unit_bag(self.run, ControllerTrainConfig.from_dict(trained) if trained else None, self.vocab,
-                                 self.unit_vectors)
+                                 self.unit_vectors, stand_in=self.policy.stand_in)
         return self._bag
 
     def lengths(self, decode: DecodeConfig):

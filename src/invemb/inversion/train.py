@@ -542,10 +542,12 @@ def length_prior(run: Path | None, vocab: Vocab, data: StateSet | None = None) -
 
 
 def unit_bag(run: Path | None, cfg: ControllerTrainConfig | None, vocab: Vocab, unit_vectors: torch.Tensor,
-             memory: SentenceMemory | None = None, progress: bool = True, refit: bool = False) -> UnitBag:
+             memory: SentenceMemory | None = None, progress: bool = True, refit: bool = False,
+             stand_in: torch.Tensor | None = None) -> UnitBag:
     """The decoder's bag of units (``--decode bag_weight``) of a controller run: its own (unless ``refit``),
     else one trained on its sentence memory (``memory``, default the run's: minutes, 19 for 245k
-    sentences on 2 cores) and saved into the run (a read-only folder: used, not kept)."""
+    sentences on 2 cores) and saved into the run (a read-only folder: used, not kept). ``stand_in``:
+    the vocabulary's case-twin stand-ins when the caller has them (else computed here)."""
     if run is not None and UnitBag.exists(run) and not refit:
         return UnitBag.load(run)
     if memory is None:
@@ -555,7 +557,8 @@ def unit_bag(run: Path | None, cfg: ControllerTrainConfig | None, vocab: Vocab, 
         memory = sentence_memory(run, cfg, vocab)
     print(f"training the decoder's bag of units on {len(memory)} memory sentences", file=sys.stderr)
     bag = fit_bag(memory, unit_vectors, cfg.bag if cfg is not None else BagConfig(),
-                  stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts), progress=progress)
+                  stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts) if stand_in is None else stand_in,
+                  progress=progress)
     if run is not None:
         _keep_in_run(bag, run, "bag of units")
     return bag
