@@ -98,7 +98,7 @@ def test_auth_required_on_v1(client, recording_encoder, headers):
 
 def test_open_endpoints_and_schema(client):
     h = client.get("/healthz").json()
-    assert h["status"] == "ok" and h["dim"] == 16 and h["controller"] is False
+    assert h["status"] == "ok" and h["dim"] == 16 and h["controller"] is False and h["decode"] is None
     models = client.get("/v1/models", headers=AUTH).json()
     assert models["data"][0]["id"] == "fake-model"
     schema = client.get("/openapi.json").json()

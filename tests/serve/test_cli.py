@@ -75,6 +75,24 @@ def test_serve_starts_with_controller_and_env_api_key(started, trained_toy_run, 
         assert c.get("/healthz").json()["controller"] is True
 
 
+def test_serve_decodes_with_the_given_overrides_and_refuses_bad_ones_at_start(started, trained_toy_run):
+    run, _ = trained_toy_run
+    res = runner.invoke(app, ["serve", "--model", "toy-em", "--controller", str(run), "--decode", "beam=1",
+                              "--decode", "units_k=3"], env={"INVEMB_API_KEY": ""})
+    assert res.exit_code == 0, res.output
+    with TestClient(started["app"]) as c:
+        decode = c.get("/healthz").json()["decode"]
+        assert decode["beam"] == 1 and decode["units_k"] == 3
+        r = c.post("/v1/invert", json={"text": "The big cat sat."})
+        assert r.status_code == 200 and r.json()["reconstruction"], r.text
+    for args, needle in ((["--decode", "beam=0"], "beam=0 (at least 1)"), (["--decode", "nope=1"], "nope"),
+                         (["--decode", "max_words=500", "--decode", "max_steps=500"], "Placer reads at most")):
+        res = runner.invoke(app, ["serve", "--model", "toy-em", "--controller", str(run), *args], env={"INVEMB_API_KEY": ""})
+        assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
+    res = runner.invoke(app, ["serve", "--model", "toy-em", "--decode", "beam=1"])
+    assert res.exit_code == 2 and "needs --controller" in res.output
+
+
 def test_public_host_without_key_warns(started):
     res = runner.invoke(app, ["serve", "--model", "toy-em", "--host", "0.0.0.0"], env={"INVEMB_API_KEY": ""})
     assert res.exit_code == 0, res.output

@@ -298,9 +298,10 @@ def malloc_trim() -> Callable[[int], int] | None:
 
 
 def load_service(model: str, controller: str | None = None, cfg: ServeConfig | None = None,
-                 name: str | None = None, runtime: str = "torch") -> Service:
+                 name: str | None = None, runtime: str = "torch", decode: dict | None = None) -> Service:
     """Load the encoder (a run folder, an HF folder or ``backbone``, its backbone on ``runtime``:
-    "torch" or "onnx") and optionally a controller run."""
+    "torch", "onnx" or "bf16") and optionally a controller run, decoding with the run's settings and
+    ``decode``'s overrides (``DecodeConfig`` keys, e.g. ``{"bag_weight": 0.5}``)."""
     from pathlib import Path
 
     import invemb
@@ -314,7 +315,10 @@ def load_service(model: str, controller: str | None = None, cfg: ServeConfig | N
         from invemb.inversion import load_run
 
         # The controller encodes through the same lock as the batcher (one model, two threads).
-        service.controller = load_run(Path(controller), em=SerialEncoder(encoder, service.lock))
+        service.controller = load_run(Path(controller), em=SerialEncoder(encoder, service.lock), **(decode or {}))
+        service.controller.settings()  # settings that would fail mid-search are refused at start, not per request
+    elif decode:
+        raise ValueError("decoding overrides need a controller run")
     return service
 
 
@@ -451,6 +455,7 @@ def create_app(service: Service, api_key: str | None = None):
     async def healthz():
         """Liveness and batching counters (no auth needed)."""
         return {"status": "ok", "model": service.name, "dim": service.dim, "controller": service.controller is not None,
+                "decode": service.controller.decode_cfg.to_dict() if service.controller is not None else None,
                 "queued_texts": service.batcher.queued_texts, "batching": service.batcher.stats.to_dict()}
 
     return Guard(app, api_key, cfg.max_body_bytes)
@@ -492,12 +497,12 @@ def _version() -> str:
 
 
 def serve(model: str, controller: str | None = None, cfg: ServeConfig | None = None, api_key: str | None = None,
-          name: str | None = None, log_level: str = "info", runtime: str = "torch") -> None:
+          name: str | None = None, log_level: str = "info", runtime: str = "torch", decode: dict | None = None) -> None:
     """Load the models and run uvicorn until interrupted (the ``invemb serve`` command)."""
     import uvicorn
 
     cfg = (cfg or ServeConfig()).check()
-    service = load_service(model, controller, cfg, name, runtime)
+    service = load_service(model, controller, cfg, name, runtime, decode)
     app = create_app(service, api_key)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=cfg.access_log,
                 lifespan="on")

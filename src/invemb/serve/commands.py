@@ -23,6 +23,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         set_: List[str] = typer.Option([], "--set", help="ServeConfig override key=value, e.g. max_wait_ms=2 (repeat)"),
         log_level: str = typer.Option("info", help="uvicorn log level: critical | error | warning | info | debug"),
         runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it)"),
+        decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE, e.g. bag_weight=0.5 (repeat; needs --controller)"),
     ):
         """Serve an encoder over HTTP: OpenAI-compatible POST /v1/embeddings, POST /v1/invert (with
         --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
@@ -37,6 +38,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
           invemb serve --model runs/em-default --runtime onnx
           invemb serve --model runs/em-default --set encode_workers=2
           INVEMB_API_KEY=secret invemb serve --model runs/em-default --controller runs/controller-default --port 8080
+          invemb serve --model runs/em-default --controller runs/ctl-mem-all --runtime bf16 --decode bag_weight=0.5
           curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat"]}'
 
         Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, encode_batch_chars,
@@ -52,7 +54,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         cfg = ServeConfig().replace(**parse_overrides(set_)).replace(host=host, port=port).check()
         if controller is not None and not controller.exists():
             raise FileNotFoundError(f"{controller}: no such controller run folder")
+        decode = parse_overrides(decode_sets)
+        if decode and controller is None:
+            raise ValueError("--decode sets how the controller decodes: it needs --controller RUN")
         if not is_loopback(host) and not api_key:
             typer.echo(f"warning: serving on {host} without an API key (set --api-key or INVEMB_API_KEY)", err=True)
         serve(model, str(controller) if controller else None, cfg, api_key=api_key, name=name, log_level=log_level,
-              runtime=runtime)
+              runtime=runtime, decode=decode)
