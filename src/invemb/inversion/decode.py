@@ -306,9 +306,9 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                     for a in ranked:
                         units = _apply(h, a)
                         text = render([unit_texts[u] for u in units])
-                        if not fits(text, cfg.max_words):  # a 7-word unit at 38 words: not a child
+                        words = len(tokenize(text))  # as fits(), tokenizing once: a 7-word unit at 38 words is no child
+                        if words > cfg.max_words or not has_content(text):
                             continue
-                        words = len(tokenize(text))
                         kids.append(Hypothesis(units, text, logp=h.logp + a.logp, words=words,
                                                fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
                                                length=cfg.length_weight * min(words, s.predicted_words),
