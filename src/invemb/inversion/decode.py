@@ -77,7 +77,9 @@ class DecodeConfig(Config):
     frequent_units: int = 20  # the N most frequent vocabulary units (the, of, a, ...) join every hypothesis's candidates
     stop_threshold: float = 0.5
     move_threshold: float = 0.5
-    patience: int = 3  # steps without a better score before a hypothesis ends (0: off)
+    # Steps without a better score before a hypothesis ends (0: off). 2, runs/ctl-mem, bf16, 150 + 150 test
+    # sentences (seed 0): wiki token F1 47.6 -> 45.9, 254 -> 198 encoder calls, WordNet 60.2 -> 60.5.
+    patience: int = 3
     min_gain: float = 1e-4
     max_words: int = 40
     max_steps: int = 48
