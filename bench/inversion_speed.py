@@ -1,7 +1,8 @@
 """Decoding speed of the controller: one sentence at a time against lockstep batches, on the torch,
-onnxruntime and bfloat16 backbone runtimes, in one run on the same sentences; and, on onnx in lockstep, the Placer
+onnxruntime and bfloat16 backbone runtimes, in one run on the same sentences; on onnx in lockstep, the Placer
 without its pruning (the same searches, every candidate pair placed) and ``--gaps`` (fewer children
-encoded: ``DecodeConfig.expand_gap``).
+encoded: ``DecodeConfig.expand_gap``); on the last runtime in lockstep, ``--expands`` (fewer children
+encoded per hypothesis: ``DecodeConfig.expand``).
 
 Every repeat decodes the sentences once with each setting in turn (drift in the shared machine hits
 all alike; each keeps its fastest repeat). Reports sentences/s, the ratio of each setting's time to
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "bf16"],
                     help="backbone runtimes to time (torch always; bf16 left out where the hardware has no bfloat16)")
     ap.add_argument("--gaps", type=float, nargs="*", default=[], help="also decode with these expand_gap values (onnx, lockstep)")
+    ap.add_argument("--expands", type=int, nargs="*", default=[],
+                    help="also decode with these expand values (children encoded per hypothesis; lockstep, on the last runtime)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -59,6 +62,10 @@ def main() -> None:
         settings[f"onnx_lockstep{args.batch}_placer_unpruned"] = (onnx, args.batch, False, onnx.decode_cfg)
         for gap in args.gaps:
             settings[f"onnx_lockstep{args.batch}_gap{gap:g}"] = (onnx, args.batch, True, onnx.decode_cfg.replace(expand_gap=gap))
+    last = runtimes[-1]  # the fastest where the list runs torch, onnx, bf16
+    for expand in args.expands:
+        ctrl = ctrls[last]
+        settings[f"{last}_lockstep{args.batch}_expand{expand}"] = (ctrl, args.batch, True, ctrl.decode_cfg.replace(expand=expand))
     best = dict.fromkeys(settings, float("inf"))
     results = {}
     for _ in range(args.repeat):

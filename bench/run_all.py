@@ -70,7 +70,7 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
      (RUNS["controller"], "model.safetensors")),
     ("inversion_vocab_ceiling", bench("inversion_vocab_ceiling", "--em", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
     ("backbone_runtime", bench("backbone_runtime", "--em", RUNS["em"]), (RUNS["em"], "final_metrics.json")),
-    ("inversion_speed", bench("inversion_speed", "--controller", RUNS["controller"], "--em", RUNS["em"]),
+    ("inversion_speed", bench("inversion_speed", "--controller", RUNS["controller"], "--em", RUNS["em"], "--expands", "5"),
      (RUNS["controller"], "model.safetensors")),
     ("serve_invert", bench("serve_invert", "--controller", RUNS["controller"], "--em", RUNS["em"]),
      (RUNS["controller"], "model.safetensors")),

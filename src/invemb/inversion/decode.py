@@ -35,7 +35,9 @@ class DecodeConfig(Config):
     # best slots kept per unit; 3 since the language prior (below) picks among them: without it 3 changed nothing
     slots: int = 3
     # children kept per hypothesis before encoding: the encoder calls. On 50 wiki / 30 WordNet test sentences,
-    # 8 -> 7 cut calls 255 -> 211 / 177 -> 160 at token F1 33.3 -> 33.2 / 48.1 -> 50.3; 6: 173 / 129, F1 31.8 / 48.6
+    # 8 -> 7 cut calls 255 -> 211 / 177 -> 160 at token F1 33.3 -> 33.2 / 48.1 -> 50.3; 6: 173 / 129, F1 31.8 / 48.6.
+    # With the length prior and runs/ctl-mem's memory (150 + 150, seeds 0 / 1), 5: wiki F1 -0.2 / -1.6 at 0.67x
+    # the decoding time (2.1 sentences/s on the bf16 runtime; README "Speed").
     expand: int = 7
     # Also drop children whose action log-probability is more than this below the hypothesis's best
     # action (0: off): a confident policy then spends fewer encoder calls. At least one child is kept.
