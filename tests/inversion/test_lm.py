@@ -53,6 +53,15 @@ def test_association_prefers_the_corpus_order_and_saves_and_loads(tmp_path):
         BigramLM.build([])
 
 
+def test_association_from_the_pair_cache_equals_the_mean_of_the_relative_logprobs():
+    lm = BigramLM.build(toy_sentences(200, seed=0))
+    texts = ["The big cat sat on the mat.", "Mat the on sat cat big the.", "zebra", "the the the", "A red fox ran."]
+    expected = [float(lm.token_logprobs(t, relative=True).mean()) for t in texts]
+    for _ in range(2):  # the first pass fills the cache, the second reads it
+        assert [lm.mean_association(t) for t in texts] == pytest.approx(expected, abs=1e-12)
+    assert lm._association and len(lm._association) < sum(len(t.split()) + 2 for t in texts)  # shared pairs once
+
+
 class OrderFreeEncoder(BagEncoder):
     """A text's vector is the normalised sum of its words' vectors: blind to order."""
 

@@ -15,6 +15,7 @@ sorted arrays, looked up with ``np.searchsorted``): no pickle; 24 MB for the def
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -48,6 +49,9 @@ class BigramLM:
         cont[0] = 0.0  # nothing is ever followed by the start of a sentence
         cont = np.append(cont, 0.5)  # (V + 1,): the last slot stands for any unseen word (id V)
         self.p_cont = cont / cont.sum()  # (V + 1,)
+        # (v, w) ids -> log P(w | v) / P_cont(w): decoding scores ~1,000 texts per sentence that share most of
+        # their pairs, and the numpy lookups cost more than the arithmetic on short texts
+        self._association: dict[tuple[int, int], float] = {}
 
     @classmethod
     def build(cls, sentences: Iterable[str], discount: float = 0.75, progress: bool = False) -> "BigramLM":
@@ -77,16 +81,19 @@ class BigramLM:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def _ids(self, text: str) -> np.ndarray:
+    def _id_list(self, text: str) -> list[int]:
         unk = len(self.tokens)
-        return np.array([0] + [self.ids.get(t.lower(), unk) for t in tokenize(text)] + [1], dtype=np.int64)
+        return [0] + [self.ids.get(t.lower(), unk) for t in tokenize(text)] + [1]
 
     def token_logprobs(self, text: str, relative: bool = False) -> np.ndarray:
         """Natural-log probability of each token of ``text`` and of the end of sentence, (n + 1,);
         ``relative``: less the log of its context-free continuation probability, so what is left is
         what the neighbour adds (positive for a likely pair, negative for an unlikely one)."""
-        seq = self._ids(text)
-        v, w = seq[:-1], seq[1:]
+        seq = np.array(self._id_list(text), dtype=np.int64)
+        return self._pair_logprobs(seq[:-1], seq[1:], relative)
+
+    def _pair_logprobs(self, v: np.ndarray, w: np.ndarray, relative: bool) -> np.ndarray:
+        """log P(w | v) for (n,) context and word ids (``relative``: less log P_cont(w))."""
         V = len(self.tokens)
         known = v < V
         c_v = np.where(known, self.unigram[np.minimum(v, V - 1)], 0).astype(np.float64)
@@ -109,7 +116,15 @@ class BigramLM:
         """Mean over the adjacent pairs of ``text`` (start and end included) of log P(w | v) / P_cont(w):
         how much likelier each word is after its neighbour than anywhere. Unlike the plain
         log-probability it does not favour frequent words or short texts, only likely order."""
-        return float(self.token_logprobs(text, relative=True).mean())
+        seq = self._id_list(text)
+        pairs = list(zip(seq, seq[1:]))
+        todo = [p for p in dict.fromkeys(pairs) if p not in self._association]
+        if todo:
+            if len(self._association) + len(todo) > 2_000_000:  # bounded over a long stream of decodes
+                self._association.clear()
+            v, w = (np.array(x, dtype=np.int64) for x in zip(*todo))
+            self._association.update(zip(todo, self._pair_logprobs(v, w, relative=True).tolist()))
+        return math.fsum(self._association[p] for p in pairs) / len(pairs)
 
     def save(self, folder: str | Path) -> None:
         from safetensors.numpy import save_file
