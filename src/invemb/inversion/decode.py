@@ -179,10 +179,19 @@ class CountingEncoder:
         self.encoder.save(path)
 
 
+def fitting_words(text: str, max_words: int) -> int | None:
+    """The words of a candidate text that may be a hypothesis, None for one that may not: a
+    hypothesis is something an encoder can read (not a unit of invisible characters alone) of at
+    most ``max_words`` words (a unit may be a phrase)."""
+    if not has_content(text):
+        return None
+    words = len(tokenize(text))
+    return words if words <= max_words else None
+
+
 def fits(text: str, max_words: int) -> bool:
-    """Whether a candidate text may be a hypothesis: something an encoder can read (not a unit of
-    invisible characters alone) and at most ``max_words`` words (a unit may be a phrase)."""
-    return has_content(text) and len(tokenize(text)) <= max_words
+    """Whether a candidate text may be a hypothesis (:func:`fitting_words`)."""
+    return fitting_words(text, max_words) is not None
 
 
 def render(units: Sequence[str]) -> str:
@@ -310,8 +319,8 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                     for a in ranked:
                         units = _apply(h, a)
                         text = render([unit_texts[u] for u in units])
-                        words = len(tokenize(text))  # as fits(), tokenizing once: a 7-word unit at 38 words is no child
-                        if words > cfg.max_words or not has_content(text):
+                        words = fitting_words(text, cfg.max_words)
+                        if words is None:  # a 7-word unit at 38 words: not a child
                             continue
                         kids.append(Hypothesis(units, text, logp=h.logp + a.logp, words=words,
                                                fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,

@@ -307,6 +307,8 @@ def load_service(model: str, controller: str | None = None, cfg: ServeConfig | N
     import invemb
     from invemb.api import run_kind
 
+    if decode and not controller:  # before the encoder loads
+        raise ValueError("--decode sets how the controller decodes: it needs --controller RUN")
     if run_kind(model) == "controller":
         raise ValueError(f"{model} is a controller run: pass it as --controller, and its encoder as --model")
     encoder = invemb.load(model, runtime=runtime)
@@ -315,10 +317,8 @@ def load_service(model: str, controller: str | None = None, cfg: ServeConfig | N
         from invemb.inversion import load_run
 
         # The controller encodes through the same lock as the batcher (one model, two threads).
+        # Settings that would fail mid-search are refused here (Controller checks them), not per request.
         service.controller = load_run(Path(controller), em=SerialEncoder(encoder, service.lock), **(decode or {}))
-        service.controller.settings()  # settings that would fail mid-search are refused at start, not per request
-    elif decode:
-        raise ValueError("decoding overrides need a controller run")
     return service
 
 

@@ -55,8 +55,6 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if controller is not None and not controller.exists():
             raise FileNotFoundError(f"{controller}: no such controller run folder")
         decode = parse_overrides(decode_sets)
-        if decode and controller is None:
-            raise ValueError("--decode sets how the controller decodes: it needs --controller RUN")
         if not is_loopback(host) and not api_key:
             typer.echo(f"warning: serving on {host} without an API key (set --api-key or INVEMB_API_KEY)", err=True)
         serve(model, str(controller) if controller else None, cfg, api_key=api_key, name=name, log_level=log_level,
