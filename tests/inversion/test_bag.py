@@ -137,3 +137,18 @@ def test_a_run_trains_its_bag_on_first_use_and_a_grown_memory_trains_it_again(to
     assert "bag_dev_recall_at_32" not in extend_memory(older, encoder=encoder, progress=False, bag=False)
     assert not UnitBag.exists(older)
     assert extend_memory(older, encoder=encoder, progress=False)["bag_dev_recall_at_32"] == UnitBag.load(older).stats["dev_recall_at_32"]
+
+
+def test_top_votes_are_the_likeliest_units_voting_their_log_odds_over_the_next_one():
+    memory, unit_vectors, _ = planted_memory(300)
+    bag = fit_bag(memory, unit_vectors, BagConfig.preset("tiny").replace(hidden=16, epochs=3.0), progress=False)
+    vectors = memory.vectors[:7]
+    ids, votes = bag.top_votes(vectors, 5, chunk=3)  # chunks of 3 rows give what one pass gives
+    assert ids.shape == votes.shape == (7, 5)
+    logp = torch.log_softmax(bag(vectors), dim=1)  # (7, V) over the bag's outputs
+    ranked = logp.sort(dim=1, descending=True)
+    assert torch.equal(ids, bag.unit_ids[ranked.indices[:, :5]])
+    assert torch.allclose(votes, ranked.values[:, :5] - ranked.values[:, 5:6], atol=1e-5)
+    assert (votes[:, :-1] >= votes[:, 1:]).all() and (votes >= 0).all()
+    with pytest.raises(ValueError, match="dimension 16"):
+        bag.top_votes(torch.randn(2, 8), 5)

@@ -212,3 +212,54 @@ def test_memory_sources_join_the_memory_before_training_and_a_sentence_never_hea
     mine, theirs = memory_groups(cfg.replace(corpus=str(tmp_path / "corpus")), data, memory)
     assert torch.equal(theirs[: len(mine)], mine)  # the memory's first sentences are the states'
     assert len(set(theirs.tolist())) < len(theirs)  # documents of several sentences are one group
+
+
+def test_a_subset_keeps_the_chosen_sentences_in_their_new_order():
+    memory = small_memory()
+    part = memory.subset(torch.tensor([2, 0]))
+    assert len(part) == 2 and part.n_units == 5 and part.texts_hash == ["c", "a"]
+    assert [part.sentence_units(i) for i in range(2)] == [[0, 2], [1, 3]]
+    assert torch.equal(part.vectors, memory.vectors[[2, 0]])
+
+
+def test_a_selector_reading_the_bag_trains_on_cross_fitted_bags_and_decodes_with_the_runs_own(tmp_path):
+    from invemb.inversion.bag import UnitBag, fit_bag
+    from invemb.inversion.controller import Controller, stand_ins
+    from invemb.inversion.decode import Hypothesis
+    from invemb.inversion.train import ControllerTrainConfig, StateSet, train_controller
+    from invemb.io import write_jsonl
+    from toy import BagEncoder
+
+    encoder = BagEncoder()
+    toy_vocab().save(tmp_path / "vocab.json")
+    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(160, seed=3)])
+    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
+                                       max_sentences=160, dev_sentences=32).replace(
+        **{"train.epochs": 2, "train.progress": False, "selector.memory": 4, "selector.memory_source": "bag"})
+    run = tmp_path / "run"
+    summary = train_controller("toy", cfg, run, encoder=encoder)
+    assert summary[f"dev_memory_hit@{cfg.decode.units_k}"] > 0.5
+    assert UnitBag.exists(run) and (run / "selector_bag_votes.safetensors").exists()
+    # Each training sentence read a bag of the other half of the documents (a train_file line is its own
+    # document: halves by parity): sentence 1 reads the bag trained on the even sentences, never itself.
+    from safetensors.torch import load_file
+
+    data = StateSet.load(run / "states_train")
+    vocab_units = toy_vocab()
+    memory = SentenceMemory.from_lists(data.targets, data.units, len(vocab_units))  # as training built it (fp32)
+    unit_vectors = load_file(str(run / "unit_vectors.safetensors"))["units"]
+    even = fit_bag(memory.subset(torch.arange(0, len(memory), 2)), unit_vectors, cfg.bag,
+                   stand_in=stand_ins(unit_vectors, vocab_units.units, vocab_units.counts), progress=False)
+    kept = load_file(str(run / "selector_bag_votes.safetensors"))
+    ids, votes = even.top_votes(data.targets[1:2], 4)
+    assert torch.equal(kept["train_ids"][1], ids[0]) and torch.allclose(kept["train_votes"][1], votes[0])
+
+    ctrl = Controller.load(run, em=encoder, lm_weight=0.0)
+    target = encoder.encode([toy_sentences(1, seed=9)[0]])
+    read = ctrl.policy.selector_memory(target, [Hypothesis([])])
+    ids, votes = ctrl.unit_bag.top_votes(target, 4)  # the run's bag of the whole memory
+    assert torch.equal(read.ids, ids) and torch.allclose(read.votes, votes)
+    assert ctrl.invert_vector(target[0]).text
+    ctrl.policy.bag = None
+    with pytest.raises(ValueError, match="reads a bag of units: give the policy bag="):
+        ctrl.policy.selector_memory(target, [Hypothesis([])])

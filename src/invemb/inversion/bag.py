@@ -104,6 +104,25 @@ class UnitBag(nn.Module):
         out[:, self.unit_ids] = (logp + floor).clamp_min(0.0)
         return out
 
+    @torch.no_grad()
+    def top_votes(self, vectors: torch.Tensor, units: int, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a Selector reading the bag (``selector.memory_source="bag"``) gets per vector (Q, D): the
+        ``units`` likeliest vocabulary ids (Q, units) and their votes (Q, units), ``log p(u) - log p`` of the
+        next likeliest unit, so a vote falls to 0 at the cut: no unit's vote jumps from high to nothing."""
+        vectors = torch.as_tensor(vectors).float()
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"bag of units of dimension {self.dim} got vectors of shape {tuple(vectors.shape)}")
+        units = min(units, len(self.unit_ids) - 1)
+        was = self.training
+        self.eval()
+        ids, votes = [], []
+        for part in vectors.split(chunk):  # (q, V) logits at a time
+            top = torch.log_softmax(self(part), dim=1).topk(units + 1, dim=1)  # (q, units + 1)
+            ids.append(self.unit_ids[top.indices[:, :units]])
+            votes.append(top.values[:, :units] - top.values[:, units:])
+        self.train(was)
+        return torch.cat(ids), torch.cat(votes)
+
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 

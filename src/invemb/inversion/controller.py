@@ -129,8 +129,10 @@ class ModelPolicy:
         cfg = self.model.selector.cfg
         if not cfg.memory:
             return None
-        if self.memory is None:
-            raise ValueError("this controller's Selector reads a sentence memory: give the policy memory=")
+        from_bag = cfg.memory_source == "bag"
+        if (self.bag if from_bag else self.memory) is None:
+            raise ValueError(f"this controller's Selector reads a {'bag of units' if from_bag else 'sentence memory'}: "
+                             f"give the policy {'bag' if from_bag else 'memory'}=")
         # A target's votes are the same at every step of its search: computed once, kept for the next steps.
         keys = [t.numpy().tobytes() for t in targets.float()]
         todo = list(dict.fromkeys(k for k in keys if k not in self._read_cache))
@@ -138,8 +140,11 @@ class ModelPolicy:
             if len(self._read_cache) + len(todo) > 4096:  # bounded: a long stream of vectors never fills memory
                 self._read_cache.clear()
             rows = torch.tensor([keys.index(k) for k in todo])
-            ids, votes = self.memory().top_votes(targets[rows], cfg.memory, cfg.memory_k, cfg.memory_temperature,
-                                                 remap=self.stand_in)
+            if from_bag:
+                ids, votes = self.bag().top_votes(targets[rows], cfg.memory)
+            else:
+                ids, votes = self.memory().top_votes(targets[rows], cfg.memory, cfg.memory_k, cfg.memory_temperature,
+                                                     remap=self.stand_in)
             self._read_cache.update(zip(todo, zip(ids, votes)))
         ids, votes = (torch.stack(x) for x in zip(*(self._read_cache[k] for k in keys)))
         return MemoryInput.of(ids, votes, [x.units for x in hyps], self.unit_vectors)

@@ -68,6 +68,16 @@ class SentenceMemory:
         return SentenceMemory(torch.cat([self.vectors, other.vectors[keep]]), offsets,
                               torch.cat([self.units, other.units[entry_kept]]), self.n_units, hashes)
 
+    def subset(self, rows: torch.Tensor) -> "SentenceMemory":
+        """The memory of sentences ``rows`` (R,) only, in that order."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        starts, lengths = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        within = torch.arange(int(lengths.sum())) - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        hashes = [self.texts_hash[i] for i in rows.tolist()] if self.texts_hash else []
+        return SentenceMemory(self.vectors[rows], offsets, self.units[starts.repeat_interleave(lengths) + within],
+                              self.n_units, hashes)
+
     def sentence_units(self, i: int) -> list[int]:
         return self.units[self.offsets[i]: self.offsets[i + 1]].tolist()
 

@@ -25,6 +25,13 @@ for units the buffer holds. Their vote-weighted mean vector and total vote join 
 the units join the candidates, and each candidate's logit gains ``gate * vote``, the gate a
 softplus of the trunk's state: the Selector learns how far to trust the neighbours, state by state
 (trained with each sentence left out of its own neighbours).
+
+With ``memory_source="bag"`` what the Selector reads in that place is the bag of units
+(:mod:`invemb.inversion.bag`) instead of the neighbours: its ``memory`` likeliest units, each voting
+``log p(u) - log p`` of the next likeliest. The bag then enters selection through a gate learned
+state by state, not decoding's hand weight (``--decode bag_weight``). A bag trained on a sentence
+knows it, so each training sentence reads a bag trained on the other half of the memory's documents
+(cross-fitted); dev states and decoding read the run's bag of the whole memory.
 """
 from __future__ import annotations
 
@@ -63,6 +70,12 @@ class SelectorConfig(Config):
     memory: int = 0
     memory_k: int = 100
     memory_temperature: float = 0.1
+    # What the Selector's memory read holds (module docstring): "neighbours" (the memory's nearest sentences'
+    # votes) or "bag" (the bag of units' likeliest units, cross-fitted in training). "bag" was worth what the
+    # neighbours are worth (wiki / WordNet token F1 at 52k: 48.9 / 61.3 and 47.6 / 60.4 against 47.6 / 60.2 and
+    # 49.2 / 60.2, seeds 0 / 1; at 245k, seed 0: 47.6 / 63.0 against 47.5 / 62.9), less than the neighbours
+    # with decoding's hand-weighted bag (49.6 / 63.7; README "Bag of units").
+    memory_source: str = "neighbours"
 
     presets = {"tiny": {"hidden": 32, "layers": 1, "dropout": 0.0}, "default": {"memory": 32},
                "full": {"hidden": 1024, "layers": 3, "memory": 32}}
@@ -124,9 +137,13 @@ class Selector(nn.Module):
         if cfg.memory:
             self.memory_gate = nn.Linear(cfg.hidden, 1)
             nn.init.zeros_(self.memory_gate.weight)
-            nn.init.constant_(self.memory_gate.bias, 5.0)  # softplus(5) ~ 5: about decoding's best hand weight (10)
+            # Neighbours: softplus(5) ~ 5, about decoding's best hand weight (10) on votes in [0, 1]. Bag: softplus ~ 0.5,
+            # decoding's best hand weight on log p (bag_weight).
+            nn.init.constant_(self.memory_gate.bias, 5.0 if cfg.memory_source == "neighbours" else -0.43)
         if cfg.positives not in ("pooled", "each"):
             raise ValueError(f"selector.positives must be 'pooled' or 'each', got {cfg.positives!r}")
+        if cfg.memory_source not in ("neighbours", "bag"):
+            raise ValueError(f"selector.memory_source must be 'neighbours' or 'bag', got {cfg.memory_source!r}")
 
     def forward(self, s: BufferSummary, memory: MemoryInput | None = None) -> SelectorOutput:
         cos = (F.normalize(s.target, dim=-1) * s.text).sum(-1, keepdim=True)  # (B, 1); 0 for an empty buffer

@@ -14,7 +14,9 @@ Per micro-batch of states:
   missing from the buffer being a positive, pooled or each on its own (``selector.positives``);
   stop head: BCE on "nothing is missing". With ``selector.memory`` the Selector also reads the
   sentence memory of the training states (each sentence left out of its own neighbours, as a test
-  sentence is not in the memory), and the memory's units join the candidates.
+  sentence is not in the memory), and the memory's units join the candidates; with
+  ``selector.memory_source="bag"`` it reads a bag of units trained on the other half of the memory's
+  documents instead (``bag_top_votes``).
 - Reranker (``selector.rerank`` > 0): the same loss over the ``rerank`` units the intention
   retrieves from all units (the pool decoding reranks), on the reranked logits.
 - Placer: a random missing unit as candidate, cross-entropy on its gold slot (the number of placed
@@ -249,6 +251,40 @@ def memory_top_votes(data: StateSet, dev: StateSet, cfg: SelectorConfig, memory:
             id(dev): memory.top_votes(dev.targets, cfg.memory, cfg.memory_k, cfg.memory_temperature)}
 
 
+def bag_top_votes(data: StateSet, dev: StateSet, cfg: ControllerTrainConfig, memory: SentenceMemory,
+                  groups: tuple[torch.Tensor, torch.Tensor], whole: UnitBag, unit_vectors: torch.Tensor,
+                  stand_in: torch.Tensor, cache: Path | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """What a Selector with ``selector.memory_source="bag"`` reads, as ``memory_top_votes``: per sentence
+    of ``data`` the likeliest units of a bag trained on the other half of the memory's documents (a
+    bag trained on a sentence knows its units, as a test sentence's bag does not), per sentence of
+    ``dev`` those of ``whole``, the bag decoding reads. ``groups``: see ``memory_top_votes``; documents
+    fall into halves by the parity of their id. ``cache``: a safetensors file keeping the votes, so
+    ``--resume`` does not train the two half bags again."""
+    from safetensors.torch import load_file, save_file
+
+    from invemb.io import atomic_save_file
+
+    m = cfg.selector.memory
+    if cache is not None and cache.exists():
+        t = load_file(str(cache))
+        if t["train_ids"].shape == (len(data.units), m) and t["dev_ids"].shape == (len(dev.units), m):
+            return {id(data): (t["train_ids"], t["train_votes"]), id(dev): (t["dev_ids"], t["dev_votes"])}
+    ids = torch.full((len(data.units), m), -1, dtype=torch.long)
+    votes = torch.zeros(len(data.units), m)
+    for half in (0, 1):
+        rows = (groups[1] % 2 == half).nonzero().squeeze(1)
+        print(f"training the Selector's cross-fitted bag of units {half + 1}/2 on {len(rows)} memory sentences",
+              file=sys.stderr)
+        bag = fit_bag(memory.subset(rows), unit_vectors, cfg.bag, stand_in=stand_in, progress=cfg.train.progress)
+        readers = (groups[0] % 2 != half).nonzero().squeeze(1)  # the training sentences of the other half
+        ids[readers], votes[readers] = bag.top_votes(data.targets[readers], m)
+    dev_ids, dev_votes = whole.top_votes(dev.targets, m)
+    if cache is not None:
+        tensors = {"train_ids": ids, "train_votes": votes, "dev_ids": dev_ids, "dev_votes": dev_votes}
+        atomic_save_file(cache, lambda p: save_file(tensors, p))
+    return {id(data): (ids, votes), id(dev): (dev_ids, dev_votes)}
+
+
 def memory_groups(cfg: ControllerTrainConfig, data: StateSet, memory: SentenceMemory) -> tuple[torch.Tensor, torch.Tensor]:
     """A document id per training sentence of ``data`` (N,) and per sentence of ``memory`` (M,), whose
     first N sentences are ``data``'s (``sentence_memory`` builds it so, with their text hashes): found
@@ -277,9 +313,11 @@ class ControllerTask(TrainTask):
 
     def __init__(self, model: ControllerModel, data: StateSet, dev: StateSet, unit_vectors: torch.Tensor,
                  cfg: ControllerTrainConfig, search_threads: int = 0, memory: SentenceMemory | None = None,
-                 groups: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 groups: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 memory_top: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None):
         """``memory``: the sentence memory a Selector with ``selector.memory`` reads (default: the training
-        states' sentences); ``groups``: see ``memory_top_votes``."""
+        states' sentences); ``groups``: see ``memory_top_votes``; ``memory_top``: what the Selector reads
+        per sentence when the caller has it (``bag_top_votes``), else the memory's votes."""
         self.model, self.data, self.dev, self.unit_vectors, self.cfg = model, data, dev, unit_vectors, cfg
         self._units_on: torch.Tensor | None = None  # unit_vectors on the model's device, for the reranker's pool
         self.search_threads = search_threads  # CPU threads of the reranker's pool search (0: the loop's own)
@@ -288,8 +326,8 @@ class ControllerTask(TrainTask):
             golds = sorted({u for d in (data, dev) for ids in d.units for u in ids})
             self.neighbours = unit_neighbours(unit_vectors, golds, cfg.neighbour_negatives)
         # Per sentence of each state set, the memory's best-voted units and votes (selector.memory).
-        self.memory_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        if cfg.selector.memory:
+        self.memory_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = memory_top or {}
+        if cfg.selector.memory and not self.memory_top:
             memory = memory or SentenceMemory.from_lists(data.targets, data.units, len(unit_vectors))
             self.memory_top = memory_top_votes(data, dev, cfg.selector, memory, groups)
 
@@ -719,11 +757,19 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     model = ControllerModel(encoder.dim, cfg.selector, cfg.placer, cfg.chunk)
     encode_threads = torch.get_num_threads()  # encoding above used every core; the loop's small ops may want fewer
     # The reranker's pool search is one big matrix product: it gets every core.
-    memory, groups = None, None
+    memory, groups, memory_top = None, None, None
     if cfg.selector.memory:
         memory = sentence_memory(out, cfg, vocab)  # the states' sentences, and memory_sources' added above
         groups = memory_groups(cfg, data, memory)
-    task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads, memory=memory, groups=groups)
+        if cfg.selector.memory_source == "bag":
+            with distributed.main_first():  # rank 0 trains the bags and keeps their votes; the others read them
+                stand_in = stand_ins(unit_vectors, vocab.units, vocab.counts)
+                whole = unit_bag(out, cfg, vocab, unit_vectors, memory, progress=cfg.train.progress and main,
+                                 stand_in=stand_in)  # saved in the run: decoding reads it
+                memory_top = bag_top_votes(data, dev, cfg, memory, groups, whole, unit_vectors, stand_in,
+                                           cache=out / "selector_bag_votes.safetensors")
+    task = ControllerTask(model, data, dev, unit_vectors, cfg, search_threads=encode_threads, memory=memory,
+                          groups=groups, memory_top=memory_top)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
