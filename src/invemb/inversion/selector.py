@@ -72,9 +72,9 @@ class SelectorConfig(Config):
     memory_temperature: float = 0.1
     # What the Selector's memory read holds (module docstring): "neighbours" (the memory's nearest sentences'
     # votes) or "bag" (the bag of units' likeliest units, cross-fitted in training). "bag" was worth what the
-    # neighbours are worth (wiki / WordNet token F1 at 52k: 48.9 / 61.3 and 47.6 / 60.4 against 47.6 / 60.2 and
-    # 49.2 / 60.2, seeds 0 / 1; at 245k, seed 0: 47.6 / 63.0 against 47.5 / 62.9), less than the neighbours
-    # with decoding's hand-weighted bag (49.6 / 63.7; README "Bag of units").
+    # neighbours are worth: wiki / WordNet token F1 at 52k 48.9 / 61.3 and 47.6 / 60.4 against 47.6 / 60.2 and
+    # 49.2 / 60.2 (seeds 0 / 1), at 245k 47.6 / 63.0 and 46.2 / 64.1 against 47.5 / 62.9 and 46.4 / 64.0; less
+    # than the neighbours with decoding's hand-weighted bag (245k: 49.6 / 63.7; README "Bag of units").
     memory_source: str = "neighbours"
 
     presets = {"tiny": {"hidden": 32, "layers": 1, "dropout": 0.0}, "default": {"memory": 32},
