@@ -1,16 +1,14 @@
-"""An order feature that needs no training, read beside a trained EM: each text's vector gets a
-second part, the sum of its tokens' own EM vectors each bound to its position (a fixed random
-signed permutation per position, position 0 the identity, so a one-word text's second part is its
-own vector), L2-normalised; the two parts are weighted ``sqrt(1 - share)`` and ``sqrt(share)``.
+"""Order binding (``invemb.em.order_bind``) measured beside the EM it binds: order discrimination and
+the retrieval suite's primary metrics at each share, as bench/em_order_share.py measures the trained
+order sub-space. Each text's vector gets a second part, the sum of its words' own EM vectors (less
+the vocabulary's mean unit vector with ``--center``), projected to ``--dim`` dimensions and bound to
+their positions by fixed random signed permutations; the parts are weighted ``sqrt(1 - share)`` and
+``sqrt(share)``.
 
-Why it might beat the trained order sub-space (bench/em_order_share.py): a swap of two words moves
-two positions by the difference of two unrelated vectors, a synonym one position by the
-difference of two close ones, so the bound part alone should rank nearly every swap below its
-synonym. Measured on order discrimination and the retrieval suite, as em_order_share.py.
+    .venv/bin/python bench/em_order_binding.py [--run runs/em-default] [--shares 0.4,0.5,0.65] [--dim 2048]
+        [--center] [--content-only]
 
-    .venv/bin/python bench/em_order_binding.py [--run runs/em-default] [--shares 0,0.3,0.5,0.65,0.8,1] [--content-only]
-
-``--content-only`` binds only the tokens that are not stop words or punctuation (the shared "The ...
+``--content-only`` binds only the words that are not stop words or punctuation (the shared "The ...
 of the ..." frame of two unrelated sentences then adds nothing to their similarity).
 """
 from __future__ import annotations
@@ -20,67 +18,63 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _common import order_and_retrieval, write
 
-MAX_POSITIONS = 128
+from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder
 
 
-class BoundEncoder:
-    """A loaded EM with the position-bound part appended (dim: twice the EM's)."""
+class ContentBoundEncoder(OrderBoundEncoder):
+    """The view binding only the words that are not stop words or punctuation."""
 
-    def __init__(self, em, share: float, content_only: bool = False, seed: int = 0):
-        g = torch.Generator().manual_seed(seed)
-        self.em, self.share, self.content_only, self.dim = em, share, content_only, 2 * em.dim
-        self.signs = torch.randint(0, 2, (MAX_POSITIONS, em.dim), generator=g).float() * 2 - 1  # (P, D)
-        self.perms = torch.stack([torch.randperm(em.dim, generator=g) for _ in range(MAX_POSITIONS)])  # (P, D)
-        self.signs[0], self.perms[0] = 1.0, torch.arange(em.dim)
-        self.token_vectors: dict[str, torch.Tensor] = {}
-
-    def tokens(self, text: str) -> list[str]:
+    def words(self, text: str) -> list[str]:
         from spacy.lang.en.stop_words import STOP_WORDS
 
-        from invemb.text.vocab import tokenize
+        return [w for w in super().words(text) if w.lower() not in STOP_WORDS and any(c.isalnum() for c in w)]
 
-        toks = tokenize(text)[:MAX_POSITIONS]
-        if self.content_only:
-            toks = [t for t in toks if t.lower() not in STOP_WORDS and any(c.isalnum() for c in t)]
-        return toks
 
-    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        main = self.em.encode(texts, batch_size=batch_size).float()  # (N, D)
-        toks = [self.tokens(t) for t in texts]
-        new = sorted({w for ts in toks for w in ts if w not in self.token_vectors})
-        if new:
-            self.token_vectors.update(zip(new, self.em.encode(new, batch_size=256).float()))
-        bound = torch.zeros_like(main)  # (N, D); zeros for a text with no token kept
-        for row, ts in enumerate(toks):
-            for i, w in enumerate(ts):
-                bound[row] += self.signs[i] * self.token_vectors[w][self.perms[i]]
-        bound = F.normalize(bound, dim=1)
-        return F.normalize(torch.cat([(1 - self.share) ** 0.5 * main, self.share ** 0.5 * bound], dim=1), dim=1)
+class PairBoundEncoder(OrderBoundEncoder):
+    """The view binding each word to the next one instead of to its position: the sum over adjacent pairs
+    of ``(signs[1] * v_i[perms[1]]) * v_{i+1}``, so a synonym of another word count shifts no later word."""
+
+    def bound(self, tokens: list[list[str]]) -> torch.Tensor:
+        tokens = [words[: self.cfg.max_positions] for words in tokens]
+        out = torch.zeros(len(tokens), self.cfg.width)
+        for row, words in enumerate(tokens):
+            if len(words) >= 2:
+                v = self.word_vectors(words)  # (n, W)
+                out[row] = ((v[:-1][:, self.perms[1]] * self.signs[1]) * v[1:]).sum(0)
+        return F.normalize(out, dim=1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/em-default")
-    ap.add_argument("--shares", default="0,0.3,0.5,0.65,0.8,1")
+    ap.add_argument("--shares", default="0.4,0.5,0.65")
     ap.add_argument("--sentences", type=int, default=500)
+    ap.add_argument("--dim", type=int, default=2048, help="width of the bound part")
+    ap.add_argument("--center", action="store_true", help="subtract the mean unit vector from every word vector first")
     ap.add_argument("--content-only", action="store_true")
+    ap.add_argument("--pairs", action="store_true", help="bind each word to the next one, not to its position")
     ap.add_argument("--no-retrieval", action="store_true", help="order discrimination only")
     args = ap.parse_args()
+    from safetensors.torch import load_file
+
     import invemb
     from invemb.eval.data import wiki_sentences
     from invemb.eval.order import OrderEvaluator
 
     em = invemb.load(Path(args.run))
+    units = load_file(str(Path(args.run) / "unit_vectors.safetensors"))["units"]
     order = OrderEvaluator(wiki_sentences(args.sentences, split="test"))  # as bench/em_order_share.py
+    view = ContentBoundEncoder if args.content_only else PairBoundEncoder if args.pairs else OrderBoundEncoder
     rows = []
     for share in [float(s) for s in args.shares.split(",")]:
-        row = {"share": share, **order_and_retrieval(BoundEncoder(em, share, args.content_only), order, not args.no_retrieval)}
+        encoder = view.build(em, OrderBindConfig(width=args.dim, share=share, center=args.center), units)
+        row = {"share": share, **order_and_retrieval(encoder, order, not args.no_retrieval)}
         rows.append(row)
         print(row, flush=True)
-    write("em_order_binding", {"run": args.run, "content_only": args.content_only, "rows": rows})
+    write("em_order_binding", {"run": args.run, "dim": args.dim, "center": args.center, "content_only": args.content_only,
+                               "pairs": args.pairs, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import torch
 from invemb.encoder import Encoder
 
 # Run folders carry ``"kind"`` in config.json; each kind's package exposes ``load_run(path)``.
-RUN_KINDS = {"em": "invemb.em", "scratch": "invemb.scratch", "tiered": "invemb.tiered", "controller": "invemb.inversion"}
+RUN_KINDS = {"em": "invemb.em", "order_bind": "invemb.em.order_bind", "scratch": "invemb.scratch", "tiered": "invemb.tiered",
+             "controller": "invemb.inversion"}
 
 
 def run_kind(path: str | Path) -> str | None:
@@ -41,7 +42,7 @@ def load(path: str | Path = "backbone", runtime: str = "torch", **kwargs: Any) -
         em = json.loads((p / "config.json").read_text()).get("em", "?")
         raise ValueError(f"{p} is a controller run, not an encoder: load its encoder ({em}) instead, and the "
                          "controller with invemb.inversion.load_run")
-    if kind == "em":
+    if kind in ("em", "order_bind"):  # an order binding's runtime is its EM's
         return importlib.import_module(RUN_KINDS[kind]).load_run(p, runtime=runtime, **kwargs)
     if runtime != "torch" and kind in RUN_KINDS:
         raise ValueError(f"runtime {runtime!r} is for EM runs and Hugging Face backbones, not a {kind} run ({p})")

@@ -42,6 +42,28 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         result = train_em(cfg, out or Path(f"runs/em-{preset}"), resume=resume, progress=not quiet)
         emit(result)
 
+    @app.command("order-bind")
+    @user_errors
+    def order_bind_cmd(
+        em: Path = typer.Option(..., help="the EM run folder"),
+        out: Path = typer.Option(..., help="run folder to write (load it with invemb.load, evaluate it with invemb eval -e)"),
+        preset: str = typer.Option("default", help="tiny | default | full"),
+        set_: List[str] = typer.Option([], "--set", help="OrderBindConfig override KEY=VALUE: width, share, center, max_positions, seed"),
+    ):
+        """Write an order-bound view of an EM run: its vector plus its words' own EM vectors bound to their
+        positions (no training, seconds). Order discrimination 0.950 / 0.933 against the EM's 0.874 / 0.858 (two
+        probe sets) at share 0.5, for some sentence retrieval (README "Order binding").
+
+        Example: invemb order-bind --em runs/em-default --out runs/em-ordered
+
+        Then: invemb eval -e runs/em-default -e runs/em-ordered --suite order,retrieval --plain
+        """
+        from invemb.config import parse_overrides
+        from invemb.em.order_bind import OrderBindConfig, build_run
+
+        cfg = OrderBindConfig.preset(preset).replace(**parse_overrides(set_))
+        emit(build_run(em, out, cfg))
+
     @app.command("neighbours")
     @user_errors
     def neighbours_cmd(

@@ -1,0 +1,102 @@
+import hashlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder, build_run
+from invemb.text.vocab import tokenize
+
+
+class WordSumEncoder:
+    """Order-blind fake EM: a text is the sum of its words' vectors; ``synonyms`` share a vector up to noise."""
+
+    def __init__(self, dim: int = 24, synonyms: dict[str, str] | None = None):
+        self.dim, self.synonyms, self.calls = dim, synonyms or {}, 0
+
+    def word(self, w: str) -> torch.Tensor:
+        def vec(key: str, scale: float) -> torch.Tensor:
+            seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+            return scale * torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+
+        w = w.lower()
+        return vec(self.synonyms.get(w, w), 1.0) + vec("noise " + w, 0.2)
+
+    def encode(self, texts, batch_size: int = 64) -> torch.Tensor:
+        self.calls += 1
+        return F.normalize(torch.stack([sum(self.word(w) for w in tokenize(t)) for t in texts]), dim=-1)
+
+
+def test_a_swap_moves_the_bound_view_further_than_a_synonym_where_the_em_cannot_tell():
+    em = WordSumEncoder(synonyms={"hound": "dog"})
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=512, max_positions=16),
+                                   unit_vectors=em.encode(["dog", "cat", "chased", "the"]))
+    texts = ["the dog chased the cat", "the cat chased the dog", "the hound chased the cat"]
+    base, bound = em.encode(texts), view.encode(texts)
+    assert bound.shape == (3, 24 + 512) and torch.allclose(bound.norm(dim=1), torch.ones(3))
+    assert (base[0] @ base[1]).item() == pytest.approx(1.0, abs=1e-5)  # a sum cannot see the swap
+    assert bound[0] @ bound[1] < bound[0] @ bound[2] < 1.0
+    # its EM part is the EM's own vector, weighted sqrt(1 - share)
+    assert torch.allclose(bound[:, :24], 0.5 ** 0.5 * base, atol=1e-6)
+
+
+def test_the_bound_part_matches_a_hand_computation_and_a_single_word_has_none():
+    em = WordSumEncoder()
+    cfg = OrderBindConfig(width=16, share=0.3, max_positions=4)
+    view = OrderBoundEncoder.build(em, cfg, unit_vectors=torch.randn(10, 24, generator=torch.Generator().manual_seed(1)))
+    got = view.encode(["red apple", "apple"])
+    v = (em.encode(["red", "apple"]) - view.center) @ view.projection  # (2, 16) centred, projected word vectors
+    bound = F.normalize(v[0] + view.signs[1] * v[1][view.perms[1]], dim=0)  # position 0 keeps its coordinates
+    want = F.normalize(torch.cat([0.7 ** 0.5 * em.encode(["red apple"])[0], 0.3 ** 0.5 * bound]), dim=0)
+    assert torch.allclose(got[0], want, atol=1e-5)
+    assert torch.allclose(got[1], torch.cat([em.encode(["apple"])[0], torch.zeros(16)]), atol=1e-6)
+    # words past max_positions are left out of the bound part, and each word is encoded once
+    calls = em.calls
+    view.encode(["red apple red apple red apple", "apple red"])
+    assert em.calls == calls + 1  # the texts themselves; every word was known
+
+
+def test_settings_and_tensors_are_checked():
+    with pytest.raises(ValueError, match=r"share=1.0 \(in \(0, 1\)\)"):
+        OrderBindConfig(share=1.0)
+    with pytest.raises(ValueError, match="width=0"):
+        OrderBindConfig(width=0)
+    em = WordSumEncoder()
+    with pytest.raises(ValueError, match="needs the EM's unit vectors"):
+        OrderBoundEncoder.build(em, OrderBindConfig(width=8))
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=8, center=False))
+    assert torch.equal(view.center, torch.zeros(24))
+    with pytest.raises(ValueError, match="do not fit an EM of dimension 12"):
+        OrderBoundEncoder(WordSumEncoder(dim=12), view.cfg, {"center": view.center, "projection": view.projection,
+                                                             "signs": view.signs, "perms": view.perms})
+    with pytest.raises(ValueError, match="empty or whitespace-only"):
+        view.encode(["the cat", " "])
+
+
+def test_an_order_binding_run_loads_through_invemb_load_and_the_cli(tiny_em_run, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    import invemb
+    from invemb.cli import app
+
+    run, _, _ = tiny_em_run
+    summary = build_run(run, tmp_path / "bound", OrderBindConfig.preset("tiny"))
+    assert summary["dim"] == invemb.load(run).dim + 64
+    loaded = invemb.load(tmp_path / "bound")
+    assert isinstance(loaded, OrderBoundEncoder) and loaded.dim == summary["dim"]
+    texts = ["the cat sat on the mat", "the mat sat on the cat"]
+    fresh = OrderBoundEncoder(invemb.load(run), loaded.cfg, {"center": loaded.center, "projection": loaded.projection,
+                                                            "signs": loaded.signs, "perms": loaded.perms})
+    assert torch.allclose(loaded.encode(texts), fresh.encode(texts), atol=1e-6)
+    with pytest.raises(FileExistsError, match="is not empty"):
+        build_run(run, tmp_path / "bound")
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["order-bind", "--em", str(run), "--out", str(tmp_path / "cli"), "--preset", "tiny",
+                              "--set", "share=0.4"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["config"]["share"] == 0.4
+    res = runner.invoke(app, ["order-bind", "--em", str(run), "--out", str(tmp_path / "bad"), "--set", "share=2"])
+    assert res.exit_code == 2 and "share=2.0 (in (0, 1))" in res.output
