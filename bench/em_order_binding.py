@@ -46,6 +46,27 @@ class PairBoundEncoder(OrderBoundEncoder):
         return F.normalize(out, dim=1)
 
 
+def speed(em, view: OrderBoundEncoder, texts: list[str], repeats: int = 3) -> dict:
+    """Encode time of ``view`` against its EM on the same texts, interleaved: the first pass with no word
+    known (each new word is encoded once more, alone), then with every word known."""
+    import time
+
+    def timed(encoder) -> float:
+        t0 = time.perf_counter()
+        encoder.encode(texts)
+        return time.perf_counter() - t0
+
+    base = timed(em)
+    cold = timed(view)
+    warm, plain = [], []
+    for _ in range(repeats):
+        plain.append(timed(em))
+        warm.append(timed(view))
+    return {"texts": len(texts), "em_s": round(min([base] + plain), 3), "view_cold_s": round(cold, 3),
+            "view_warm_s": round(min(warm), 3), "cold_ratio": round(cold / min([base] + plain), 2),
+            "warm_ratio": round(min(warm) / min([base] + plain), 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/em-default")
@@ -56,6 +77,7 @@ def main() -> None:
     ap.add_argument("--content-only", action="store_true")
     ap.add_argument("--pairs", action="store_true", help="bind each word to the next one, not to its position")
     ap.add_argument("--no-retrieval", action="store_true", help="order discrimination only")
+    ap.add_argument("--speed", action="store_true", help="only the view's encode time against the EM's, at the first share")
     args = ap.parse_args()
     from safetensors.torch import load_file
 
@@ -67,6 +89,15 @@ def main() -> None:
     units = load_file(str(Path(args.run) / "unit_vectors.safetensors"))["units"]
     order = OrderEvaluator(wiki_sentences(args.sentences, split="test"))  # as bench/em_order_share.py
     view = ContentBoundEncoder if args.content_only else PairBoundEncoder if args.pairs else OrderBoundEncoder
+    if args.speed:
+        from _common import peak_rss_mb
+
+        encoder = view.build(em, OrderBindConfig(width=args.dim, share=float(args.shares.split(",")[0]),
+                                                 center=args.center), units)
+        row = {**speed(em, encoder, wiki_sentences(args.sentences, split="test")), "peak_rss_mb": peak_rss_mb()}
+        print(row)
+        write("em_order_binding_speed", row)
+        return
     rows = []
     for share in [float(s) for s in args.shares.split(",")]:
         encoder = view.build(em, OrderBindConfig(width=args.dim, share=share, center=args.center), units)
