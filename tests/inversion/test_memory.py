@@ -145,10 +145,10 @@ def test_memory_input_zeroes_the_votes_of_placed_units():
     assert mem.votes_of(torch.tensor([3, 1, 4])).tolist() == [[0.5, 0.0, 0.0]]
 
 
-def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding(tmp_path):
-    from invemb.inversion.controller import Controller
-    from invemb.inversion.decode import Hypothesis
-    from invemb.inversion.train import ControllerTrainConfig, StateSet, memory_groups, train_controller
+def memory_reading_controller(tmp_path, **overrides):
+    """A tiny controller whose Selector reads 4 memory units, trained on 160 toy sentences of a
+    train_file: (encoder, config, training summary); the run is ``tmp_path / "run"``."""
+    from invemb.inversion.train import ControllerTrainConfig, train_controller
     from invemb.io import write_jsonl
     from toy import BagEncoder
 
@@ -157,8 +157,16 @@ def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding
     write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(160, seed=3)])
     cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
                                        max_sentences=160, dev_sentences=32).replace(
-        **{"train.epochs": 3, "train.progress": False, "selector.memory": 4})
-    summary = train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
+        **{"train.progress": False, "selector.memory": 4, **overrides})
+    return encoder, cfg, train_controller("toy", cfg, tmp_path / "run", encoder=encoder)
+
+
+def test_a_selector_trained_to_read_the_memory_reads_it_in_training_and_decoding(tmp_path):
+    from invemb.inversion.controller import Controller
+    from invemb.inversion.decode import Hypothesis
+    from invemb.inversion.train import StateSet, memory_groups, train_controller
+
+    encoder, cfg, summary = memory_reading_controller(tmp_path, **{"train.epochs": 3})
     k = cfg.decode.units_k
     assert 0.0 < summary[f"dev_memory_prec@{k}"] <= 1.0 and summary[f"dev_memory_hit@{k}"] > 0.5
     # a train_file has no documents: each sentence is left out of its own neighbours only
@@ -226,18 +234,10 @@ def test_a_selector_reading_the_bag_trains_on_cross_fitted_bags_and_decodes_with
     from invemb.inversion.bag import UnitBag, fit_bag
     from invemb.inversion.controller import Controller, stand_ins
     from invemb.inversion.decode import Hypothesis
-    from invemb.inversion.train import ControllerTrainConfig, StateSet, train_controller
-    from invemb.io import write_jsonl
-    from toy import BagEncoder
+    from invemb.inversion.train import StateSet
 
-    encoder = BagEncoder()
-    toy_vocab().save(tmp_path / "vocab.json")
-    write_jsonl(tmp_path / "train.jsonl", [{"text": s} for s in toy_sentences(160, seed=3)])
-    cfg = ControllerTrainConfig.preset("tiny", vocab=str(tmp_path / "vocab.json"), train_file=str(tmp_path / "train.jsonl"),
-                                       max_sentences=160, dev_sentences=32).replace(
-        **{"train.epochs": 2, "train.progress": False, "selector.memory": 4, "selector.memory_source": "bag"})
+    encoder, cfg, summary = memory_reading_controller(tmp_path, **{"train.epochs": 2, "selector.memory_source": "bag"})
     run = tmp_path / "run"
-    summary = train_controller("toy", cfg, run, encoder=encoder)
     assert summary[f"dev_memory_hit@{cfg.decode.units_k}"] > 0.5
     assert UnitBag.exists(run) and (run / "selector_bag_votes.safetensors").exists()
     # Each training sentence read a bag of the other half of the documents (a train_file line is its own
