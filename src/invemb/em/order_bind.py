@@ -113,8 +113,8 @@ class OrderBoundEncoder:
         v = self.word_vectors([w for i in rows for w in tokens[i]])  # (T, W) every bound word, text after text
         at = torch.cat([torch.arange(n) for n in lengths])  # (T,) each word's position
         bound = torch.gather(v, 1, self.perms[at]) * self.signs[at]  # (T, W)
-        text = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))  # (T,) each word's text
-        out[rows] = torch.zeros(len(rows), self.cfg.width).index_add_(0, text, bound)
+        text = torch.tensor(rows).repeat_interleave(torch.tensor(lengths))  # (T,) each word's text
+        out.index_add_(0, text, bound)
         return F.normalize(out, dim=1)
 
     def words(self, text: str) -> list[str]:

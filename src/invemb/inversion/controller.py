@@ -130,9 +130,9 @@ class ModelPolicy:
         if not cfg.memory:
             return None
         from_bag = cfg.memory_source == "bag"
-        if (self.bag if from_bag else self.memory) is None:
-            raise ValueError(f"this controller's Selector reads a {'bag of units' if from_bag else 'sentence memory'}: "
-                             f"give the policy {'bag' if from_bag else 'memory'}=")
+        source, what = ("bag", "bag of units") if from_bag else ("memory", "sentence memory")
+        if getattr(self, source) is None:
+            raise ValueError(f"this controller's Selector reads a {what}: give the policy {source}=")
         # A target's votes are the same at every step of its search: computed once, kept for the next steps.
         keys = [t.numpy().tobytes() for t in targets.float()]
         todo = list(dict.fromkeys(k for k in keys if k not in self._read_cache))

@@ -71,12 +71,17 @@ class SentenceMemory:
     def subset(self, rows: torch.Tensor) -> "SentenceMemory":
         """The memory of sentences ``rows`` (R,) only, in that order."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        starts, lengths = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
-        within = torch.arange(int(lengths.sum())) - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
+        entries, lengths = self._entries(rows)
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         hashes = [self.texts_hash[i] for i in rows.tolist()] if self.texts_hash else []
-        return SentenceMemory(self.vectors[rows], offsets, self.units[starts.repeat_interleave(lengths) + within],
-                              self.n_units, hashes)
+        return SentenceMemory(self.vectors[rows], offsets, self.units[entries], self.n_units, hashes)
+
+    def _entries(self, sentences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the units of ``sentences`` (S,) sit in ``self.units`` (T,), sentence after sentence, and
+        how many each holds (S,)."""
+        starts, lengths = self.offsets[sentences], self.offsets[sentences + 1] - self.offsets[sentences]
+        within = torch.arange(int(lengths.sum())) - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
+        return starts.repeat_interleave(lengths) + within, lengths
 
     def sentence_units(self, i: int) -> list[int]:
         return self.units[self.offsets[i]: self.offsets[i + 1]].tolist()
@@ -93,13 +98,10 @@ class SentenceMemory:
             sims.masked_fill_(exclude, float("-inf"))
         top = sims.topk(min(k, len(self)), dim=1)
         weight = torch.softmax(top.values / temperature, dim=1)  # (Q, k)
-        sent = top.indices.reshape(-1)  # (Q * k,)
-        starts, lengths = self.offsets[sent], self.offsets[sent + 1] - self.offsets[sent]
+        entries, lengths = self._entries(top.indices.reshape(-1))  # the (Q * k) sentences' units
         rows = torch.arange(targets.shape[0]).repeat_interleave(top.indices.shape[1]).repeat_interleave(lengths)
         w = weight.reshape(-1).repeat_interleave(lengths)
-        # position of every (sentence, unit) entry: its sentence's start plus its rank within the sentence
-        within = torch.arange(int(lengths.sum())) - (lengths.cumsum(0) - lengths).repeat_interleave(lengths)
-        units = self.units[starts.repeat_interleave(lengths) + within]
+        units = self.units[entries]
         out = torch.zeros(targets.shape[0], self.n_units)
         out.index_put_((rows, units), w, accumulate=True)
         out = (out - self.base_rate).clamp_min_(0.0)
