@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from _common import order_and_retrieval, write
 
 from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder
@@ -30,20 +28,6 @@ class ContentBoundEncoder(OrderBoundEncoder):
         from spacy.lang.en.stop_words import STOP_WORDS
 
         return [w for w in super().words(text) if w.lower() not in STOP_WORDS and any(c.isalnum() for c in w)]
-
-
-class PairBoundEncoder(OrderBoundEncoder):
-    """The view binding each word to the next one instead of to its position: the sum over adjacent pairs
-    of ``(signs[1] * v_i[perms[1]]) * v_{i+1}``, so a synonym of another word count shifts no later word."""
-
-    def bound(self, tokens: list[list[str]]) -> torch.Tensor:
-        tokens = [words[: self.cfg.max_positions] for words in tokens]
-        out = torch.zeros(len(tokens), self.cfg.width)
-        for row, words in enumerate(tokens):
-            if len(words) >= 2:
-                v = self.word_vectors(words)  # (n, W)
-                out[row] = ((v[:-1][:, self.perms[1]] * self.signs[1]) * v[1:]).sum(0)
-        return F.normalize(out, dim=1)
 
 
 def speed(em, view: OrderBoundEncoder, texts: list[str], repeats: int = 3) -> dict:
@@ -75,7 +59,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=2048, help="width of the bound part")
     ap.add_argument("--center", action="store_true", help="subtract the mean unit vector from every word vector first")
     ap.add_argument("--content-only", action="store_true")
-    ap.add_argument("--pairs", action="store_true", help="bind each word to the next one, not to its position")
+    ap.add_argument("--pairs", action="store_true", help="bind each word to the next one, not to its position "
+                                                        "(the view's binding=pairs)")
     ap.add_argument("--no-retrieval", action="store_true", help="order discrimination only")
     ap.add_argument("--speed", action="store_true", help="only the view's encode time against the EM's, at the first share")
     args = ap.parse_args()
@@ -88,19 +73,20 @@ def main() -> None:
     em = invemb.load(Path(args.run))
     units = load_file(str(Path(args.run) / "unit_vectors.safetensors"))["units"]
     order = OrderEvaluator(wiki_sentences(args.sentences, split="test"))  # as bench/em_order_share.py
-    view = ContentBoundEncoder if args.content_only else PairBoundEncoder if args.pairs else OrderBoundEncoder
+    view = ContentBoundEncoder if args.content_only else OrderBoundEncoder
+    binding = "pairs" if args.pairs else "positions"
     if args.speed:
         from _common import peak_rss_mb
 
         encoder = view.build(em, OrderBindConfig(width=args.dim, share=float(args.shares.split(",")[0]),
-                                                 center=args.center), units)
+                                                 center=args.center, binding=binding), units)
         row = {**speed(em, encoder, wiki_sentences(args.sentences, split="test")), "peak_rss_mb": peak_rss_mb()}
         print(row)
         write("em_order_binding_speed", row)
         return
     rows = []
     for share in [float(s) for s in args.shares.split(",")]:
-        encoder = view.build(em, OrderBindConfig(width=args.dim, share=share, center=args.center), units)
+        encoder = view.build(em, OrderBindConfig(width=args.dim, share=share, center=args.center, binding=binding), units)
         row = {"share": share, **order_and_retrieval(encoder, order, not args.no_retrieval)}
         rows.append(row)
         print(row, flush=True)

@@ -2,7 +2,8 @@
 onnxruntime and bfloat16 backbone runtimes, in one run on the same sentences; on onnx in lockstep, the Placer
 without its pruning (the same searches, every candidate pair placed) and ``--gaps`` (fewer children
 encoded: ``DecodeConfig.expand_gap``); on the last runtime in lockstep, ``--expands`` (fewer children
-encoded per hypothesis: ``DecodeConfig.expand``).
+encoded per hypothesis: ``DecodeConfig.expand``) and ``--view RUN`` (the vectors of an ``invemb order-bind``
+view inverted instead of the EM's, its bound part in the beam's score).
 
 Every repeat decodes the sentences once with each setting in turn (drift in the shared machine hits
 all alike; each keeps its fastest repeat). Reports sentences/s, the ratio of each setting's time to
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--runtimes", nargs="+", default=["torch", "onnx", "bf16"],
                     help="backbone runtimes to time (torch always; bf16 left out where the hardware has no bfloat16)")
     ap.add_argument("--gaps", type=float, nargs="*", default=[], help="also decode with these expand_gap values (onnx, lockstep)")
+    ap.add_argument("--view", default=None, help="also invert this order-bound view's vectors (lockstep, on the last runtime)")
     ap.add_argument("--expands", type=int, nargs="*", default=[],
                     help="also decode with these expand values (children encoded per hypothesis; lockstep, on the last runtime)")
     args = ap.parse_args()
@@ -54,24 +56,31 @@ def main() -> None:
     overrides = parse_overrides(args.decode)
     ctrls = {runtime: load_run(args.controller, em=invemb.load(args.em, runtime=runtime), **overrides) for runtime in runtimes}
     targets = ctrls["torch"].encoder.encoder.encode(sentences)
-    # name -> (controller, lockstep batch, Placer pruning, decoding settings)
-    settings = {f"{runtime}_{'one_by_one' if batch == 1 else f'lockstep{batch}'}": (ctrl, batch, True, ctrl.decode_cfg)
+    # name -> (controller, lockstep batch, Placer pruning, decoding settings, vectors inverted)
+    settings = {f"{runtime}_{'one_by_one' if batch == 1 else f'lockstep{batch}'}": (ctrl, batch, True, ctrl.decode_cfg, targets)
                 for runtime, ctrl in ctrls.items() for batch in (1, args.batch)}
     if "onnx" in ctrls:
         onnx = ctrls["onnx"]
-        settings[f"onnx_lockstep{args.batch}_placer_unpruned"] = (onnx, args.batch, False, onnx.decode_cfg)
+        settings[f"onnx_lockstep{args.batch}_placer_unpruned"] = (onnx, args.batch, False, onnx.decode_cfg, targets)
         for gap in args.gaps:
-            settings[f"onnx_lockstep{args.batch}_gap{gap:g}"] = (onnx, args.batch, True, onnx.decode_cfg.replace(expand_gap=gap))
+            settings[f"onnx_lockstep{args.batch}_gap{gap:g}"] = (onnx, args.batch, True, onnx.decode_cfg.replace(expand_gap=gap),
+                                                                 targets)
     last = runtimes[-1]  # the fastest where the list runs torch, onnx, bf16
     for expand in args.expands:
         ctrl = ctrls[last]
-        settings[f"{last}_lockstep{args.batch}_expand{expand}"] = (ctrl, args.batch, True, ctrl.decode_cfg.replace(expand=expand))
+        settings[f"{last}_lockstep{args.batch}_expand{expand}"] = (ctrl, args.batch, True, ctrl.decode_cfg.replace(expand=expand),
+                                                                   targets)
+    if args.view:
+        view = load_run(args.controller, em=invemb.load(args.view, runtime=last), **overrides)
+        # its first repeat also encodes each word of the hypotheses once (kept): the fastest repeat is reported
+        settings[f"{last}_lockstep{args.batch}_view"] = (view, args.batch, True, view.decode_cfg,
+                                                        view.target_encoder.encode(sentences))
     best = dict.fromkeys(settings, float("inf"))
     results = {}
     for _ in range(args.repeat):
-        for name, (ctrl, batch, prune, decode) in settings.items():
+        for name, (ctrl, batch, prune, decode, vectors) in settings.items():
             ctrl.policy.prune_placer = prune
-            seconds, results[name] = timed(ctrl.invert_vectors, targets, decode, batch=batch)
+            seconds, results[name] = timed(ctrl.invert_vectors, vectors, decode, batch=batch)
             best[name] = min(best[name], seconds)
             print(name, f"{len(targets) / seconds:.3f} sent/s", flush=True)
     base = "torch_one_by_one"
@@ -84,7 +93,7 @@ def main() -> None:
                    "differing_examples": [{"baseline": b.text, "this": a.text, "cosines": [b.cosine, a.cosine]}
                                           for a, b in zip(results[name], results[base]) if a.text != b.text][:3]}
             for name in settings}
-    write("inversion_speed", {"controller": args.controller, "em": args.em, "sentences": len(sentences),
+    write("inversion_speed", {"controller": args.controller, "em": args.em, "view": args.view, "sentences": len(sentences),
                               "threads": args.threads, "batch": args.batch, "target_sentences_per_s": 2.0, "settings": rows})
 
 

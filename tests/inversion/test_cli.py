@@ -261,6 +261,45 @@ def test_eval_inversion_cli_writes_metrics_rows_and_plots(cli_run, tmp_path):
     assert res.exit_code == 2 and "unknown method(s) oracle" in res.output
 
 
+def test_invert_and_eval_an_order_bound_views_vectors(cli_run, tmp_path):
+    """`--em` naming an `invemb order-bind` view of the controller's encoder: its vectors are inverted and every
+    cosine is the view's."""
+    from safetensors.torch import load_file
+
+    import invemb
+    from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder
+
+    root, em = cli_run
+    run = root / "run"
+    view = OrderBoundEncoder.build(invemb.load(em), OrderBindConfig.preset("tiny").replace(binding="pairs"),
+                                   load_file(str(run / "unit_vectors.safetensors"))["units"], em_path=em)
+    view.save(tmp_path / "view")
+    res = runner.invoke(app, ["invert", "The big dog ran under the tree.", "--em", str(tmp_path / "view"),
+                              "--controller", str(run)])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output)
+    loaded = invemb.load(tmp_path / "view")
+    want = float(loaded.encode([row["reconstruction"]])[0] @ loaded.encode([row["text"]])[0])
+    assert row["cosine"] == pytest.approx(want, abs=1e-4)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = [{"text": s, "split": "test", "source": "wiki", "doc": f"d{i}"} for i, s in enumerate(toy_sentences(4, seed=12))]
+    (corpus / "sentences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (corpus / "manifest.json").write_text("{}")
+    res = runner.invoke(app, ["eval", "inversion", "--em", str(tmp_path / "view"), "--controller", str(run), "--corpus",
+                              str(corpus), "--n", "2", "--method", "controller", "--method", "bag", "--preset", "tiny",
+                              "--set", "wiki", "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    for method in ("controller", "bag"):
+        for line in (tmp_path / "rep" / f"rows_wiki_{method}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            want = float(loaded.encode([r["reconstruction"]])[0] @ loaded.encode([r["text"]])[0])
+            assert r["cosine"] == pytest.approx(want, abs=1e-4), method
+    res = runner.invoke(app, ["invert", "Big fox.", "--em", str(tmp_path / "view"), "--controller", str(run),
+                              "--decode", "view_weight=2"])
+    assert res.exit_code == 2 and "view_weight=2.0 (at most 1)" in res.output
+
+
 def test_eval_inversion_continues_after_a_kill(cli_run, monkeypatch, tmp_path):
     """Killed in its second method, the same evaluation again keeps the first method's rows (it does not
     decode again) and ends with the results of an uninterrupted run; other settings start over."""

@@ -43,8 +43,11 @@ class InversionEvaluator:
         import json
         from pathlib import Path
 
+        from invemb.em.order_bind import OrderBoundEncoder
         from invemb.inversion.units import trained_on
 
+        if isinstance(encoder, OrderBoundEncoder):  # its vectors are inverted by a controller of its EM
+            encoder = encoder.em
         config = Path(self.controller) / "config.json"
         if not config.exists():
             return  # the controller's own loader says what is wrong with the folder

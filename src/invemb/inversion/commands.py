@@ -52,7 +52,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @user_errors
     def invert_cmd(
         text: Optional[str] = typer.Argument(None, help="a text to encode and invert"),
-        em: str = typer.Option(..., help="the encoder the controller was trained on (run folder or `backbone`)"),
+        em: str = typer.Option(..., help="the encoder the controller was trained on (run folder or `backbone`), or an "
+                                         "`invemb order-bind` view of it: the view's vectors are then inverted"),
         controller: Path = typer.Option(..., help="controller run folder"),
         vectors: Optional[Path] = typer.Option(None, help=".npy (N, dim) vectors to invert"),
         input: Optional[Path] = typer.Option(None, "--input", help='JSONL, one {"text": ...} a line'),
@@ -62,7 +63,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                                               "beam, units_k, slots, expand, patience, lm_weight (the language prior; 0: off), "
                                               "length_weight (the length prior; 0: off), memory_weight (the sentence "
                                               "memory; 0: off), bag_weight (the bag of units; 0: off; 0.5 after "
-                                              "`invemb index memory`), ...; repeat)"),
+                                              "`invemb index memory`), view_weight (an order-bound view's bound "
+                                              "part in the beam's cosine), ...; repeat)"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
@@ -70,6 +72,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         With --input / --vectors, killed part-way, the same command again continues where it stopped.
 
         Example: invemb invert "The cat sat on the mat." --em backbone --controller runs/controller --decode expand=6
+
+        Inverting an order-bound view's vectors (README "Inverting an order-bound view"): the controller reads
+        their EM part, the beam scores each hypothesis with their word-pair part too:
+        invemb order-bind --em runs/em-default --out runs/em-pairs --set binding=pairs;
+        invemb invert "The cat sat on the mat." --em runs/em-pairs --controller runs/ctl-default
         """
         import numpy as np
 
@@ -215,7 +222,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @eval_app.command("inversion")
     @user_errors
     def eval_inversion_cmd(
-        em: str = typer.Option(..., help="the encoder the controller was trained on"),
+        em: str = typer.Option(..., help="the encoder the controller was trained on, or an `invemb order-bind` view "
+                                         "of it (its vectors are inverted, every cosine is the view's)"),
         controller: Path = typer.Option(..., help="controller run folder"),
         set_: List[str] = typer.Option(["wiki", "wordnet"], "--set", help="wiki | wordnet (held-out, 5-32 words; repeat)"),
         n: int = typer.Option(50, help="sentences per set"),

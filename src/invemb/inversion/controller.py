@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from invemb.encoder import Encoder, has_content
-from invemb.inversion.decode import (Action, CountingEncoder, DecodeConfig, Hypothesis, InversionResult, Proposal,
-                                     beam_decode, beam_decode_many, check_target)
+from invemb.inversion.decode import (Action, BoundTargets, CountingEncoder, DecodeConfig, Hypothesis, InversionResult,
+                                     Proposal, beam_decode_many, check_target)
 from invemb.inversion.bag import UnitBag
 from invemb.inversion.length import LengthPrior
 from invemb.inversion.lm import BigramLM
@@ -313,21 +313,28 @@ def load_model(run: Path) -> tuple[ControllerModel, dict]:
 
 
 class Controller:
-    """Inverts sentence vectors of one encoder with a trained controller run."""
+    """Inverts sentence vectors of one encoder with a trained controller run; or, given an order-bound view of
+    that encoder (:mod:`invemb.em.order_bind`), the view's vectors: the policy reads their EM part and beam
+    decoding scores children with their bound part too (``--decode view_weight``)."""
 
     def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
                  decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None,
                  run: Path | None = None, memory: SentenceMemory | None = None, length_prior: LengthPrior | None = None,
-                 bag: UnitBag | None = None):
+                 bag: UnitBag | None = None, view=None):
         """``prior``: the language prior of ``decode.lm_weight`` (default: the run's own, loaded or built
         when a decode first needs it); ``memory``: the sentence memory of ``decode.memory_weight`` (default:
         the run's own, loaded when a decode first needs it); ``length_prior``: that of ``decode.length_weight``
         (default: the run's own, loaded or fitted when a decode first needs it); ``bag``: the bag of units of
         ``decode.bag_weight`` (default: the run's own, loaded or trained when a decode first needs it);
-        ``run``: the run folder it was loaded from."""
+        ``run``: the run folder it was loaded from; ``view``: an order-bound view of ``encoder`` whose vectors
+        are inverted instead of the encoder's."""
         from invemb.index import IndexConfig, UnitIndex
 
-        self.encoder = CountingEncoder(encoder)
+        if view is not None and view.em is not encoder:
+            raise ValueError("the order-bound view must be a view of the controller's encoder")
+        self.encoder, self.view = CountingEncoder(encoder), view
+        self.target_encoder = view if view is not None else encoder  # what the vectors inverted come from
+        self.dim = self.target_encoder.dim
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.settings(decode)
         self.info = info or {}
@@ -342,8 +349,9 @@ class Controller:
     @classmethod
     def load(cls, run: str | Path, em: str | Path | Encoder | None = None, runtime: str = "torch",
              **decode_overrides) -> "Controller":
-        """``em``: the EM run (default: the one it was trained on), or a loaded encoder; ``runtime``: the
-        backbone runtime of an EM loaded here ("torch", or "onnx": onnxruntime on CPU)."""
+        """``em``: the EM run (default: the one it was trained on), or a loaded encoder; either may be an
+        order-bound view of the EM (an ``invemb order-bind`` run), whose vectors are then inverted; ``runtime``:
+        the backbone runtime of an EM loaded here ("torch", "onnx": onnxruntime on CPU, or "bf16")."""
         from safetensors.torch import load_file
 
         import invemb
@@ -351,7 +359,13 @@ class Controller:
 
         run = Path(run)
         model, info = load_model(run)
+        from invemb.em.order_bind import OrderBoundEncoder
+
         encoder = em if em is not None and not isinstance(em, (str, Path)) else invemb.load(str(em or info["em"]), runtime=runtime)
+        view = encoder if isinstance(encoder, OrderBoundEncoder) else None
+        if view is not None:
+            encoder = view.em
+            em = view.em_path if isinstance(em, (str, Path)) else em  # the EM run's vocabulary is checked below
         if encoder.dim != info["dim"]:
             raise ValueError(f"encoder has dimension {encoder.dim}, the controller was trained on {info['dim']}")
         vocab = Vocab.load(run / "vocab.json")
@@ -366,7 +380,7 @@ class Controller:
             raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
                              f"not on this one (fingerprint {encoder_fingerprint(encoder)})")
         decode = DecodeConfig.from_dict(info["config"]["decode"]).replace(**decode_overrides)
-        return cls(encoder, vocab, unit_vectors, model, decode, info, run=run)
+        return cls(encoder, vocab, unit_vectors, model, decode, info, run=run, view=view)
 
     @property
     def language_prior(self) -> BigramLM:
@@ -444,9 +458,19 @@ class Controller:
         return decode
 
     def invert_vector(self, vector, decode: DecodeConfig | None = None) -> InversionResult:
+        """Invert one vector (D,) of the encoder, or of the view when there is one."""
         decode = self.settings(decode)
-        return beam_decode(vector, self.policy, self.encoder, self.vocab.units, decode, prior=self.prior(decode),
-                           length=self.lengths(decode))
+        targets, bound = self.split(check_target(vector, self.dim)[None])
+        return beam_decode_many(targets, self.policy, self.encoder, self.vocab.units, decode, prior=self.prior(decode),
+                                length=self.lengths(decode), bound=bound)[0]
+
+    def split(self, vectors: torch.Tensor) -> tuple[torch.Tensor, BoundTargets | None]:
+        """Checked vectors (N, self.dim) -> what the policy reads (N, encoder dim) and, for a view's vectors,
+        their bound parts."""
+        if self.view is None:
+            return vectors, None
+        main, bound = self.view.split(vectors)
+        return main, BoundTargets(bound, self.view.bound_texts, self.view.cfg.share)
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16, on_done=None) -> list[InversionResult]:
@@ -463,8 +487,9 @@ class Controller:
         out: list[InversionResult] = []
         step = max(1, batch)
         for start in range(0, len(vectors), step):
-            out += beam_decode_many(vectors[start: start + step], self.policy, self.encoder, self.vocab.units,
-                                    decode, on_done=on_done, prior=self.prior(decode), length=self.lengths(decode))
+            targets, bound = self.split(vectors[start: start + step])
+            out += beam_decode_many(targets, self.policy, self.encoder, self.vocab.units, decode, on_done=on_done,
+                                    prior=self.prior(decode), length=self.lengths(decode), bound=bound)
         if bar is not None:
             bar.close()
         return out
@@ -477,10 +502,10 @@ class Controller:
             raise ValueError(f"expected real-valued vectors, got {vectors.dtype}")
         vectors = vectors.float()
         if vectors.ndim != 2:
-            raise ValueError(f"expected an (N, {self.encoder.dim}) matrix of vectors, got shape {tuple(vectors.shape)}")
+            raise ValueError(f"expected an (N, {self.dim}) matrix of vectors, got shape {tuple(vectors.shape)}")
         for i, v in enumerate(vectors):
             try:
-                check_target(v, self.encoder.dim)
+                check_target(v, self.dim)
             except ValueError as err:
                 raise ValueError(f"vector {i}: {err}") from None
         return vectors
@@ -496,7 +521,7 @@ class Controller:
         if on_done is not None and len(nonempty) < len(texts):
             on_done(len(texts) - len(nonempty))
         if nonempty:
-            vecs = self.encoder.encoder.encode([texts[i] for i in nonempty])
+            vecs = self.target_encoder.encode([texts[i] for i in nonempty])
             results = dict(zip(nonempty, self.invert_vectors(vecs, decode, progress, batch, on_done)))
         return [{"text": t, **results[i].to_dict()} if i in results else
                 {"text": t, "reconstruction": "", "cosine": None, "steps": [], "encoder_calls": 0, "seconds": 0.0}

@@ -35,6 +35,10 @@ def resolve_corpus(corpus: str | Path | None, em: str | Path | None = None) -> P
     cfg_file = Path(str(em)) / "config.json" if em else None
     if cfg_file is not None and cfg_file.exists():
         info = json.loads(cfg_file.read_text())
+        if info.get("kind") == "order_bind":  # a view of an EM run: that run's corpus
+            from invemb.em.order_bind import em_run
+
+            info = json.loads((em_run(em) / "config.json").read_text())
         if info.get("kind") == "em":
             from invemb.em.data import run_corpus_dir
 
@@ -133,11 +137,16 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
 
     bag_cfg, blackbox_cfg = BagConfig.preset(preset), BlackBoxConfig.preset(preset)  # a bad preset: refused before any work
 
+    def em_part(target: torch.Tensor) -> torch.Tensor:
+        """(D,) what the baselines search with: a view's vector's EM part (they know no bound part)."""
+        return controller.split(target[None])[0][0]
+
     table: dict[str, Method | Batched] = {
         "controller": Batched(lambda t, progress: controller.invert_vectors(t, progress=progress)),
         "greedy": Batched(lambda t, progress: controller.invert_vectors(t, controller.decode_cfg.replace(beam=1), progress)),
-        "bag": lambda t: bag_of_units(t, controller.index, bag_cfg),
-        "blackbox": lambda t: black_box_search(t, controller.encoder, controller.index, controller.unit_vectors, blackbox_cfg),
+        "bag": lambda t: bag_of_units(em_part(t), controller.index, bag_cfg),
+        "blackbox": lambda t: black_box_search(em_part(t), controller.encoder, controller.index, controller.unit_vectors,
+                                               blackbox_cfg),
     }
     unknown = [m for m in which if m not in table]
     if unknown:
@@ -148,7 +157,8 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
 def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequence[str], out: str | Path | None = None,
                     preset: str = "default", progress: bool = True, settings: dict | None = None) -> dict:
     """Metrics per set and method; with ``out``, writes results.json, rows JSONL, F1-vs-length
-    and precision-by-step plots.
+    and precision-by-step plots. A controller given an order-bound view inverts the view's vectors, and every
+    method's cosine is the view's (the baselines search with the vectors' EM part).
 
     With ``out``, each finished (set, method) waits in ``out/partial/``, a :class:`invemb.io.PartialFolder`
     keyed by the sentences, the controller, its decoding settings, the baseline preset and ``settings``
@@ -174,7 +184,7 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
             if partial is not None:
                 write_jsonl(partial.slot(f"{set_name}_{method}.jsonl"), rows)
 
-        res = run_methods(controller_methods(controller, methods, preset), sentences, controller.encoder.encoder, progress,
+        res = run_methods(controller_methods(controller, methods, preset), sentences, controller.target_encoder, progress,
                           finished=finished, on_rows=record)
         results[set_name] = {m: {k: r[k] for k in ("summary", "by_length", "by_step")} for m, r in res.items()}
         if out is not None:

@@ -250,5 +250,5 @@ def evaluate_inversion(encoder, controller, sentences: Sequence[str]) -> dict[st
     from invemb.inversion.harness import controller_methods, run_methods
 
     ctrl = controller if isinstance(controller, Controller) else Controller.load(controller, em=encoder)
-    res = run_methods(controller_methods(ctrl, ["controller"]), list(sentences), ctrl.encoder.encoder, progress=False)
+    res = run_methods(controller_methods(ctrl, ["controller"]), list(sentences), ctrl.target_encoder, progress=False)
     return {k: float(v) for k, v in res["controller"]["summary"].items() if v is not None}

@@ -251,7 +251,7 @@ class Service:
         try:
             ctrl = self.controller
             texts = [j.text for j in group if j.text is not None]
-            encoded = iter(ctrl.encoder.encoder.encode(texts)) if texts else iter(())  # (n_texts, D)
+            encoded = iter(ctrl.target_encoder.encode(texts)) if texts else iter(())  # (n_texts, D)
             targets = torch.stack([next(encoded) if j.text is not None else j.vector for j in group]).float()  # (G, D)
             results = ctrl.invert_vectors(targets, group[0].decode, batch=len(group))
         except Exception as err:  # every job of the batch gets the error (the app answers it as a 500)

@@ -1,0 +1,118 @@
+"""Inverting an order-bound view's vectors (invemb.em.order_bind): the policy reads their EM part, beam
+decoding scores children with their bound part too."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder
+from invemb.inversion.controller import Controller
+from invemb.inversion.decode import Action, BoundTargets, CountingEncoder, DecodeConfig, Proposal, beam_decode
+from toy import BagEncoder, toy_sentences
+
+WORDS = ["the", "dog", "chased", "cat"]
+
+
+class SumEncoder:
+    """Order-blind: a text is the normalised sum of its words' vectors, so "the dog chased the cat" and "the cat
+    chased the dog" are one vector."""
+
+    def __init__(self):
+        self.dim, self.bag = 32, BagEncoder(dim=32)
+
+    def encode(self, texts, batch_size: int = 64) -> torch.Tensor:
+        from invemb.text.vocab import tokenize
+
+        return F.normalize(torch.stack([sum(self.bag._word(w) for w in tokenize(t)) for t in texts]), dim=1)
+
+
+class AnyUnitAnywhere:
+    """Proposes every unit at every slot, all equally likely: the encoder's cosine alone chooses."""
+
+    def propose(self, targets, hyps, cfg):
+        return [Proposal([Action(u, slot, 0.0) for u in range(len(WORDS)) for slot in range(len(h.units) + 1)],
+                         stop_prob=0.0) for h in hyps]
+
+
+def decode(view: OrderBoundEncoder, text: str, bound: bool) -> str:
+    cfg = DecodeConfig(beam=6, expand=40, patience=0, max_words=5, max_steps=5, lm_weight=0, length_weight=0,
+                       model_weight=0, repeat_penalty=0, view_weight=0.7)
+    main, parts = view.split(view.encode([text]))
+    extra = BoundTargets(parts, view.bound_texts, view.cfg.share) if bound else None
+    return beam_decode(main[0], AnyUnitAnywhere(), CountingEncoder(view.em), WORDS, cfg, bound=extra).text
+
+
+@pytest.mark.parametrize("binding", ["positions", "pairs"])
+def test_the_bound_part_decodes_the_order_an_order_blind_encoder_cannot_see(binding):
+    em = SumEncoder()
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=256, max_positions=8, binding=binding),
+                                   unit_vectors=em.encode(WORDS))
+    texts = ["The dog chased the cat", "The cat chased the dog"]
+    assert torch.allclose(*em.encode(texts), atol=1e-6)
+    plain = [decode(view, t, bound=False) for t in texts]
+    # the EM part alone finds the words, and cannot get both orders right: the two targets are one vector
+    assert all(sorted(p.lower().split()) == sorted(t.lower().split()) for p, t in zip(plain, texts))
+    assert sum(p == t for p, t in zip(plain, texts)) <= 1
+    assert [decode(view, t, bound=True) for t in texts] == texts
+
+
+def test_pair_binding_matches_a_hand_computation():
+    em = SumEncoder()
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=16, max_positions=4, binding="pairs"),
+                                   unit_vectors=em.encode(WORDS))
+    v = (em.encode(["the", "dog", "chased"]) - view.center) @ view.projection  # (3, 16)
+    first = lambda x: x[view.perms[1]] * view.signs[1]  # noqa: E731 - the first word of a pair, bound
+    want = F.normalize(first(v[0]) * v[1] + first(v[1]) * v[2], dim=0)
+    got = view.bound_texts(["the dog chased", "dog"])
+    assert torch.allclose(got[0], want, atol=1e-5) and torch.equal(got[1], torch.zeros(16))
+    with pytest.raises(ValueError, match=r"binding='triples' \(positions or pairs\)"):
+        OrderBindConfig(binding="triples")
+    with pytest.raises(ValueError, match=r"expected \(2, 48\) order-bound vectors \(EM 32 \+ bound 16\), got shape \(2, 32\)"):
+        view.split(torch.randn(2, 32))
+
+
+def test_a_controller_given_a_view_inverts_its_vectors_and_reports_the_views_cosine(toy_run):
+    run, encoder, _ = toy_run
+    from safetensors.torch import load_file
+
+    view = OrderBoundEncoder.build(encoder, OrderBindConfig(width=64, max_positions=16, binding="pairs"),
+                                   load_file(str(run / "unit_vectors.safetensors"))["units"])
+    ctrl = Controller.load(run, em=view)
+    assert ctrl.dim == 32 + 64 and ctrl.target_encoder is view and ctrl.encoder.encoder is encoder
+    sentences = toy_sentences(4, seed=5, min_words=4)
+    rows = ctrl.invert_texts(sentences)
+    for row in rows:
+        want = float(view.encode([row["reconstruction"]])[0] @ view.encode([row["text"]])[0])
+        assert row["cosine"] == pytest.approx(want, abs=1e-4)  # the view's cosine, not the score's mix
+        assert row["steps"][-1]["cosine"] == pytest.approx(row["cosine"], abs=1e-4)
+    alone = ctrl.invert_vector(view.encode(sentences[:1])[0])
+    assert alone.text == rows[0]["reconstruction"]
+    # the EM's own vectors are not the view's
+    with pytest.raises(ValueError, match=r"vector 0: target vector has shape \(32,\); this encoder needs \(96,\)"):
+        ctrl.invert_vectors(encoder.encode(sentences))
+    # view_weight 0 scores by the EM part alone: the controller's plain decoding
+    plain = Controller.load(run, em=encoder).invert_texts(sentences)
+    zero = ctrl.invert_texts(sentences, ctrl.decode_cfg.replace(view_weight=0.0))
+    assert [r["reconstruction"] for r in zero] == [r["reconstruction"] for r in plain]
+    with pytest.raises(ValueError, match=r"view_weight=1.5 \(at most 1\)"):
+        DecodeConfig(view_weight=1.5)
+
+
+def test_the_harness_reports_every_method_in_the_views_space(toy_run):
+    from safetensors.torch import load_file
+
+    from invemb.inversion.harness import controller_methods, run_methods
+
+    run, encoder, _ = toy_run
+    view = OrderBoundEncoder.build(encoder, OrderBindConfig(width=64, max_positions=16, binding="pairs"),
+                                   load_file(str(run / "unit_vectors.safetensors"))["units"])
+    ctrl = Controller.load(run, em=view)
+    sentences = toy_sentences(3, seed=7, min_words=4)
+    res = run_methods(controller_methods(ctrl, ["controller", "bag"]), sentences, ctrl.target_encoder, progress=False)
+    for method, out in res.items():
+        for row in out["rows"]:
+            want = float(view.encode([row["reconstruction"]])[0] @ view.encode([row["text"]])[0])
+            assert row["cosine"] == pytest.approx(want, abs=1e-4), method
+    for a, b in itertools.combinations(["controller", "bag"], 2):
+        assert res[a]["summary"].keys() == res[b]["summary"].keys()
