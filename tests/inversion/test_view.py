@@ -30,7 +30,7 @@ class SumEncoder:
 class AnyUnitAnywhere:
     """Proposes every unit at every slot, all equally likely: the encoder's cosine alone chooses."""
 
-    def propose(self, targets, hyps, cfg):
+    def propose(self, targets, hyps, cfg, bound=None):
         return [Proposal([Action(u, slot, 0.0) for u in range(len(WORDS)) for slot in range(len(h.units) + 1)],
                          stop_prob=0.0) for h in hyps]
 
@@ -80,6 +80,7 @@ def test_a_controller_given_a_view_inverts_its_vectors_and_reports_the_views_cos
                                    load_file(str(run / "unit_vectors.safetensors"))["units"])
     ctrl = Controller.load(run, em=view)
     assert ctrl.dim == 32 + 64 and ctrl.target_encoder is view and ctrl.encoder.encoder is encoder
+    assert ctrl.policy.pairs is not None and ctrl.policy.pairs.view is view  # words read off its pairs
     sentences = toy_sentences(4, seed=5, min_words=4)
     rows = ctrl.invert_texts(sentences)
     for row in rows:
@@ -91,12 +92,36 @@ def test_a_controller_given_a_view_inverts_its_vectors_and_reports_the_views_cos
     # the EM's own vectors are not the view's
     with pytest.raises(ValueError, match=r"vector 0: target vector has shape \(32,\); this encoder needs \(96,\)"):
         ctrl.invert_vectors(encoder.encode(sentences))
-    # view_weight 0 scores by the EM part alone: the controller's plain decoding
+    # view_weight 0 (scores by the EM part alone) and no words read off the bound part: the plain decoding
     plain = Controller.load(run, em=encoder).invert_texts(sentences)
-    zero = ctrl.invert_texts(sentences, ctrl.decode_cfg.replace(view_weight=0.0))
+    zero = ctrl.invert_texts(sentences, ctrl.decode_cfg.replace(view_weight=0.0, view_neighbours=0))
     assert [r["reconstruction"] for r in zero] == [r["reconstruction"] for r in plain]
     with pytest.raises(ValueError, match=r"view_weight=1.5 \(at most 1\)"):
         DecodeConfig(view_weight=1.5)
+
+
+def test_unbinding_a_pair_bound_target_proposes_each_placed_words_neighbours():
+    from invemb.inversion.decode import Hypothesis
+    from invemb.inversion.view import PairNeighbours
+
+    em = SumEncoder()
+    units = WORDS + ["a", "red", "bird", "sat", "on", "mat", "big", "ran", "the red"]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=512, max_positions=8, binding="pairs"),
+                                   unit_vectors=em.encode(units))
+    pairs = PairNeighbours(view, units, em.encode(units))
+    assert "the red" not in [units[u] for u in pairs.word_ids.tolist()]  # words are proposed, phrases are not
+    bound = view.bound_texts(["the dog chased a red cat"])[0]
+    found = pairs(bound, b"t", [("dog", True), ("red", True), ("chased", False), ("cat", False)], k=1)
+    assert {q: units[v[0]] for q, v in found.items()} == {("dog", True): "chased", ("red", True): "cat",
+                                                          ("chased", False): "dog", ("cat", False): "red"}
+    # as actions: the follower after a placed unit, the one before it, each as likely as the best action
+    hyp = Hypothesis([units.index("chased")])
+    props = [Proposal([Action(units.index("bird"), 0, -0.5)])]
+    pairs.actions([hyp], bound[None], props, k=1)
+    assert [(units[a.unit], a.slot, a.logp) for a in props[0].actions] == [("bird", 0, -0.5), ("a", 1, -0.5), ("dog", 0, -0.5)]
+    with pytest.raises(ValueError, match="binds positions"):
+        PairNeighbours(OrderBoundEncoder.build(em, OrderBindConfig(width=64), unit_vectors=em.encode(units)), units,
+                       em.encode(units))
 
 
 def test_the_harness_reports_every_method_in_the_views_space(toy_run):

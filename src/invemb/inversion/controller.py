@@ -86,6 +86,7 @@ class ModelPolicy:
         is on)."""
         self.model, self.unit_vectors, self.index = model.eval(), unit_vectors, index
         self.memory, self.bag = memory, bag
+        self.pairs = None  # a PairNeighbours when the vectors inverted are a pair-bound view's (Controller sets it)
         self._read_cache: dict[bytes, tuple[torch.Tensor, torch.Tensor]] = {}  # target -> its memory (ids, votes)
         self.prune_placer = prune_placer  # skip Placer pairs that cannot yield a kept action (same proposals kept)
         self.stand_in = stand_in  # (N,) see stand_ins; None: every unit offered as itself
@@ -159,7 +160,17 @@ class ModelPolicy:
         best = [(v[:min(k, n + 1)], sl[:min(k, n + 1)]) for v, sl, n in zip(values, slots, buffer_lens)]
         return out, best
 
-    def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
+    def propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig,
+                bound: torch.Tensor | None = None) -> list[Proposal]:
+        """``bound`` (H, W): each hypothesis's target's bound part when an order-bound view's vectors are
+        inverted; with a pair-bound view (``pairs``) and ``cfg.view_neighbours``, the words it says follow or
+        precede the placed ones are proposed too."""
+        proposals = self._propose(targets, hyps, cfg)
+        if bound is not None and self.pairs is not None and cfg.view_neighbours:
+            self.pairs.actions(hyps, bound, proposals, cfg.view_neighbours)
+        return proposals
+
+    def _propose(self, targets: torch.Tensor, hyps: Sequence[Hypothesis], cfg: DecodeConfig) -> list[Proposal]:
         s = self.summary(targets, hyps)
         read = self.selector_memory(targets, hyps)  # (H, M) the Selector's own memory input, or None
         sel = self.model.selector(s, read)
@@ -345,6 +356,10 @@ class Controller:
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
                                   stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts),
                                   memory=lambda: self.sentence_memory, bag=lambda: self.unit_bag)
+        if view is not None and view.cfg.binding == "pairs":
+            from invemb.inversion.view import PairNeighbours
+
+            self.policy.pairs = PairNeighbours(view, vocab.units, unit_vectors, self.policy.stand_in)
 
     @classmethod
     def load(cls, run: str | Path, em: str | Path | Encoder | None = None, runtime: str = "torch",

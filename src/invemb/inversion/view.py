@@ -1,0 +1,77 @@
+"""Words read off a pair-bound target: what inverting an order-bound view's vector adds to the policy.
+
+An order-bound view with binding "pairs" (:mod:`invemb.em.order_bind`) holds, beside the EM vector,
+the sum over a text's adjacent words of ``permuted(v_a) * v_b``. Unbinding it with a placed word
+gives an estimate of the word that follows it, or precedes it (:meth:`OrderBoundEncoder.unbind`); the
+vocabulary word nearest that estimate is proposed in the slot after, or before, the placed word. So
+the order comes from the vector itself, one placed word at a time, and a right word brings its
+neighbours in (README "Inverting an order-bound view").
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from invemb.text.vocab import tokenize
+
+
+class PairNeighbours:
+    """The best ``k`` vocabulary words to follow or precede a word in the text behind a pair-bound target."""
+
+    def __init__(self, view, units: Sequence[str], unit_vectors: torch.Tensor, stand_in: torch.Tensor | None = None):
+        """``view``: an :class:`invemb.em.order_bind.OrderBoundEncoder` with binding "pairs" over the EM that
+        gave ``unit_vectors`` (V, D) for ``units``; ``stand_in``: the units offered in place of case twins
+        (:func:`invemb.inversion.controller.stand_ins`), proposed once."""
+        if view.cfg.binding != "pairs":
+            raise ValueError(f"words are read off a pair-bound view; this one binds {view.cfg.binding}")
+        self.view = view
+        ids = [u for u, text in enumerate(units) if len(tokenize(text)) == 1
+               and (stand_in is None or int(stand_in[u]) == u)]
+        self.word_ids = torch.tensor(ids, dtype=torch.long)  # (V1,) one-word units, each vector once
+        keys = unit_vectors[self.word_ids].float() - view.center  # (V1, D) centred, as the view binds them
+        self.keys = keys / keys.norm(dim=1, keepdim=True).clamp_min(1e-6)  # a projection keeps norms, on average
+        self.ends = [(t[0].lower(), t[-1].lower()) if (t := tokenize(text)) else None for text in units]  # (first, last) word
+        self._cache: dict[tuple[bytes, int], dict[tuple[str, bool], list[int]]] = {}  # (target, k) -> (word, after) -> units
+
+    def __call__(self, bound: torch.Tensor, key: bytes, words: list[tuple[str, bool]], k: int) -> dict[tuple[str, bool], list[int]]:
+        """For each (word, after) the ``k`` likeliest units to follow (after) or precede it in the text whose
+        bound part is ``bound`` (W,); ``key`` names that target (the answers are kept per target)."""
+        if (key, k) not in self._cache and len(self._cache) >= 4096:  # bounded: a long stream of vectors never fills memory
+            self._cache.clear()
+        known = self._cache.setdefault((key, k), {})
+        for after in (True, False):
+            todo = list(dict.fromkeys(w for w, a in words if a == after and (w, a) not in known))
+            if todo:
+                scores = self.view.unbind(bound, todo, after) @ self.keys.T  # (n, V1)
+                top = self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices]  # (n, k)
+                known.update(((w, after), row) for w, row in zip(todo, top.tolist()))
+        return {q: known[q][:k] for q in words}
+
+    def actions(self, hyps, bound: torch.Tensor, proposals, k: int) -> None:
+        """Add to each hypothesis's proposal, for each placed unit, the ``k`` words likeliest to follow its last
+        word (in the slot after it) and to precede its first (in the slot before), read off its target's bound
+        part (``bound`` (H, W), zeros where there is none), each as likely as the proposal's best action: the
+        beam's scores (the cosine with the bound part, the language prior) choose among them."""
+        from invemb.inversion.decode import Action
+
+        distinct, row = torch.unique(bound, dim=0, return_inverse=True)
+        keys = [t.numpy().tobytes() for t in distinct]
+        for i, (h, prop) in enumerate(zip(hyps, proposals)):
+            b = distinct[row[i]]
+            if not h.units or not prop.actions or not b.any():
+                continue
+            ends = [self.ends[u] for u in h.units]
+            asked = [(e[1], True) for e in ends if e] + [(e[0], False) for e in ends if e]
+            found = self(b, keys[row[i]], asked, k)
+            best = max(a.logp for a in prop.actions)
+            offered = {(a.unit, a.slot) for a in prop.actions if a.remove < 0}
+            for j, (u, e) in enumerate(zip(h.units, ends)):
+                if e is None:
+                    continue
+                for slot, words, beside in ((j + 1, found[(e[1], True)], j + 1), (j, found[(e[0], False)], j - 1)):
+                    for w in words:
+                        if 0 <= beside < len(h.units) and h.units[beside] == w or (w, slot) in offered:
+                            continue  # already there, or already proposed
+                        offered.add((w, slot))
+                        prop.actions.append(Action(w, slot, best))
