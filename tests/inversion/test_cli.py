@@ -354,6 +354,9 @@ def test_demo_inversion_reuses_a_finished_controller(cli_run, monkeypatch, tmp_p
     monkeypatch.setattr(invemb.inversion.harness, "eval_sentences", lambda corpus, kind, n: toy_sentences(n, seed=9))
     summary = demo_inversion(EMConfig.preset("tiny"), Path(em), root / "run", "tiny", n=2)
     assert summary["n"] == 2 and 0.0 <= summary["token_f1"] <= 100.0
+    # then the same sentences from the pair-bound view's vectors, the view saved beside the EM for later commands
+    assert summary["view"]["n"] == 2 and 0.0 <= summary["view"]["token_f1"] <= 100.0
+    assert json.loads(Path(f"{em}-pairs", "config.json").read_text())["config"]["binding"] == "pairs"
 
 
 def test_demo_inversion_resumes_a_controller_killed_before_its_first_checkpoint(monkeypatch, tmp_path):

@@ -71,12 +71,29 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
         resume = (controller_out / "config.json").exists()  # started: killed while building states or training
         train_controller(str(em_run), ccfg, controller_out, resume=resume)
     ctrl = load_run(controller_out, em=str(em_run))
-    rows = ctrl.invert_texts(eval_sentences(corpus, "wiki", n), progress=False)
+    sentences = eval_sentences(corpus, "wiki", n)
+
+    def show(rows: list[dict]) -> dict:
+        for r in rows:
+            typer.echo(f"  original: {r['text']}\n   rebuilt: {r['reconstruction']}   (cos {r['cosine']:.3f})")
+        summary = summarise(rows)
+        typer.echo(f"token F1 {summary['token_f1']:.1f}, BLEU {summary['bleu']:.1f}, cosine {summary['cosine']:.3f}, "
+                   f"{summary['encoder_calls']:.0f} encoder calls and {summary['seconds']:.2f} s per sentence")
+        return summary
+
     typer.echo("\n== inversion of held-out sentences (from the sentence vector only) ==")
-    for r in rows:
-        typer.echo(f"  original: {r['text']}\n   rebuilt: {r['reconstruction']}   (cos {r['cosine']:.3f})")
-    summary = summarise(rows)
-    typer.echo(f"token F1 {summary['token_f1']:.1f}, BLEU {summary['bleu']:.1f}, cosine {summary['cosine']:.3f}, "
-               f"{summary['encoder_calls']:.0f} encoder calls and {summary['seconds']:.2f} s per sentence")
-    typer.echo(f"controller run: {controller_out}; `invemb eval inversion` measures it on more sentences")
+    summary = show(ctrl.invert_texts(sentences, progress=False))
+    # The same sentences from a pair-bound view's vector (README "Inverting an order-bound view"): no training,
+    # the same controller, the order read off the vector's word pairs.
+    from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder
+
+    view = OrderBoundEncoder.build(ctrl.encoder.encoder, OrderBindConfig(binding="pairs"), ctrl.unit_vectors,
+                                   em_path=str(em_run))
+    view_run = Path(f"{em_run}-pairs")
+    view.save(view_run)  # seconds; written each time, so it is the view of this EM run
+    typer.echo(f"\n== the same sentences from the vectors of the pair-bound view {view_run} (invemb order-bind "
+               "--set binding=pairs), the same controller ==")
+    summary["view"] = show(load_run(controller_out, em=view).invert_texts(sentences, progress=False))
+    typer.echo(f"controller run: {controller_out}; `invemb eval inversion` measures it on more sentences "
+               f"(`--em {view_run}`: the view's)")
     return summary
