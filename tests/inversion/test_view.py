@@ -1,6 +1,5 @@
 """Inverting an order-bound view's vectors (invemb.em.order_bind): the policy reads their EM part, beam
 decoding scores children with their bound part too."""
-import itertools
 
 import pytest
 import torch
@@ -139,5 +138,4 @@ def test_the_harness_reports_every_method_in_the_views_space(toy_run):
         for row in out["rows"]:
             want = float(view.encode([row["reconstruction"]])[0] @ view.encode([row["text"]])[0])
             assert row["cosine"] == pytest.approx(want, abs=1e-4), method
-    for a, b in itertools.combinations(["controller", "bag"], 2):
-        assert res[a]["summary"].keys() == res[b]["summary"].keys()
+    assert res["controller"]["summary"].keys() == res["bag"]["summary"].keys()

@@ -474,10 +474,7 @@ class Controller:
 
     def invert_vector(self, vector, decode: DecodeConfig | None = None) -> InversionResult:
         """Invert one vector (D,) of the encoder, or of the view when there is one."""
-        decode = self.settings(decode)
-        targets, bound = self.split(check_target(vector, self.dim)[None])
-        return beam_decode_many(targets, self.policy, self.encoder, self.vocab.units, decode, prior=self.prior(decode),
-                                length=self.lengths(decode), bound=bound)[0]
+        return self.invert_vectors(check_target(vector, self.dim)[None], decode, batch=1)[0]
 
     def split(self, vectors: torch.Tensor) -> tuple[torch.Tensor, BoundTargets | None]:
         """Checked vectors (N, self.dim) -> what the policy reads (N, encoder dim) and, for a view's vectors,
