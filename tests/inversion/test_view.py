@@ -91,9 +91,9 @@ def test_a_controller_given_a_view_inverts_its_vectors_and_reports_the_views_cos
     # the EM's own vectors are not the view's
     with pytest.raises(ValueError, match=r"vector 0: target vector has shape \(32,\); this encoder needs \(96,\)"):
         ctrl.invert_vectors(encoder.encode(sentences))
-    # view_weight 0 (scores by the EM part alone) and no words read off the bound part: the plain decoding
+    # view_weight 0 (scores by the EM part alone), no words read off the bound part, no polish: the plain decoding
     plain = Controller.load(run, em=encoder).invert_texts(sentences)
-    zero = ctrl.invert_texts(sentences, ctrl.decode_cfg.replace(view_weight=0.0, view_neighbours=0))
+    zero = ctrl.invert_texts(sentences, ctrl.decode_cfg.replace(view_weight=0.0, view_neighbours=0, view_polish=0))
     assert [r["reconstruction"] for r in zero] == [r["reconstruction"] for r in plain]
     with pytest.raises(ValueError, match=r"view_weight=1.5 \(at most 1\)"):
         DecodeConfig(view_weight=1.5)
@@ -139,3 +139,50 @@ def test_the_harness_reports_every_method_in_the_views_space(toy_run):
             want = float(view.encode([row["reconstruction"]])[0] @ view.encode([row["text"]])[0])
             assert row["cosine"] == pytest.approx(want, abs=1e-4), method
     assert res["controller"]["summary"].keys() == res["bag"]["summary"].keys()
+
+
+class ScriptPolicy:
+    """Proposes one fixed (unit, slot) action per step, then nothing: a search that inserts what it is told."""
+
+    def __init__(self, script):
+        self.script = script
+
+    def propose(self, targets, hyps, cfg, bound=None):
+        return [Proposal([Action(*self.script[len(h.units)], 0.0)] if len(h.units) < len(self.script) else [])
+                for h in hyps]
+
+
+def test_polishing_deletes_the_units_a_search_placed_around_the_text():
+    """Inserting only, a search that placed stray units first keeps them; polishing a view's inversion keeps the
+    span the vector says is the text, names what it deleted and counts the encoder calls it spent. The EM's own
+    vectors are not polished."""
+    from invemb.inversion.decode import beam_decode_many
+
+    em = BagEncoder()
+    units = ["dog", "big cat", "sat", "on the mat", "today"]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=256, max_positions=16, binding="pairs"),
+                                   unit_vectors=em.encode(units))
+    main, parts = view.split(view.encode(["big cat sat on the mat"]))
+    bound = BoundTargets(parts, view.bound_texts, view.cfg.share)
+    script = [(0, 0), (4, 1), (1, 1), (2, 2), (3, 3)]  # dog, today, then big cat sat on the mat between them
+    cfg = dict(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64)
+
+    def run(bound, **overrides):
+        encoder = CountingEncoder(em)
+        return beam_decode(main[0], ScriptPolicy(script), encoder, units, DecodeConfig(**{**cfg, **overrides}),
+                           bound=bound)
+
+    plain, as_is = run(bound, view_polish=0), run(None)
+    assert plain.text == as_is.text == "Dog big cat sat on the mat today" and plain.encoder_calls == 5
+    polished = run(bound)
+    assert polished.text == "Big cat sat on the mat" and polished.cosine == pytest.approx(1.0, abs=1e-5)
+    assert polished.steps[-1] == {"deleted": "dog today", "cosine": pytest.approx(1.0, abs=1e-4)}
+    # round 1: of 5 units, 14 spans deleted (all but the whole) + 6 inner spans kept; round 2, of 3: 5 + 1, no gain
+    assert polished.encoder_calls == 5 + 20 + 6
+    assert run(bound, view_polish=4).text == polished.text  # the bound part ranks the right cut among the first 4
+    done = []  # a progress bar's updates: each search counts once, when its polished text is final
+    many = beam_decode_many(main.repeat(2, 1), ScriptPolicy(script), CountingEncoder(em), units, DecodeConfig(**cfg),
+                            on_done=done.append, bound=BoundTargets(parts.repeat(2, 1), view.bound_texts, view.cfg.share))
+    assert [r.text for r in many] == [polished.text] * 2 and sum(done) == 2
+    with pytest.raises(ValueError, match=r"view_polish=-1 \(at least 0\)"):
+        DecodeConfig(view_polish=-1)

@@ -95,6 +95,16 @@ class DecodeConfig(Config):
     min_gain: float = 1e-4
     max_words: int = 40
     max_steps: int = 48
+    # Inverting an order-bound view's vector: once the search ends, its best text is edited. Each round, the texts
+    # left by deleting one span of its units or keeping only one are ranked by the score's terms known without the
+    # encoder (the bound part's cosine, the prior, the length bonus); the best N are encoded and the best one kept if
+    # it scores higher; at most view_polish_rounds rounds (0: off). Unbinding leaves repeats and stray units around a
+    # right text. runs/ctl-mem, bf16, 150 + 150 test sentences, seeds 0 / 1, 16 against 0: wiki token F1 67.9 / 67.4 ->
+    # 70.6 / 68.8, WordNet 83.1 / 81.9 -> 90.4 / 89.4 (README "Inverting an order-bound view"); 32: the same as 16. On
+    # the EM's own vectors, with nothing but the prior and the length bonus to rank the edits, 16 changed nothing
+    # measurable (wiki -0.1, WordNet +0.4) at 1.07x the encoder calls: so it edits a view's inversions only.
+    view_polish: int = 16
+    view_polish_rounds: int = 6
     seed: int = 0
 
     presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
@@ -112,7 +122,7 @@ class DecodeConfig(Config):
                                 ("frequent_units", 0), ("expand_gap", 0), ("bag_weight", 0), ("bag_units", 0), ("bag_floor", 0),
                                 ("min_gain", 0), ("repeat_penalty", 0), ("length_weight", 0), ("model_weight", 0), ("lm_weight", 0),
                                 ("memory_weight", 0), ("memory_temperature", 1e-6), ("view_weight", 0),
-                                ("view_neighbours", 0))
+                                ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0))
                if not getattr(self, k) >= least]  # NaN fails this too
         bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
                 if not math.isfinite(getattr(self, k))]
@@ -268,8 +278,11 @@ class _Search:
     predicted_words: float = math.inf  # the length prior's words for ``target``: the length bonus stops there
     bound_target: torch.Tensor | None = None  # (W,) inverting an order-bound view's vector: its bound part
 
+    def best(self, w: float) -> Hypothesis:
+        return max(self.finished + [h.best for h in self.beam], key=lambda h: h.score(w), default=Hypothesis([]))
+
     def result(self, w: float, seconds: float) -> InversionResult:
-        best = max(self.finished + [h.best for h in self.beam], key=lambda h: h.score(w), default=Hypothesis([]))
+        best = self.best(w)
         cosine = None if not best.units else best.cosine if best.view_cosine is None else best.view_cosine
         return InversionResult(best.text, cosine, best.steps, self.calls, seconds, best.score(w))
 
@@ -324,6 +337,22 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
         for s, words in zip(searches, length(torch.stack([s.target for s in searches])).tolist()):
             s.predicted_words = words
     torch.manual_seed(cfg.seed)
+    w = cfg.model_weight
+    polishing = bool(cfg.view_polish) and bound is not None
+    # polishing, a search is done once its polish is final: the progress moves then, not as its steps end
+    _steps(searches, policy, encoder, unit_texts, cfg, prior, bound, on_done=None if polishing else on_done)
+    if polishing:
+        _polish(searches, encoder, unit_texts, cfg, prior, bound)
+        if on_done is not None:
+            on_done(len(searches))
+    seconds = (time.perf_counter() - t0) / max(1, len(searches))
+    return [s.result(w, seconds) for s in searches]
+
+
+def _steps(searches: list[_Search], policy: Policy, encoder: CountingEncoder, unit_texts: Sequence[str], cfg: DecodeConfig,
+          prior: Callable[[str], float] | None, bound: BoundTargets | None, on_done=None) -> None:
+    """Run the searches' beams in lockstep until each ends or ``cfg.max_steps`` steps pass (see
+    :func:`beam_decode_many`)."""
     w = cfg.model_weight
 
     def end(s: _Search) -> None:
@@ -397,12 +426,7 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
                 continue
             for h, kids in zip(s.live, s.groups):
                 for k in kids:
-                    k.vector = by_text[k.text]
-                    k.cosine = float(k.vector @ s.target)
-                    if s.bound_target is not None:
-                        k.cosine, k.view_cosine = bound.cosines(k.cosine, float(bound_of[k.text] @ s.bound_target),
-                                                                cfg.view_weight)
-                    k.steps[-1]["cosine"] = round(k.cosine if k.view_cosine is None else k.view_cosine, 4)
+                    _rescore(k, s, by_text, bound_of, bound, cfg.view_weight)
                     better = k.score(w) > h.best.score(w) + cfg.min_gain
                     k.best = k if better else h.best
                     k.stale = 0 if better else h.stale + 1
@@ -421,8 +445,84 @@ def beam_decode_many(targets: torch.Tensor, policy: Policy, encoder: CountingEnc
             s.beam = new_beam
     if on_done is not None:
         on_done(sum(not s.done for s in searches))
-    seconds = (time.perf_counter() - t0) / max(1, len(searches))
-    return [s.result(w, seconds) for s in searches]
+
+
+def _rescore(k: Hypothesis, s: _Search, by_text: dict, bound_of: dict, bound: BoundTargets | None,
+             view_weight: float) -> None:
+    """Set a child's vector and cosine from its encoded text (``by_text``: text -> (D,); ``bound_of``: text ->
+    (W,) its bound part, when a view's vector is inverted), and its last step's cosine."""
+    k.vector = by_text[k.text]
+    k.cosine = float(k.vector @ s.target)
+    if s.bound_target is not None:
+        k.cosine, k.view_cosine = bound.cosines(k.cosine, float(bound_of[k.text] @ s.bound_target), view_weight)
+    k.steps[-1]["cosine"] = round(k.cosine if k.view_cosine is None else k.view_cosine, 4)
+
+
+def _cuts(n: int) -> list[tuple[list[int], list[int]]]:
+    """Every (kept, deleted) split of the buffer indices 0..n-1 that deletes one span or keeps one, keeping
+    at least one index."""
+    out = []
+    for i in range(n):
+        for j in range(i + 1, n + 1):
+            span = list(range(i, j))
+            rest = list(range(i)) + list(range(j, n))
+            if rest:
+                out.append((rest, span))  # the span deleted
+                if i > 0 and j < n:
+                    out.append((span, rest))  # only the span kept (at an end, the same as a deletion)
+    return out
+
+
+def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Sequence[str], cfg: DecodeConfig,
+            prior: Callable[[str], float] | None, bound: BoundTargets) -> None:
+    """Edit the best text of each search with a bound part by deletions (``DecodeConfig.view_polish``), in
+    lockstep: one encoder call a round for all searches. An edited text that scores higher joins ``finished``
+    with a step naming what it deleted."""
+    w = cfg.model_weight
+    current = {id(s): s.best(w) for s in searches}
+    live = [s for s in searches if s.bound_target is not None and len(current[id(s)].units) >= 2]
+    for _ in range(cfg.view_polish_rounds):
+        picked: list[tuple[_Search, list[Hypothesis]]] = []
+        bound_of: dict[str, torch.Tensor] = {}  # text -> (W,) its bound part
+        for s in live:
+            h = current[id(s)]
+            kids, seen = [], {h.text}
+            for kept, deleted in _cuts(len(h.units)):
+                units = [h.units[i] for i in kept]
+                text = render([unit_texts[u] for u in units])
+                words = fitting_words(text, cfg.max_words)
+                if words is None or text in seen:
+                    continue
+                seen.add(text)
+                kids.append(Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
+                                       fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
+                                       length=cfg.length_weight * min(words, s.predicted_words),
+                                       steps=h.steps + [{"deleted": detokenize([unit_texts[h.units[i]] for i in deleted])}]))
+            if not kids:
+                continue
+            parts = bound.encode([k.text for k in kids])  # (C, W)
+            known = torch.tensor([k.fluency + k.length for k in kids]) + cfg.view_weight * (parts @ s.bound_target)
+            top = known.topk(min(cfg.view_polish, len(kids))).indices.tolist()  # by the score's terms known before encoding
+            bound_of.update((kids[i].text, parts[i]) for i in top)
+            picked.append((s, [kids[i] for i in top]))
+        texts = list(dict.fromkeys(k.text for _, kids in picked for k in kids))
+        if not texts:
+            break
+        by_text = dict(zip(texts, encoder.encode(texts)))  # (D,) each
+        live = []
+        for s, kids in picked:
+            s.calls += len({k.text for k in kids})
+            for k in kids:
+                _rescore(k, s, by_text, bound_of, bound, cfg.view_weight)
+            best = max(kids, key=lambda k: k.score(w))
+            if best.score(w) > current[id(s)].score(w) + cfg.min_gain:
+                best.best = best
+                current[id(s)] = best
+                s.finished.append(best)
+                if len(best.units) >= 2:
+                    live.append(s)
+        if not live:
+            break
 
 
 class OraclePolicy:
