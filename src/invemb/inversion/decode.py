@@ -9,7 +9,9 @@ same vector is the next step's buffer summary, so re-scoring costs the summary u
 Beam slot 0 always follows the greedy path (best child of the greedy parent), so the beam can only
 add hypotheses to what greedy decoding finds: it never returns one scored worse than greedy.
 A hypothesis ends when the policy says stop, after ``patience`` steps without a better score (the
-no-improvement rule; its best prefix is kept), or at ``max_words``. Ties break by order, so a run
+no-improvement rule; its best prefix is kept), or at ``max_words``. When an order-bound view's vector
+is inverted, the search's best text is then polished: deletions of its units that score higher are kept
+(``view_polish``). Ties break by order, so a run
 is deterministic for a given seed. :func:`beam_decode_many` runs the searches of many targets in
 lockstep (one policy call and one encoder call a step for all of them); each is the search
 :func:`beam_decode` runs alone, up to float rounding (batch padding) in the re-scoring.
