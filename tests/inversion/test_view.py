@@ -118,6 +118,10 @@ def test_unbinding_a_pair_bound_target_proposes_each_placed_words_neighbours():
     props = [Proposal([Action(units.index("bird"), 0, -0.5)])]
     pairs.actions([hyp], bound[None], props, k=1)
     assert [(units[a.unit], a.slot, a.logp) for a in props[0].actions] == [("bird", 0, -0.5), ("a", 1, -0.5), ("dog", 0, -0.5)]
+    # between two units: the word whose pairs with both fit (at a text's end, with the one neighbour there)
+    between = pairs.between(bound, [(units.index("dog"), units.index("a")), (units.index("a"), units.index("cat")),
+                                    (None, units.index("dog")), (units.index("red"), None)], k=1)
+    assert [units[v[0]] for v in between] == ["chased", "red", "the", "cat"]
     with pytest.raises(ValueError, match="binds positions"):
         PairNeighbours(OrderBoundEncoder.build(em, OrderBindConfig(width=64), unit_vectors=em.encode(units)), units,
                        em.encode(units))
@@ -186,3 +190,45 @@ def test_polishing_deletes_the_units_a_search_placed_around_the_text():
     assert [r.text for r in many] == [polished.text] * 2 and sum(done) == 2
     with pytest.raises(ValueError, match=r"view_polish=-1 \(at least 0\)"):
         DecodeConfig(view_polish=-1)
+
+
+def test_a_views_known_words_are_looked_up_not_encoded():
+    """A controller hands its unit vectors to the view: candidate texts' words are looked up in them (the
+    one-word units; the vectors given are the ones used), and only other words reach the encoder."""
+    em = SumEncoder()
+    encoded = []
+    encode = em.encode
+    em.encode = lambda texts, batch_size=64: (encoded.extend(texts), encode(texts))[1]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=64, max_positions=8, binding="pairs"),
+                                   unit_vectors=torch.randn(4, 32))
+    units = ["the", "dog", "the cat"]
+    given = torch.randn(3, 32)
+    view.know(units, given)
+    got = view.word_vectors(["dog", "the", "zebra", "dog"])
+    assert torch.allclose(got[0], (given[1] - view.center) @ view.projection, atol=1e-5)
+    assert torch.allclose(got[1], (given[0] - view.center) @ view.projection, atol=1e-5)
+    assert torch.equal(got[0], got[3]) and encoded == ["zebra"]  # "the cat" is no word: never looked up
+    with pytest.raises(ValueError, match=r"expected \(3, 32\) vectors for 3 texts, got \(2, 32\)"):
+        view.know(units, given[:2])
+
+
+@pytest.mark.parametrize("script, edit", [([(1, 0), (4, 1), (6, 1), (2, 1)], {"replaced": "in", "by": "on"}),
+                                          ([(1, 0), (4, 1), (2, 1)], {"inserted": "on", "slot": 2})])
+def test_polishing_a_pair_bound_inversion_replaces_and_inserts_the_words_between_neighbours(script, edit):
+    """"big cat sat in the mat" and "big cat sat the mat" (the mat placed before sat, so the search keeps it): the word the bound part puts between "sat" and "the mat"
+    replaces the wrong one, or fills the gap; with view_edits=0, only deletions are tried and neither is mended."""
+    from invemb.inversion.view import PairNeighbours
+
+    em = BagEncoder()
+    units = ["dog", "big cat", "sat", "on", "the mat", "today", "in"]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=512, max_positions=16, binding="pairs"),
+                                   unit_vectors=em.encode(units))
+    main, parts = view.split(view.encode(["big cat sat on the mat"]))
+    bound = BoundTargets(parts, view.bound_texts, view.cfg.share,
+                         between=PairNeighbours(view, units, em.encode(units)).between)
+    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1)
+    res = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
+    assert res.text == "Big cat sat on the mat" and res.cosine == pytest.approx(1.0, abs=1e-5)
+    assert {k: v for k, v in res.steps[-1].items() if k != "cosine"} == edit
+    plain = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg.replace(view_edits=0), bound=bound)
+    assert plain.text != res.text

@@ -86,6 +86,8 @@ class OrderBoundEncoder:
             raise ValueError(f"order-binding tensors of shapes {got} do not fit an EM of dimension {em.dim} and {cfg}")
         self.dim = em.dim + cfg.width
         self._words: dict[str, torch.Tensor] = {}  # word -> its centred, projected EM vector (W,)
+        self._known: dict[str, int] = {}  # word -> its row of ``_known_vectors``: EM vectors given, never encoded
+        self._known_vectors = torch.zeros(0, em.dim)
 
     @classmethod
     def build(cls, em, cfg: OrderBindConfig | None = None, unit_vectors: torch.Tensor | None = None,
@@ -104,15 +106,30 @@ class OrderBoundEncoder:
         center = unit_vectors.float().mean(0) if cfg.center else torch.zeros(em.dim)
         return cls(em, cfg, {"center": center, "projection": projection, "signs": signs, "perms": perms}, em_path)
 
+    def know(self, texts: list[str], vectors: torch.Tensor) -> None:
+        """Take the rows of ``vectors`` (n, em.dim) as the EM vectors of ``texts`` instead of encoding them (a
+        controller hands over its vocabulary's unit vectors: the words of every candidate text are then looked
+        up, not encoded); the one-word texts are the ones used, and ``vectors`` is kept, not copied."""
+        if tuple(vectors.shape) != (len(texts), self.em.dim):
+            raise ValueError(f"expected ({len(texts)}, {self.em.dim}) vectors for {len(texts)} texts, got {tuple(vectors.shape)}")
+        from invemb.text.vocab import tokenize
+
+        self._known = {t: i for i, t in enumerate(texts) if tokenize(t) == [t]}
+        self._known_vectors = vectors
+        self._words.clear()
+
     def word_vectors(self, words: list[str]) -> torch.Tensor:
-        """(n, W) the centred, projected EM vectors of ``words``: the ones not seen before encoded in one
-        call, every one kept."""
+        """(n, W) the centred, projected EM vectors of ``words``: the ones not seen before looked up (``know``)
+        or encoded in one call, every one kept."""
         new = sorted(set(words) - self._words.keys())
         if new:
             if len(self._words) + len(new) > 500_000:  # bounded: a long stream of new words never fills memory
                 self._words.clear()
-            vectors = (self.em.encode(new, batch_size=256).float() - self.center) @ self.projection  # (n, W)
-            self._words.update(zip(new, vectors))
+            known = [w for w in new if w in self._known]
+            unknown = [w for w in new if w not in self._known]
+            vectors = torch.cat([self._known_vectors[[self._known[w] for w in known]].float(),
+                                 self.em.encode(unknown, batch_size=256).float() if unknown else torch.zeros(0, self.em.dim)])
+            self._words.update(zip(known + unknown, (vectors - self.center) @ self.projection))  # (n, W)
         return torch.stack([self._words[w] for w in words])
 
     def bound(self, tokens: list[list[str]]) -> torch.Tensor:

@@ -356,6 +356,8 @@ class Controller:
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
                                   stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts),
                                   memory=lambda: self.sentence_memory, bag=lambda: self.unit_bag)
+        if view is not None:
+            view.know(vocab.units, unit_vectors)  # the words of candidate texts: looked up, not encoded
         if view is not None and view.cfg.binding == "pairs":
             from invemb.inversion.view import PairNeighbours
 
@@ -482,7 +484,9 @@ class Controller:
         if self.view is None:
             return vectors, None
         main, bound = self.view.split(vectors)
-        return main, BoundTargets(bound, self.view.bound_texts, self.view.cfg.share)
+        pairs = self.policy.pairs
+        return main, BoundTargets(bound, self.view.bound_texts, self.view.cfg.share,
+                                  between=pairs.between if pairs is not None else None)
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16, on_done=None) -> list[InversionResult]:

@@ -107,6 +107,9 @@ class DecodeConfig(Config):
     # measurable (wiki -0.1, WordNet +0.4) at 1.07x the encoder calls: so it edits a view's inversions only.
     view_polish: int = 16
     view_polish_rounds: int = 6
+    # Polishing a pair-bound view's inversion edits words too: for each unit, the N words the bound part says stand
+    # best between its neighbours replace it, and for each slot, the N best between the units beside it go in there
+    view_edits: int = 2
     seed: int = 0
 
     presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
@@ -124,7 +127,7 @@ class DecodeConfig(Config):
                                 ("frequent_units", 0), ("expand_gap", 0), ("bag_weight", 0), ("bag_units", 0), ("bag_floor", 0),
                                 ("min_gain", 0), ("repeat_penalty", 0), ("length_weight", 0), ("model_weight", 0), ("lm_weight", 0),
                                 ("memory_weight", 0), ("memory_temperature", 1e-6), ("view_weight", 0),
-                                ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0))
+                                ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0), ("view_edits", 0))
                if not getattr(self, k) >= least]  # NaN fails this too
         bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
                 if not math.isfinite(getattr(self, k))]
@@ -187,6 +190,9 @@ class BoundTargets:
     targets: torch.Tensor  # (N, W) each vector's bound part, L2-normalised (zeros: a one-word text's, none)
     encode: Callable[[list[str]], torch.Tensor]  # texts -> (n, W) their bound parts
     share: float  # the view's weight of the bound part: the cosine a result reports is the view's own
+    # (bound part (W,), [(left unit, right unit)], k) -> for each, the k words likeliest between them (a pair-bound
+    # view's: invemb.inversion.view.PairNeighbours.between; None for none)
+    between: Callable[[torch.Tensor, list, int], list[list[int]]] | None = None
 
     def cosines(self, em: float, bound: float, weight: float) -> tuple[float, float]:
         """(the score's cosine, the view's cosine) of a child from its EM part's and bound part's cosines."""
@@ -475,6 +481,27 @@ def _cuts(n: int) -> list[tuple[list[int], list[int]]]:
     return out
 
 
+def _edits(units: list[int], bound_target: torch.Tensor, bound: BoundTargets, unit_texts: Sequence[str],
+           k: int) -> list[tuple[list[int], dict]]:
+    """The edited unit lists polishing tries on ``units``, each with its step: every span deleted or kept alone
+    (:func:`_cuts`) and, where the view reads words between neighbours (``bound.between``) and ``k``, each unit
+    replaced by the ``k`` words likeliest between its neighbours and the ``k`` likeliest put in each slot."""
+    out = [([units[i] for i in kept], {"deleted": detokenize([unit_texts[units[i]] for i in deleted])})
+           for kept, deleted in _cuts(len(units))]
+    if bound.between is None or not k:
+        return out
+    n = len(units)
+    sides = [(units[j - 1] if j else None, units[j + 1] if j + 1 < n else None) for j in range(n)]  # around unit j
+    sides += [(units[j - 1] if j else None, units[j] if j < n else None) for j in range(n + 1)]  # around slot j
+    found = bound.between(bound_target, sides, k)
+    for j in range(n):
+        out += [(units[:j] + [u] + units[j + 1:], {"replaced": unit_texts[units[j]], "by": unit_texts[u]})
+                for u in found[j] if u != units[j]]
+    for j in range(n + 1):
+        out += [(units[:j] + [u] + units[j:], {"inserted": unit_texts[u], "slot": j}) for u in found[n + j]]
+    return out
+
+
 def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Sequence[str], cfg: DecodeConfig,
             prior: Callable[[str], float] | None, bound: BoundTargets) -> None:
     """Edit the best text of each search with a bound part by deletions (``DecodeConfig.view_polish``), in
@@ -489,8 +516,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
         for s in live:
             h = current[id(s)]
             kids, seen = [], {h.text}
-            for kept, deleted in _cuts(len(h.units)):
-                units = [h.units[i] for i in kept]
+            for units, step in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits):
                 text = render([unit_texts[u] for u in units])
                 words = fitting_words(text, cfg.max_words)
                 if words is None or text in seen:
@@ -498,8 +524,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
                 seen.add(text)
                 kids.append(Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
                                        fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
-                                       length=cfg.length_weight * min(words, s.predicted_words),
-                                       steps=h.steps + [{"deleted": detokenize([unit_texts[h.units[i]] for i in deleted])}]))
+                                       length=cfg.length_weight * min(words, s.predicted_words), steps=h.steps + [step]))
             if not kids:
                 continue
             parts = bound.encode([k.text for k in kids])  # (C, W)

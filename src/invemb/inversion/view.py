@@ -75,3 +75,17 @@ class PairNeighbours:
                             continue  # already there, or already proposed
                         offered.add((w, slot))
                         prop.actions.append(Action(w, slot, best))
+
+    def between(self, bound: torch.Tensor, sides: Sequence[tuple[int | None, int | None]], k: int) -> list[list[int]]:
+        """For each (left unit, right unit) the ``k`` words likeliest to stand between them in the text whose
+        bound part is ``bound`` (W,): the unbound estimates of the left unit's follower and the right unit's
+        predecessor, summed (None: a text's end, that side left out)."""
+        lefts = list(dict.fromkeys(self.ends[u][1] for u, _ in sides if u is not None and self.ends[u]))
+        rights = list(dict.fromkeys(self.ends[u][0] for _, u in sides if u is not None and self.ends[u]))
+        after = dict(zip(lefts, self.view.unbind(bound, lefts, True) @ self.keys.T)) if lefts else {}  # word -> (V1,)
+        before = dict(zip(rights, self.view.unbind(bound, rights, False) @ self.keys.T)) if rights else {}
+        zero = torch.zeros(len(self.word_ids))
+        scores = torch.stack([(after[self.ends[a][1]] if a is not None and self.ends[a] else zero)
+                              + (before[self.ends[b][0]] if b is not None and self.ends[b] else zero)
+                              for a, b in sides])  # (S, V1)
+        return self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices].tolist()
