@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from invemb.cli import app
@@ -298,6 +299,19 @@ def test_invert_and_eval_an_order_bound_views_vectors(cli_run, tmp_path):
     res = runner.invoke(app, ["invert", "Big fox.", "--em", str(tmp_path / "view"), "--controller", str(run),
                               "--decode", "view_weight=2"])
     assert res.exit_code == 2 and "view_weight=2.0 (at most 1)" in res.output
+    # served (`invemb serve --model VIEW --controller RUN`): the embeddings are the view's, and so is what is inverted
+    from fastapi.testclient import TestClient
+
+    from invemb.serve.app import create_app, load_service
+
+    service = load_service(str(tmp_path / "view"), str(run))
+    with TestClient(create_app(service)) as client:
+        got = client.post("/v1/embeddings", json={"input": ["The big dog ran."]}).json()["data"][0]["embedding"]
+        assert torch.allclose(torch.tensor(got), loaded.encode(["The big dog ran."])[0], atol=1e-5)
+        r = client.post("/v1/invert", json={"vector": got})
+        assert r.status_code == 200, r.text
+        want = float(loaded.encode([r.json()["reconstruction"]])[0] @ torch.tensor(got))
+        assert r.json()["cosine"] == pytest.approx(want, abs=1e-4)
 
 
 def test_eval_inversion_continues_after_a_kill(cli_run, monkeypatch, tmp_path):

@@ -106,6 +106,12 @@ class OrderBoundEncoder:
         center = unit_vectors.float().mean(0) if cfg.center else torch.zeros(em.dim)
         return cls(em, cfg, {"center": center, "projection": projection, "signs": signs, "perms": perms}, em_path)
 
+    def over(self, em) -> "OrderBoundEncoder":
+        """The same view over ``em``, the same EM behind a wrapper (a service's lock): the tensors are shared,
+        the words looked up or encoded are not."""
+        tensors = {"center": self.center, "projection": self.projection, "signs": self.signs, "perms": self.perms}
+        return OrderBoundEncoder(em, self.cfg, tensors, self.em_path)
+
     def know(self, texts: list[str], vectors: torch.Tensor) -> None:
         """Take the rows of ``vectors`` (n, em.dim) as the EM vectors of ``texts`` instead of encoding them (a
         controller hands over its vocabulary's unit vectors: the words of every candidate text are then looked

@@ -318,7 +318,12 @@ def load_service(model: str, controller: str | None = None, cfg: ServeConfig | N
 
         # The controller encodes through the same lock as the batcher (one model, two threads).
         # Settings that would fail mid-search are refused here (Controller checks them), not per request.
-        service.controller = load_run(Path(controller), em=SerialEncoder(encoder, service.lock), **(decode or {}))
+        # An order-bound view (`invemb order-bind`) is served with its EM behind the lock: its vectors are inverted.
+        from invemb.em.order_bind import OrderBoundEncoder
+
+        em = encoder.over(SerialEncoder(encoder.em, service.lock)) if isinstance(encoder, OrderBoundEncoder) \
+            else SerialEncoder(encoder, service.lock)
+        service.controller = load_run(Path(controller), em=em, **(decode or {}))
     return service
 
 
