@@ -39,6 +39,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
           invemb serve --model runs/em-default --set encode_workers=2
           INVEMB_API_KEY=secret invemb serve --model runs/em-default --controller runs/controller-default --port 8080
           invemb serve --model runs/em-default --controller runs/ctl-mem-all --runtime bf16 --decode bag_weight=0.5
+          invemb serve --model runs/em-pairs --controller runs/ctl-mem   # a pair-bound view: its vectors, inverted
           curl -s localhost:8000/v1/embeddings -H 'Content-Type: application/json' -d '{"input": ["a cat"]}'
 
         Limits and batching (--set): max_batch_texts, max_wait_ms, encode_batch_size, encode_batch_chars,
