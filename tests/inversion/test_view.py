@@ -212,12 +212,18 @@ def test_a_views_known_words_are_looked_up_not_encoded():
         view.know(units, given[:2])
 
 
-@pytest.mark.parametrize("script, edit", [([(1, 0), (4, 1), (6, 1), (2, 1)], {"replaced": "in", "by": "on"}),
-                                          ([(1, 0), (4, 1), (2, 1)], {"inserted": "on", "slot": 2})])
-def test_polishing_a_pair_bound_inversion_replaces_and_inserts_the_words_between_neighbours(script, edit):
-    """"big cat sat in the mat" and "big cat sat the mat" (the mat placed before sat, so the search keeps it): the word the bound part puts between "sat" and "the mat"
-    replaces the wrong one, or fills the gap; with view_edits=0, only deletions are tried and neither is mended."""
-    from invemb.inversion.view import PairNeighbours
+@pytest.mark.parametrize("script, edit, off", [
+    ([(1, 0), (4, 1), (6, 1), (2, 1)], {"replaced": "in", "by": "on"}, "view_edits"),
+    ([(1, 0), (4, 1), (2, 1)], {"inserted": "on", "slot": 2}, "view_edits"),
+    ([(4, 0), (1, 1), (2, 2), (3, 3)], {"moved": "the mat", "slot": 3}, "view_moves")])
+def test_polishing_a_pair_bound_inversion_replaces_inserts_and_moves(script, edit, off):
+    """"big cat sat in the mat", "big cat sat the mat" (the mat placed before sat, so the search keeps it) and "the
+    mat big cat sat on": the word the bound part puts between "sat" and "the mat" replaces the wrong one or fills the
+    gap, and the span move the bound part ranks first puts "the mat" last; with that kind of edit off, the text
+    stays wrong."""
+    from functools import partial
+
+    from invemb.inversion.view import PairNeighbours, best_moves
 
     em = BagEncoder()
     units = ["dog", "big cat", "sat", "on", "the mat", "today", "in"]
@@ -225,10 +231,28 @@ def test_polishing_a_pair_bound_inversion_replaces_and_inserts_the_words_between
                                    unit_vectors=em.encode(units))
     main, parts = view.split(view.encode(["big cat sat on the mat"]))
     bound = BoundTargets(parts, view.bound_texts, view.cfg.share,
-                         between=PairNeighbours(view, units, em.encode(units)).between)
+                         between=PairNeighbours(view, units, em.encode(units)).between, moves=partial(best_moves, view))
     cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1)
     res = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
     assert res.text == "Big cat sat on the mat" and res.cosine == pytest.approx(1.0, abs=1e-5)
     assert {k: v for k, v in res.steps[-1].items() if k != "cosine"} == edit
-    plain = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg.replace(view_edits=0), bound=bound)
+    plain = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg.replace(**{off: 0}), bound=bound)
     assert plain.text != res.text
+
+
+def test_the_best_span_moves_are_ranked_by_the_exact_bound_cosine():
+    """best_moves computes each move's bound part from junction terms alone: its ranking is the one binding
+    every moved text gives, and the best move of "the mat big cat sat on" is the target's order."""
+    from invemb.inversion.view import best_moves
+
+    em = BagEncoder()
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=512, max_positions=16, binding="pairs"),
+                                   unit_vectors=em.encode(["big", "cat", "sat", "on", "the", "mat"]))
+    target = view.bound([["big", "cat", "sat", "on", "the", "mat"]])[0]
+    texts = ["the mat", "big cat", "sat", "on"]
+    moves = best_moves(view, target, texts, k=50)
+    assert moves[0] == ([1, 2, 3, 0], (0, 1, 3))  # "the mat" taken out and put after what is left
+    exact = [float(view.bound([[w for i in order for w in texts[i].split()]])[0] @ target) for order, _ in moves]
+    assert exact[0] == pytest.approx(1.0, abs=1e-5) and exact == sorted(exact, reverse=True)
+    assert len(moves) == len({tuple(o) for o, _ in moves}) == 10  # of 4 units: 10 distinct orders one move makes
+    assert best_moves(view, target, ["big cat"], k=5) == []

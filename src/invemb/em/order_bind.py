@@ -164,6 +164,12 @@ class OrderBoundEncoder:
         out.index_add_(0, text, bound)
         return F.normalize(out, dim=1)
 
+    def pair_terms(self, firsts: list[str], seconds: list[str]) -> torch.Tensor:
+        """(n, W) the unnormalised terms ``permuted(v_a) * v_b`` a pair-bound part sums, for the pairs (firsts[i],
+        seconds[i])."""
+        a, b = self.word_vectors(firsts), self.word_vectors(seconds)
+        return a[:, self.perms[1]] * self.signs[1] * b
+
     def words(self, text: str) -> list[str]:
         """The words of ``text`` that are bound, in order."""
         from invemb.text.vocab import tokenize

@@ -485,8 +485,14 @@ class Controller:
             return vectors, None
         main, bound = self.view.split(vectors)
         pairs = self.policy.pairs
-        return main, BoundTargets(bound, self.view.bound_texts, self.view.cfg.share,
-                                  between=pairs.between if pairs is not None else None)
+        if pairs is None:
+            return main, BoundTargets(bound, self.view.bound_texts, self.view.cfg.share)
+        from functools import partial
+
+        from invemb.inversion.view import best_moves
+
+        return main, BoundTargets(bound, self.view.bound_texts, self.view.cfg.share, between=pairs.between,
+                                  moves=partial(best_moves, self.view))
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16, on_done=None) -> list[InversionResult]:

@@ -110,6 +110,8 @@ class DecodeConfig(Config):
     # Polishing a pair-bound view's inversion edits words too: for each unit, the N words the bound part says stand
     # best between its neighbours replace it, and for each slot, the N best between the units beside it go in there
     view_edits: int = 2
+    # ... and moves spans: the N moves of one span (of at most 8 units) that bring the bound part nearest join the edits
+    view_moves: int = 8
     seed: int = 0
 
     presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
@@ -127,7 +129,7 @@ class DecodeConfig(Config):
                                 ("frequent_units", 0), ("expand_gap", 0), ("bag_weight", 0), ("bag_units", 0), ("bag_floor", 0),
                                 ("min_gain", 0), ("repeat_penalty", 0), ("length_weight", 0), ("model_weight", 0), ("lm_weight", 0),
                                 ("memory_weight", 0), ("memory_temperature", 1e-6), ("view_weight", 0),
-                                ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0), ("view_edits", 0))
+                                ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0), ("view_edits", 0), ("view_moves", 0))
                if not getattr(self, k) >= least]  # NaN fails this too
         bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
                 if not math.isfinite(getattr(self, k))]
@@ -193,6 +195,9 @@ class BoundTargets:
     # (bound part (W,), [(left unit, right unit)], k) -> for each, the k words likeliest between them (a pair-bound
     # view's: invemb.inversion.view.PairNeighbours.between; None for none)
     between: Callable[[torch.Tensor, list, int], list[list[int]]] | None = None
+    # (bound part (W,), the buffer's unit texts, k) -> the k moves of one span that bring the buffer's bound part
+    # nearest, as (new order of the buffer's indices, (start, end, slot)) (invemb.inversion.view.best_moves)
+    moves: Callable[[torch.Tensor, list, int], list[tuple[list[int], tuple[int, int, int]]]] | None = None
 
     def cosines(self, em: float, bound: float, weight: float) -> tuple[float, float]:
         """(the score's cosine, the view's cosine) of a child from its EM part's and bound part's cosines."""
@@ -482,12 +487,16 @@ def _cuts(n: int) -> list[tuple[list[int], list[int]]]:
 
 
 def _edits(units: list[int], bound_target: torch.Tensor, bound: BoundTargets, unit_texts: Sequence[str],
-           k: int) -> list[tuple[list[int], dict]]:
+           k: int, moves: int = 0) -> list[tuple[list[int], dict]]:
     """The edited unit lists polishing tries on ``units``, each with its step: every span deleted or kept alone
     (:func:`_cuts`) and, where the view reads words between neighbours (``bound.between``) and ``k``, each unit
-    replaced by the ``k`` words likeliest between its neighbours and the ``k`` likeliest put in each slot."""
+    replaced by the ``k`` words likeliest between its neighbours and the ``k`` likeliest put in each slot; where it
+    ranks moves (``bound.moves``), the best ``moves`` moves of one span."""
     out = [([units[i] for i in kept], {"deleted": detokenize([unit_texts[units[i]] for i in deleted])})
            for kept, deleted in _cuts(len(units))]
+    if bound.moves is not None and moves:
+        out += [([units[i] for i in order], {"moved": detokenize([unit_texts[u] for u in units[start:end]]), "slot": slot})
+                for order, (start, end, slot) in bound.moves(bound_target, [unit_texts[u] for u in units], moves)]
     if bound.between is None or not k:
         return out
     n = len(units)
@@ -516,7 +525,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
         for s in live:
             h = current[id(s)]
             kids, seen = [], {h.text}
-            for units, step in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits):
+            for units, step in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits, cfg.view_moves):
                 text = render([unit_texts[u] for u in units])
                 words = fitting_words(text, cfg.max_words)
                 if words is None or text in seen:

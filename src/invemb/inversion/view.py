@@ -89,3 +89,46 @@ class PairNeighbours:
                               + (before[self.ends[b][0]] if b is not None and self.ends[b] else zero)
                               for a, b in sides])  # (S, V1)
         return self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices].tolist()
+
+
+def best_moves(view, target: torch.Tensor, texts: Sequence[str], k: int, max_span: int = 8) -> list[tuple[list[int], tuple[int, int, int]]]:
+    """The ``k`` moves of one span of a buffer (unit ``texts`` in order) that leave its bound part nearest the
+    pair-bound ``target`` (W,), nearest first: (the new order of the buffer's indices, (start, end, slot): the
+    span ``start:end`` taken out and put back at ``slot`` of what is left). Exact without binding a single text:
+    the bound part is the units' own (inner) pairs, which no move changes, plus one pair at each junction, so
+    its dot with the target and its norm follow from the junction terms' dots and Gram matrix."""
+    import numpy as np
+
+    n = len(texts)
+    if n < 2 or k < 1:
+        return []
+    tokens = [view.words(t) or [t] for t in texts]
+    inner = [(a, b) for words in tokens for a, b in zip(words, words[1:])]
+    base = view.pair_terms(*map(list, zip(*inner))).sum(0) if inner else torch.zeros(view.cfg.width)  # (W,)
+    junction = view.pair_terms([tokens[i][-1] for i in range(n) for _ in range(n)],
+                               [tokens[j][0] for _ in range(n) for j in range(n)])  # (n * n, W): unit i, then unit j
+    dots = (junction @ target).numpy()  # (n * n,)
+    cross = (junction @ base).numpy()  # (n * n,)
+    gram = (junction @ junction.T).numpy()  # (n * n, n * n)
+    orders, moves, seen = [], [], set()
+    for start in range(n):
+        for end in range(start + 1, min(n, start + max_span) + 1):
+            if end - start == n:
+                continue
+            rest = list(range(start)) + list(range(end, n))
+            span = list(range(start, end))
+            for slot in range(len(rest) + 1):
+                order = rest[:slot] + span + rest[slot:]
+                if slot != start and tuple(order) not in seen:  # a swap of two spans is two moves: kept once
+                    seen.add(tuple(order))
+                    orders.append(order)
+                    moves.append((start, end, slot))
+    if not orders:
+        return []
+    order = np.array(orders)  # (M, n)
+    pairs = order[:, :-1] * n + order[:, 1:]  # (M, n - 1): the junctions, as rows of ``junction``
+    dot = float(base @ target) + dots[pairs].sum(1)  # (M,)
+    norm2 = float(base @ base) + 2 * cross[pairs].sum(1) + gram[pairs[:, :, None], pairs[:, None, :]].sum((1, 2))
+    cos = dot / np.sqrt(np.maximum(norm2, 1e-12))
+    best = np.argsort(-cos, kind="stable")[:k]
+    return [(orders[i], moves[i]) for i in best.tolist()]
