@@ -112,7 +112,9 @@ class DecodeConfig(Config):
     # 150 + 150 test sentences, seeds 0 / 1, 2 against 0: wiki token F1 70.8 / 68.8 -> 73.4 / 70.5 (recall +3.7 / +2.8),
     # BLEU 33.6 / 32.9 -> 37.3 / 35.6, WordNet 90.4 / 89.4 -> 92.7 / 92.1, BLEU 62.4 / 61.4 -> 66.7 / 67.4
     view_edits: int = 2
-    # ... and moves spans: the N moves of one span (of at most 8 units) that bring the bound part nearest join the edits
+    # ... and moves spans: the N moves of one span (of at most 8 units) that bring the bound part nearest join the edits.
+    # Seeds 0 / 1, 8 against 0: wiki BLEU 37.3 / 35.6 -> 39.1 / 37.1, token F1 73.4 / 70.5 -> 73.6 / 71.1, WordNet BLEU
+    # 66.7 / 67.4 -> 69.0 / 67.8, at 1.06-1.08x the decoding time
     view_moves: int = 8
     seed: int = 0
 
