@@ -223,7 +223,7 @@ def test_polishing_a_pair_bound_inversion_replaces_inserts_and_moves(script, edi
     stays wrong."""
     from functools import partial
 
-    from invemb.inversion.view import PairNeighbours, best_moves
+    from invemb.inversion.view import PairNeighbours, best_moves, order_cosines
 
     em = BagEncoder()
     units = ["dog", "big cat", "sat", "on", "the mat", "today", "in"]
@@ -231,7 +231,8 @@ def test_polishing_a_pair_bound_inversion_replaces_inserts_and_moves(script, edi
                                    unit_vectors=em.encode(units))
     main, parts = view.split(view.encode(["big cat sat on the mat"]))
     bound = BoundTargets(parts, view.bound_texts, view.cfg.share,
-                         between=PairNeighbours(view, units, em.encode(units)).between, moves=partial(best_moves, view))
+                         between=PairNeighbours(view, units, em.encode(units)).between, moves=partial(best_moves, view),
+                         order_cosines=partial(order_cosines, view))
     cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1)
     res = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
     assert res.text == "Big cat sat on the mat" and res.cosine == pytest.approx(1.0, abs=1e-5)
@@ -256,3 +257,9 @@ def test_the_best_span_moves_are_ranked_by_the_exact_bound_cosine():
     assert exact[0] == pytest.approx(1.0, abs=1e-5) and exact == sorted(exact, reverse=True)
     assert len(moves) == len({tuple(o) for o, _ in moves}) == 10  # of 4 units: 10 distinct orders one move makes
     assert best_moves(view, target, ["big cat"], k=5) == []
+    # any order of some of the units: cut, kept alone, moved; one word alone has no bound part
+    from invemb.inversion.view import order_cosines
+
+    orders = [[1, 2, 3], [1, 2], [0, 3, 1], [2], [1]]
+    want = [float(view.bound([[w for i in o for w in texts[i].split()]])[0] @ target) for o in orders]
+    assert order_cosines(view, target, texts, orders).tolist() == pytest.approx(want, abs=1e-5)

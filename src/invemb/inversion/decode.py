@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -202,6 +202,9 @@ class BoundTargets:
     # (bound part (W,), the buffer's unit texts, k) -> the k moves of one span that bring the buffer's bound part
     # nearest, as (new order of the buffer's indices, (start, end, slot)) (invemb.inversion.view.best_moves)
     moves: Callable[[torch.Tensor, list, int], list[tuple[list[int], tuple[int, int, int]]]] | None = None
+    # (bound part (W,), the buffer's unit texts, orders of the buffer's indices) -> (M,) the bound cosine of each
+    # reordered or cut buffer, without binding its text (invemb.inversion.view.order_cosines); None: bind each text
+    order_cosines: Callable[[torch.Tensor, list, list], Any] | None = None
 
     def cosines(self, em: float, bound: float, weight: float) -> tuple[float, float]:
         """(the score's cosine, the view's cosine) of a child from its EM part's and bound part's cosines."""
@@ -491,16 +494,17 @@ def _cuts(n: int) -> list[tuple[list[int], list[int]]]:
 
 
 def _edits(units: list[int], bound_target: torch.Tensor, bound: BoundTargets, unit_texts: Sequence[str],
-           k: int, moves: int = 0) -> list[tuple[list[int], dict]]:
+           k: int, moves: int = 0) -> list[tuple[list[int], dict, list[int] | None]]:
     """The edited unit lists polishing tries on ``units``, each with its step: every span deleted or kept alone
     (:func:`_cuts`) and, where the view reads words between neighbours (``bound.between``) and ``k``, each unit
     replaced by the ``k`` words likeliest between its neighbours and the ``k`` likeliest put in each slot; where it
-    ranks moves (``bound.moves``), the best ``moves`` moves of one span."""
-    out = [([units[i] for i in kept], {"deleted": detokenize([unit_texts[units[i]] for i in deleted])})
+    ranks moves (``bound.moves``), the best ``moves`` moves of one span. The third item: the edit as an order of
+    the buffer's indices (cuts and moves), None for a new word."""
+    out = [([units[i] for i in kept], {"deleted": detokenize([unit_texts[units[i]] for i in deleted])}, kept)
            for kept, deleted in _cuts(len(units))]
     if bound.moves is not None and moves:
-        out += [([units[i] for i in order], {"moved": detokenize([unit_texts[u] for u in units[start:end]]), "slot": slot})
-                for order, (start, end, slot) in bound.moves(bound_target, [unit_texts[u] for u in units], moves)]
+        out += [([units[i] for i in order], {"moved": detokenize([unit_texts[u] for u in units[start:end]]), "slot": slot},
+                 order) for order, (start, end, slot) in bound.moves(bound_target, [unit_texts[u] for u in units], moves)]
     if bound.between is None or not k:
         return out
     n = len(units)
@@ -508,10 +512,10 @@ def _edits(units: list[int], bound_target: torch.Tensor, bound: BoundTargets, un
     sides += [(units[j - 1] if j else None, units[j] if j < n else None) for j in range(n + 1)]  # around slot j
     found = bound.between(bound_target, sides, k)
     for j in range(n):
-        out += [(units[:j] + [u] + units[j + 1:], {"replaced": unit_texts[units[j]], "by": unit_texts[u]})
+        out += [(units[:j] + [u] + units[j + 1:], {"replaced": unit_texts[units[j]], "by": unit_texts[u]}, None)
                 for u in found[j] if u != units[j]]
     for j in range(n + 1):
-        out += [(units[:j] + [u] + units[j:], {"inserted": unit_texts[u], "slot": j}) for u in found[n + j]]
+        out += [(units[:j] + [u] + units[j:], {"inserted": unit_texts[u], "slot": j}, None) for u in found[n + j]]
     return out
 
 
@@ -528,22 +532,31 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
         bound_of: dict[str, torch.Tensor] = {}  # text -> (W,) its bound part
         for s in live:
             h = current[id(s)]
-            kids, seen = [], {h.text}
-            for units, step in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits, cfg.view_moves):
+            kids, orders, seen = [], [], {h.text}
+            for units, step, order in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits, cfg.view_moves):
                 text = render([unit_texts[u] for u in units])
                 words = fitting_words(text, cfg.max_words)
                 if words is None or text in seen:
                     continue
                 seen.add(text)
+                orders.append(order)
                 kids.append(Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
                                        fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
                                        length=cfg.length_weight * min(words, s.predicted_words), steps=h.steps + [step]))
             if not kids:
                 continue
-            parts = bound.encode([k.text for k in kids])  # (C, W)
-            known = torch.tensor([k.fluency + k.length for k in kids]) + cfg.view_weight * (parts @ s.bound_target)
+            # the bound cosine of each: cuts and moves from the buffer's pair terms (no text bound), new words bound
+            cos = torch.zeros(len(kids))
+            fast = [i for i, o in enumerate(orders) if o is not None] if bound.order_cosines is not None else []
+            if fast:
+                cos[fast] = torch.as_tensor(bound.order_cosines(s.bound_target, [unit_texts[u] for u in h.units],
+                                                                [orders[i] for i in fast]), dtype=torch.float32)
+            slow = sorted(set(range(len(kids))) - set(fast))
+            if slow:
+                cos[slow] = bound.encode([kids[i].text for i in slow]) @ s.bound_target
+            known = torch.tensor([k.fluency + k.length for k in kids]) + cfg.view_weight * cos
             top = known.topk(min(cfg.view_polish, len(kids))).indices.tolist()  # by the score's terms known before encoding
-            bound_of.update((kids[i].text, parts[i]) for i in top)
+            bound_of.update(zip([kids[i].text for i in top], bound.encode([kids[i].text for i in top])))
             picked.append((s, [kids[i] for i in top]))
         texts = list(dict.fromkeys(k.text for _, kids in picked for k in kids))
         if not texts:

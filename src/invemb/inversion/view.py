@@ -91,25 +91,45 @@ class PairNeighbours:
         return self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices].tolist()
 
 
+def order_cosines(view, target: torch.Tensor, texts: Sequence[str], orders: Sequence[Sequence[int]]):
+    """(M,) numpy: for each order (the indices of some of a buffer's unit ``texts``, in a new order: a span deleted,
+    one kept, one moved), the cosine of that text's pair-bound part with ``target`` (W,). Exact without binding any
+    text, up to the case of the first word: a text's bound part is its units' own (inner) pair terms plus one term
+    at each junction of two units, so its dot with the target and its norm follow from those terms' dots with the
+    target and their Gram matrix, computed once for the buffer."""
+    import numpy as np
+
+    n = len(texts)
+    tokens = [view.words(t) or [t] for t in texts]
+    inner = torch.zeros(n, view.cfg.width)  # (n, W) each unit's own pair terms, summed
+    pairs = [(u, a, b) for u, words in enumerate(tokens) for a, b in zip(words, words[1:])]
+    if pairs:
+        unit, firsts, seconds = zip(*pairs)
+        inner.index_add_(0, torch.tensor(unit), view.pair_terms(list(firsts), list(seconds)))
+    junction = view.pair_terms([tokens[i][-1] for i in range(n) for _ in range(n)],
+                               [tokens[j][0] for _ in range(n) for j in range(n)])  # (n * n, W): unit i, then unit j
+    rows = torch.cat([inner, junction, torch.zeros(1, view.cfg.width)])  # the last row: padding
+    dots, gram = (rows @ target).double().numpy(), (rows @ rows.T).double().numpy()
+    pad = len(rows) - 1
+    width = max(2 * len(o) - 1 for o in orders)
+    index = np.full((len(orders), width), pad)  # (M, 2 m - 1): each text's inner rows, then its junction rows
+    for r, o in enumerate(orders):
+        index[r, : len(o)] = o
+        index[r, len(o): 2 * len(o) - 1] = [n + a * n + b for a, b in zip(o, o[1:])]
+    dot = dots[index].sum(1)
+    norm2 = gram[index[:, :, None], index[:, None, :]].sum((1, 2))
+    return dot / np.sqrt(np.maximum(norm2, 1e-12))
+
+
 def best_moves(view, target: torch.Tensor, texts: Sequence[str], k: int, max_span: int = 8) -> list[tuple[list[int], tuple[int, int, int]]]:
     """The ``k`` moves of one span of a buffer (unit ``texts`` in order) that leave its bound part nearest the
-    pair-bound ``target`` (W,), nearest first: (the new order of the buffer's indices, (start, end, slot): the
-    span ``start:end`` taken out and put back at ``slot`` of what is left). Exact without binding a single text:
-    the bound part is the units' own (inner) pairs, which no move changes, plus one pair at each junction, so
-    its dot with the target and its norm follow from the junction terms' dots and Gram matrix."""
+    pair-bound ``target`` (W,), nearest first (:func:`order_cosines`): (the new order of the buffer's indices,
+    (start, end, slot): the span ``start:end`` taken out and put back at ``slot`` of what is left)."""
     import numpy as np
 
     n = len(texts)
     if n < 2 or k < 1:
         return []
-    tokens = [view.words(t) or [t] for t in texts]
-    inner = [(a, b) for words in tokens for a, b in zip(words, words[1:])]
-    base = view.pair_terms(*map(list, zip(*inner))).sum(0) if inner else torch.zeros(view.cfg.width)  # (W,)
-    junction = view.pair_terms([tokens[i][-1] for i in range(n) for _ in range(n)],
-                               [tokens[j][0] for _ in range(n) for j in range(n)])  # (n * n, W): unit i, then unit j
-    dots = (junction @ target).numpy()  # (n * n,)
-    cross = (junction @ base).numpy()  # (n * n,)
-    gram = (junction @ junction.T).numpy()  # (n * n, n * n)
     orders, moves, seen = [], [], set()
     for start in range(n):
         for end in range(start + 1, min(n, start + max_span) + 1):
@@ -125,10 +145,5 @@ def best_moves(view, target: torch.Tensor, texts: Sequence[str], k: int, max_spa
                     moves.append((start, end, slot))
     if not orders:
         return []
-    order = np.array(orders)  # (M, n)
-    pairs = order[:, :-1] * n + order[:, 1:]  # (M, n - 1): the junctions, as rows of ``junction``
-    dot = float(base @ target) + dots[pairs].sum(1)  # (M,)
-    norm2 = float(base @ base) + 2 * cross[pairs].sum(1) + gram[pairs[:, :, None], pairs[:, None, :]].sum((1, 2))
-    cos = dot / np.sqrt(np.maximum(norm2, 1e-12))
-    best = np.argsort(-cos, kind="stable")[:k]
+    best = np.argsort(-order_cosines(view, target, texts, orders), kind="stable")[:k]
     return [(orders[i], moves[i]) for i in best.tolist()]
