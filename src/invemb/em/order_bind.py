@@ -159,7 +159,7 @@ class OrderBoundEncoder:
             first = torch.ones(len(v), dtype=torch.bool)
             first[last] = False  # (T,) the words that start a pair
             starts = first.nonzero()[:, 0]  # (T - R,)
-            bound = v[starts][:, self.perms[1]] * self.signs[1] * v[starts + 1]  # (T - R, W)
+            bound = self._pairs(v[starts], v[starts + 1])  # (T - R, W)
             text = torch.tensor(rows).repeat_interleave(lengths - 1)  # (T - R,) each pair's text
         out.index_add_(0, text, bound)
         return F.normalize(out, dim=1)
@@ -167,7 +167,10 @@ class OrderBoundEncoder:
     def pair_terms(self, firsts: list[str], seconds: list[str]) -> torch.Tensor:
         """(n, W) the unnormalised terms ``permuted(v_a) * v_b`` a pair-bound part sums, for the pairs (firsts[i],
         seconds[i])."""
-        a, b = self.word_vectors(firsts), self.word_vectors(seconds)
+        return self._pairs(self.word_vectors(firsts), self.word_vectors(seconds))
+
+    def _pairs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(n, W) the pair terms of the projected word vectors ``a`` (firsts) and ``b`` (seconds), (n, W) each."""
         return a[:, self.perms[1]] * self.signs[1] * b
 
     def words(self, text: str) -> list[str]:
