@@ -263,3 +263,61 @@ def test_the_best_span_moves_are_ranked_by_the_exact_bound_cosine():
     orders = [[1, 2, 3], [1, 2], [0, 3, 1], [2], [1]]
     want = [float(view.bound([[w for i in o for w in texts[i].split()]])[0] @ target) for o in orders]
     assert order_cosines(view, target, texts, orders).tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_residual_polishing_reads_the_missing_pair_not_the_ones_in_place():
+    """"the cat saw the cat and the": unbinding the last "the" off the whole target says "cat" (two of its three
+    pairs with "the" are "the cat"), so with ``view_residual=0`` the only insertion tried at the end is a repeat and
+    the text stays short; off what the text leaves unexplained (``view_residual=1``) it says "dog"."""
+    from invemb.inversion.view import PairNeighbours
+
+    em = BagEncoder()
+    units = ["the", "cat", "saw", "dog", "and", "big", "ran", "sat"]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=256, max_positions=16, binding="pairs"),
+                                   unit_vectors=em.encode(units))
+    main, parts = view.split(view.encode(["the cat saw the cat and the dog"]))
+    seen = []  # the bound parts the new words were read off
+    neighbours = PairNeighbours(view, units, em.encode(units))
+    bound = BoundTargets(parts, view.bound_texts, view.cfg.share,
+                         between=lambda b, sides, k: (seen.append(b), neighbours.between(b, sides, k))[1])
+    script = [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4), (4, 5), (0, 6)]  # the cat saw the cat and the
+    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0)
+    whole = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
+    assert whole.text == "The cat saw the cat and the" and torch.equal(seen[0], parts[0])
+    seen.clear()
+    residual = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg.replace(view_residual=1.0),
+                           bound=bound)
+    assert residual.text == "The cat saw the cat and the dog" and residual.cosine == pytest.approx(1.0, abs=1e-5)
+    assert {k: v for k, v in residual.steps[-1].items() if k != "cosine"} == {"inserted": "dog", "slot": 7}
+    own = view.bound_texts(["the cat saw the cat and the"])[0]
+    assert float(seen[0] @ own) == pytest.approx(0.0, abs=1e-5)  # nothing of the text's own pairs is left
+    with pytest.raises(ValueError, match=r"view_residual=1.5 \(at most 1\)"):
+        DecodeConfig(view_residual=1.5)
+
+
+def test_edits_that_each_gain_are_combined_in_one_round():
+    """"big cat sat the mat" short of "on" and "today": each insertion alone beats the text; in one round, combining
+    makes both (one more text encoded, one step naming both), where one round without it makes one."""
+    from invemb.inversion.decode import _combined
+    from invemb.inversion.view import PairNeighbours
+
+    em = BagEncoder()
+    units = ["dog", "big cat", "sat", "on", "the mat", "today", "in"]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=512, max_positions=16, binding="pairs"),
+                                   unit_vectors=em.encode(units))
+    main, parts = view.split(view.encode(["big cat sat on the mat today"]))
+    bound = BoundTargets(parts, view.bound_texts, view.cfg.share, between=PairNeighbours(view, units, em.encode(units)).between)
+    script = [(1, 0), (4, 1), (2, 1)]  # big cat, the mat, then sat between them
+    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0,
+                       view_polish_rounds=1)
+    one = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
+    assert one.text in ("Big cat sat on the mat", "Big cat sat the mat today")
+    both = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg.replace(view_combine=True), bound=bound)
+    assert both.text == "Big cat sat on the mat today" and both.cosine == pytest.approx(1.0, abs=1e-5)
+    assert both.encoder_calls == one.encoder_calls + 1
+    assert sorted(both.steps[-1]["combined"], key=str) == [{"inserted": "on", "slot": 2}, {"inserted": "today", "slot": 3}]
+    # changes sharing a unit or junction are not made together: the best one is
+    assert _combined([10, 11, 12], [("insert", 1, 7), ("replace", 1, 8), ("delete", 2, 3), ("insert", 3, 9)]) == \
+        ([10, 7, 11], [("insert", 1, 7), ("delete", 2, 3)])
+    assert _combined([10, 11, 12], [("replace", 0, 7), ("insert", 3, 9)]) == ([7, 11, 12, 9], [("replace", 0, 7), ("insert", 3, 9)])
+    assert _combined([10, 11], [("insert", 0, 7), ("insert", 2, 7)]) == ([7, 10, 11], [("insert", 0, 7)])  # a unit once

@@ -116,6 +116,14 @@ class DecodeConfig(Config):
     # Seeds 0 / 1, 8 against 0: wiki BLEU 37.3 / 35.6 -> 39.1 / 37.1, token F1 73.4 / 70.5 -> 73.6 / 71.1, WordNet BLEU
     # 66.7 / 67.4 -> 69.0 / 67.8, at 1.06-1.08x the decoding time
     view_moves: int = 8
+    # The words put in or swapped in are read off the target's bound part less this share of the polished text's own
+    # (its projection on the text's bound part): 1 reads only what the text does not yet explain (its missing pairs),
+    # 0 the whole target, where the pairs already in place dominate.
+    view_residual: float = 0.0
+    # After a round's edits are encoded, the ones that each beat the text and touch different pairs of it (word
+    # insertions, replacements, span deletions) are made together in one more text, encoded too: a long text short of
+    # several words gains them in one round instead of one a round.
+    view_combine: bool = False
     seed: int = 0
 
     presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
@@ -133,12 +141,12 @@ class DecodeConfig(Config):
                                 ("frequent_units", 0), ("expand_gap", 0), ("bag_weight", 0), ("bag_units", 0), ("bag_floor", 0),
                                 ("min_gain", 0), ("repeat_penalty", 0), ("length_weight", 0), ("model_weight", 0), ("lm_weight", 0),
                                 ("memory_weight", 0), ("memory_temperature", 1e-6), ("view_weight", 0),
-                                ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0), ("view_edits", 0), ("view_moves", 0))
+                                ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0), ("view_edits", 0), ("view_moves", 0),
+                                ("view_residual", 0))
                if not getattr(self, k) >= least]  # NaN fails this too
         bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
                 if not math.isfinite(getattr(self, k))]
-        if not self.view_weight <= 1:
-            bad.append(f"view_weight={self.view_weight} (at most 1)")
+        bad += [f"{k}={getattr(self, k)} (at most 1)" for k in ("view_weight", "view_residual") if not getattr(self, k) <= 1]
         if bad:
             raise ValueError(f"bad decoding settings: {', '.join(bad)}")
 
@@ -494,29 +502,63 @@ def _cuts(n: int) -> list[tuple[list[int], list[int]]]:
 
 
 def _edits(units: list[int], bound_target: torch.Tensor, bound: BoundTargets, unit_texts: Sequence[str],
-           k: int, moves: int = 0) -> list[tuple[list[int], dict, list[int] | None]]:
+           k: int, moves: int = 0, words_from: torch.Tensor | None = None) -> list[tuple[list[int], dict, list[int] | None, tuple | None]]:
     """The edited unit lists polishing tries on ``units``, each with its step: every span deleted or kept alone
     (:func:`_cuts`) and, where the view reads words between neighbours (``bound.between``) and ``k``, each unit
     replaced by the ``k`` words likeliest between its neighbours and the ``k`` likeliest put in each slot; where it
     ranks moves (``bound.moves``), the best ``moves`` moves of one span. The third item: the edit as an order of
-    the buffer's indices (cuts and moves), None for a new word."""
-    out = [([units[i] for i in kept], {"deleted": detokenize([unit_texts[units[i]] for i in deleted])}, kept)
+    the buffer's indices (cuts and moves), None for a new word; the fourth: the edit as a change another can join
+    (:func:`_combined`: ("delete", start, end), ("replace", index, unit), ("insert", slot, unit)), None for a span
+    kept alone or moved. ``words_from`` (W,): the bound part the new words are read off (default ``bound_target``)."""
+    out = [([units[i] for i in kept], {"deleted": detokenize([unit_texts[units[i]] for i in deleted])}, kept,
+            ("delete", deleted[0], deleted[-1] + 1) if deleted[-1] - deleted[0] == len(deleted) - 1 else None)
            for kept, deleted in _cuts(len(units))]
     if bound.moves is not None and moves:
         out += [([units[i] for i in order], {"moved": detokenize([unit_texts[u] for u in units[start:end]]), "slot": slot},
-                 order) for order, (start, end, slot) in bound.moves(bound_target, [unit_texts[u] for u in units], moves)]
+                 order, None) for order, (start, end, slot) in bound.moves(bound_target, [unit_texts[u] for u in units], moves)]
     if bound.between is None or not k:
         return out
     n = len(units)
     sides = [(units[j - 1] if j else None, units[j + 1] if j + 1 < n else None) for j in range(n)]  # around unit j
     sides += [(units[j - 1] if j else None, units[j] if j < n else None) for j in range(n + 1)]  # around slot j
-    found = bound.between(bound_target, sides, k)
+    found = bound.between(bound_target if words_from is None else words_from, sides, k)
     for j in range(n):
-        out += [(units[:j] + [u] + units[j + 1:], {"replaced": unit_texts[units[j]], "by": unit_texts[u]}, None)
-                for u in found[j] if u != units[j]]
+        out += [(units[:j] + [u] + units[j + 1:], {"replaced": unit_texts[units[j]], "by": unit_texts[u]}, None,
+                 ("replace", j, u)) for u in found[j] if u != units[j]]
     for j in range(n + 1):
-        out += [(units[:j] + [u] + units[j:], {"inserted": unit_texts[u], "slot": j}, None) for u in found[n + j]]
+        out += [(units[:j] + [u] + units[j:], {"inserted": unit_texts[u], "slot": j}, None, ("insert", j, u))
+                for u in found[n + j]]
     return out
+
+
+def _combined(units: list[int], changes: Sequence[tuple]) -> tuple[list[int], list[tuple]]:
+    """``units`` with as many of ``changes`` (best first; see :func:`_edits`) made at once as change no junction
+    another one taken changes, and the changes taken. Junction j is slot j (between units j - 1 and j, or an end):
+    an insertion changes its slot's, a replacement of unit j junctions j and j + 1, a deletion of units i..j - 1
+    junctions i to j. Each change was scored with the others' units as they were, so no two taken share a pair; nor
+    do two bring in the same unit (one missing word, read off at two places, goes in once: at the better)."""
+    taken, changed, brought = [], set(), set()
+    for change in changes:
+        kind, a, b = change
+        slots = {a} if kind == "insert" else {a, a + 1} if kind == "replace" else set(range(a, b + 1))
+        if not slots & changed and (kind == "delete" or b not in brought):
+            taken.append(change)
+            changed |= slots
+            brought |= {b} if kind != "delete" else set()
+    inserted = {a: b for kind, a, b in taken if kind == "insert"}
+    kept: dict[int, int | None] = dict(enumerate(units))
+    for kind, a, b in taken:
+        if kind == "replace":
+            kept[a] = b
+        elif kind == "delete":
+            kept.update((i, None) for i in range(a, b))
+    out = []
+    for j in range(len(units) + 1):
+        if j in inserted:
+            out.append(inserted[j])
+        if j < len(units) and kept[j] is not None:
+            out.append(kept[j])
+    return out, taken
 
 
 def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Sequence[str], cfg: DecodeConfig,
@@ -528,18 +570,24 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
     current = {id(s): s.best(w) for s in searches}
     live = [s for s in searches if s.bound_target is not None and len(current[id(s)].units) >= 2]
     for _ in range(cfg.view_polish_rounds):
-        picked: list[tuple[_Search, list[Hypothesis]]] = []
+        picked: list[tuple[_Search, list[Hypothesis], list[tuple | None]]] = []
         bound_of: dict[str, torch.Tensor] = {}  # text -> (W,) its bound part
         for s in live:
             h = current[id(s)]
-            kids, orders, seen = [], [], {h.text}
-            for units, step, order in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits, cfg.view_moves):
+            kids, orders, changes, seen = [], [], [], {h.text}
+            words_from = None
+            if cfg.view_residual and cfg.view_edits:  # what the text leaves unexplained: its missing pairs
+                own = bound.encode([h.text])[0]  # (W,) L2-normalised
+                words_from = s.bound_target - cfg.view_residual * (own @ s.bound_target) * own
+            for units, step, order, change in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits,
+                                                     cfg.view_moves, words_from):
                 text = render([unit_texts[u] for u in units])
                 words = fitting_words(text, cfg.max_words)
                 if words is None or text in seen:
                     continue
                 seen.add(text)
                 orders.append(order)
+                changes.append(change)
                 kids.append(Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
                                        fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
                                        length=cfg.length_weight * min(words, s.predicted_words), steps=h.steps + [step]))
@@ -557,16 +605,19 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
             known = torch.tensor([k.fluency + k.length for k in kids]) + cfg.view_weight * cos
             top = known.topk(min(cfg.view_polish, len(kids))).indices.tolist()  # by the score's terms known before encoding
             bound_of.update(zip([kids[i].text for i in top], bound.encode([kids[i].text for i in top])))
-            picked.append((s, [kids[i] for i in top]))
-        texts = list(dict.fromkeys(k.text for _, kids in picked for k in kids))
+            picked.append((s, [kids[i] for i in top], [changes[i] for i in top]))
+        texts = list(dict.fromkeys(k.text for _, kids, _ in picked for k in kids))
         if not texts:
             break
         by_text = dict(zip(texts, encoder.encode(texts)))  # (D,) each
-        live = []
-        for s, kids in picked:
+        for s, kids, _ in picked:
             s.calls += len({k.text for k in kids})
             for k in kids:
                 _rescore(k, s, by_text, bound_of, bound, cfg.view_weight)
+        if cfg.view_combine:
+            _combine_gains(picked, current, encoder, unit_texts, cfg, prior, bound)
+        live = []
+        for s, kids, _ in picked:
             best = max(kids, key=lambda k: k.score(w))
             if best.score(w) > current[id(s)].score(w) + cfg.min_gain:
                 best.best = best
@@ -576,6 +627,40 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
                     live.append(s)
         if not live:
             break
+
+
+def _combine_gains(picked: list, current: dict, encoder: CountingEncoder, unit_texts: Sequence[str], cfg: DecodeConfig,
+                   prior: Callable[[str], float] | None, bound: BoundTargets) -> None:
+    """For each search of a polishing round (``picked``: (search, its encoded edits, their changes)), make the
+    edits that each beat its text together (:func:`_combined`, best first) where two or more can be, encode those
+    texts in one call and add each to its search's edits, with one step naming them all."""
+    w = cfg.model_weight
+    made = []
+    for s, kids, changes in picked:
+        h = current[id(s)]
+        gains = sorted(((k, c) for k, c in zip(kids, changes) if c is not None and k.score(w) > h.score(w) + cfg.min_gain),
+                       key=lambda kc: -kc[0].score(w))
+        if len(gains) < 2:
+            continue
+        units, taken = _combined(h.units, [c for _, c in gains])
+        text = render([unit_texts[u] for u in units])
+        words = fitting_words(text, cfg.max_words)
+        if len(taken) < 2 or words is None or text == h.text or text in {k.text for k in kids}:
+            continue
+        steps = [{k: v for k, v in kid.steps[-1].items() if k != "cosine"} for kid, c in gains if c in taken]
+        made.append((s, kids, Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
+                                         fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
+                                         length=cfg.length_weight * min(words, s.predicted_words),
+                                         steps=h.steps + [{"combined": steps}])))
+    if not made:
+        return
+    texts = list(dict.fromkeys(k.text for _, _, k in made))
+    by_text = dict(zip(texts, encoder.encode(texts)))
+    bound_of = dict(zip(texts, bound.encode(texts)))
+    for s, kids, k in made:
+        s.calls += 1
+        _rescore(k, s, by_text, bound_of, bound, cfg.view_weight)
+        kids.append(k)
 
 
 class OraclePolicy:
