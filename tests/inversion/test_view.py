@@ -281,7 +281,8 @@ def test_residual_polishing_reads_the_missing_pair_not_the_ones_in_place():
     bound = BoundTargets(parts, view.bound_texts, view.cfg.share,
                          between=lambda b, sides, k: (seen.append(b), neighbours.between(b, sides, k))[1])
     script = [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4), (4, 5), (0, 6)]  # the cat saw the cat and the
-    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0)
+    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0,
+                       view_residual=0.0)
     whole = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
     assert whole.text == "The cat saw the cat and the" and torch.equal(seen[0], parts[0])
     seen.clear()
@@ -309,7 +310,7 @@ def test_edits_that_each_gain_are_combined_in_one_round():
     bound = BoundTargets(parts, view.bound_texts, view.cfg.share, between=PairNeighbours(view, units, em.encode(units)).between)
     script = [(1, 0), (4, 1), (2, 1)]  # big cat, the mat, then sat between them
     cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0,
-                       view_polish_rounds=1)
+                       view_polish_rounds=1, view_combine=False)
     one = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
     assert one.text in ("Big cat sat on the mat", "Big cat sat the mat today")
     both = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg.replace(view_combine=True), bound=bound)
