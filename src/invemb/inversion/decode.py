@@ -594,9 +594,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
                 seen.add(text)
                 orders.append(order)
                 changes.append(change)
-                kids.append(Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
-                                       fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
-                                       length=cfg.length_weight * min(words, s.predicted_words), steps=h.steps + [step]))
+                kids.append(_edited(h, s, units, text, words, step, cfg, prior))
             if not kids:
                 continue
             # the bound cosine of each: cuts and moves from the buffer's pair terms (no text bound), new words bound
@@ -606,11 +604,16 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
                 cos[fast] = torch.as_tensor(bound.order_cosines(s.bound_target, [unit_texts[u] for u in h.units],
                                                                 [orders[i] for i in fast]), dtype=torch.float32)
             slow = sorted(set(range(len(kids))) - set(fast))
+            parts: dict[int, torch.Tensor] = {}  # kid -> (W,) its bound part, where bound
             if slow:
-                cos[slow] = bound.encode([kids[i].text for i in slow]) @ s.bound_target
+                parts.update(zip(slow, bound.encode([kids[i].text for i in slow])))
+                cos[slow] = torch.stack([parts[i] for i in slow]) @ s.bound_target
             known = torch.tensor([k.fluency + k.length for k in kids]) + cfg.view_weight * cos
             top = known.topk(min(cfg.view_polish, len(kids))).indices.tolist()  # by the score's terms known before encoding
-            bound_of.update(zip([kids[i].text for i in top], bound.encode([kids[i].text for i in top])))
+            unbound = [i for i in top if i not in parts]
+            if unbound:
+                parts.update(zip(unbound, bound.encode([kids[i].text for i in unbound])))
+            bound_of.update((kids[i].text, parts[i]) for i in top)
             picked.append((s, [kids[i] for i in top], [changes[i] for i in top]))
         texts = list(dict.fromkeys(k.text for _, kids, _ in picked for k in kids))
         if not texts:
@@ -635,6 +638,15 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
             break
 
 
+def _edited(h: Hypothesis, s: _Search, units: list[int], text: str, words: int, step: dict, cfg: DecodeConfig,
+            prior: Callable[[str], float] | None) -> Hypothesis:
+    """The polished text ``h`` edited to ``units`` (rendered ``text``, ``words`` long), its edit ``step`` added: the
+    policy's terms kept, the prior and the length bonus of the new text."""
+    return Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
+                      fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
+                      length=cfg.length_weight * min(words, s.predicted_words), steps=h.steps + [step])
+
+
 def _combine_gains(picked: list, current: dict, encoder: CountingEncoder, unit_texts: Sequence[str], cfg: DecodeConfig,
                    prior: Callable[[str], float] | None, bound: BoundTargets) -> None:
     """For each search of a polishing round (``picked``: (search, its encoded edits, their changes)), make the
@@ -654,10 +666,7 @@ def _combine_gains(picked: list, current: dict, encoder: CountingEncoder, unit_t
         if len(taken) < 2 or words is None or text == h.text or text in {k.text for k in kids}:
             continue
         steps = [{k: v for k, v in kid.steps[-1].items() if k != "cosine"} for kid, c in gains if c in taken]
-        made.append((s, kids, Hypothesis(units, text, logp=h.logp, actions=h.actions, words=words,
-                                         fluency=cfg.lm_weight * prior(text) if cfg.lm_weight else 0.0,
-                                         length=cfg.length_weight * min(words, s.predicted_words),
-                                         steps=h.steps + [{"combined": steps}])))
+        made.append((s, kids, _edited(h, s, units, text, words, {"combined": steps}, cfg, prior)))
     if not made:
         return
     texts = list(dict.fromkeys(k.text for _, _, k in made))
