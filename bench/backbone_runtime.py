@@ -35,7 +35,7 @@ def main() -> None:
     prefixes = [" ".join(s.split()[: max(1, len(s.split()) // 2)]) for s in sentences]
     texts = sentences + prefixes
     t0 = time.perf_counter()
-    from invemb.backbone.hf import bf16_is_fast
+    from invemb.encoder import bf16_is_fast
 
     encoders = {"torch": invemb.load(args.em), "onnx": invemb.load(args.em, runtime="onnx")}
     if bf16_is_fast(torch.device("cpu")):

@@ -45,7 +45,7 @@ def main() -> None:
     from invemb.inversion.harness import eval_sentences, resolve_corpus
 
     sentences = eval_sentences(resolve_corpus(args.corpus, args.em), "wiki", args.n)
-    from invemb.backbone.hf import bf16_is_fast
+    from invemb.encoder import bf16_is_fast
 
     runtimes = list(dict.fromkeys(["torch", *args.runtimes]))
     if "bf16" in runtimes and not bf16_is_fast(torch.device("cpu")):

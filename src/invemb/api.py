@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from invemb.encoder import Encoder
+from invemb.encoder import Encoder, check_own_runtime
 
 # Run folders carry ``"kind"`` in config.json; each kind's package exposes ``load_run(path)``.
 RUN_KINDS = {"em": "invemb.em", "order_bind": "invemb.em.order_bind", "scratch": "invemb.scratch", "tiered": "invemb.tiered",
@@ -29,7 +29,8 @@ def load(path: str | Path = "backbone", runtime: str = "torch", **kwargs: Any) -
     """Load any saved run folder (EM, scratch, tiered), a raw HF backbone folder, or
     ``"backbone"`` for the bundled all-MiniLM-L6-v2, as an :class:`Encoder`. ``runtime="onnx"``
     (EM runs and backbones, CPU inference) runs the frozen backbone with onnxruntime, ``"bf16"`` in
-    bfloat16 where the hardware has it (:meth:`HFBackbone.use_runtime`)."""
+    bfloat16 where the hardware has it (:meth:`HFBackbone.use_runtime`; for scratch and tiered runs
+    the whole model, :func:`invemb.encoder.use_own_runtime`)."""
     from invemb.backbone.hf import BackboneConfig, HFBackbone
 
     if str(path) in ("backbone", "default"):
@@ -44,10 +45,9 @@ def load(path: str | Path = "backbone", runtime: str = "torch", **kwargs: Any) -
                          "controller with invemb.inversion.load_run")
     if kind in ("em", "order_bind"):  # an order binding's runtime is its EM's
         return importlib.import_module(RUN_KINDS[kind]).load_run(p, runtime=runtime, **kwargs)
-    if runtime != "torch" and kind in RUN_KINDS:
-        raise ValueError(f"runtime {runtime!r} is for EM runs and Hugging Face backbones, not a {kind} run ({p})")
-    if kind in RUN_KINDS:
-        return importlib.import_module(RUN_KINDS[kind]).load_run(p, **kwargs)
+    if kind in ("scratch", "tiered"):  # all their own weights: float32 or bfloat16 (use_own_runtime)
+        check_own_runtime(runtime, f"a {kind} run ({p})")
+        return importlib.import_module(RUN_KINDS[kind]).load_run(p, runtime=runtime, **kwargs)
     if (p / "config.json").exists() and kind is None:
         return HFBackbone(BackboneConfig(path=str(p), **kwargs)).use_runtime(runtime)
     raise ValueError(f"{p}: not an invemb run folder (config.json with a known 'kind') nor a Hugging Face model folder")

@@ -107,7 +107,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         input: Path = typer.Option(..., "--input", help='JSONL file, one {"text": ...} a line'),
         output: Path = typer.Option(..., "--output", help=".npy file for the (N, dim) float32 vectors"),
         batch_size: int = typer.Option(64, help="texts per batch"),
-        runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it)"),
+        runtime: str = typer.Option("torch", help="runtime: torch | onnx (onnxruntime, CPU; EM runs and HF folders) | bf16 (bfloat16 where the hardware has it: the backbone of an EM run or HF folder, the whole model of a scratch or tiered run)"),
     ):
         """Encode texts to an .npy matrix (rows in input order, L2-normalised), with a progress bar.
         Killed part-way, the same command again keeps the finished chunks (OUTPUT.partial/).

@@ -56,6 +56,40 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` does bfloat16 arithmetic natively (else autocast emulates it, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+OWN_RUNTIMES = ("torch", "bf16")
+
+
+def check_own_runtime(runtime: str, who: str) -> str:
+    """``runtime`` if a scratch or tiered run can take it; ``who`` names the run ("a tiered run")."""
+    if runtime not in OWN_RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(OWN_RUNTIMES)} for {who} "
+                         "(onnx is for EM runs and Hugging Face backbones)")
+    return runtime
+
+
+def use_own_runtime(model: torch.nn.Module, runtime: str, who: str) -> torch.nn.Module:
+    """Set the runtime of a model that is all invemb's own (a scratch or tiered run): ``"torch"``
+    keeps float32; ``"bf16"`` casts every weight, and so every activation, to bfloat16 for inference
+    where the hardware does bfloat16 natively (the tiered default: about 0.65x the time of float32 on
+    an AVX512-BF16 CPU, vectors within cosine 1e-4 of float32's; ``bench/tiered_speed.py``)."""
+    if check_own_runtime(runtime, who) == "bf16":
+        device = next(model.parameters()).device
+        if not bf16_is_fast(device):
+            raise ValueError(f"runtime 'bf16' would be slower than 'torch' here: {device} has no bfloat16 "
+                             "arithmetic (AVX512-BF16 or AMX on CPU); use runtime 'torch'")
+        model.to(torch.bfloat16)
+    return model
+
+
 def check_vectors(vectors: torch.Tensor, n: int, dim: int, who: str = "encoder", task: str = "") -> torch.Tensor:
     """Fail loudly (naming the encoder and the task) on a wrong shape or non-finite values."""
     where = f"{who}" + (f" on {task}" if task else "")

@@ -32,7 +32,7 @@ def test_bad_runtime_requests_are_refused(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="runtime 'onnx' is for inference"):
         HFBackbone(BackboneConfig(path=tiny_bert_dir, unfreeze_layers=1)).use_runtime("onnx")
     (tmp_path / "config.json").write_text(json.dumps({"kind": "tiered"}))
-    with pytest.raises(ValueError, match="runtime 'onnx' is for EM runs and Hugging Face backbones, not a tiered run"):
+    with pytest.raises(ValueError, match="runtime 'onnx' is not one of torch, bf16 for a tiered run"):
         invemb.load(tmp_path, runtime="onnx")
 
 

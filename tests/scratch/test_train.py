@@ -5,6 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 import invemb
+from invemb.encoder import bf16_is_fast
 from invemb.scratch.data import DataConfig, build_pairs
 from invemb.scratch.train import load_run, make_config, plot_expert_load, train_scratch
 from invemb.training.metrics_log import read_metrics
@@ -231,3 +232,21 @@ def test_inversion_controller_trains_on_a_scratch_encoder_unchanged(moe_run, tmp
     ctrl = load_controller(tmp_path / "ctrl", em=str(out))
     row = ctrl.invert_texts(["The red cat is an animal of colour red"])[0]
     assert row["reconstruction"] and -1.0 <= row["cosine"] <= 1.0 and row["encoder_calls"] > 0
+
+
+def test_encode_batches_by_length_and_keeps_the_callers_order(moe_run):
+    """encode sorts texts by length into batches (less padding); row i must still be text i's vector,
+    the same as encoding it alone."""
+    out, _ = moe_run
+    enc = invemb.load(out)
+    texts = ["The red fox is an animal.", "Keepers feed the blue owl at 3 o'clock every single day of the year.",
+             "An owl.", "Every fox like this lives in zone 12, far from the others."]
+    together = enc.encode(texts, batch_size=2)
+    alone = torch.cat([enc.encode([t]) for t in texts])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    if bf16_is_fast(torch.device("cpu")):
+        low = invemb.load(out, runtime="bf16").encode(texts, batch_size=2)
+        assert low.dtype == torch.float32 and (low * together).sum(-1).min() > 0.98  # MoE routing can flip in bf16
+    else:
+        with pytest.raises(ValueError, match="slower than 'torch'"):
+            invemb.load(out, runtime="bf16")

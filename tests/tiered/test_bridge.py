@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import random
+import string
 
 import pytest
 import torch
 
-from invemb.tiered.chunker import (CHUNK_TYPES, ChunkerConfig, ChunkProjector, chunk_type, chunks_from_starts,
-                                   masked_pool_weights, stride_starts, word_starts)
+from invemb.tiered.chunker import (_WORD_OR_SYMBOL, CHUNK_TYPES, ChunkerConfig, ChunkProjector, chunk_type,
+                                   chunks_from_starts, masked_pool_weights, stride_starts, word_spans, word_starts)
 
 
 def test_pooling_matches_hand_computed_example():
@@ -90,3 +92,11 @@ def test_stride_chunks_restart_after_spaces():
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="chunker mode"):
         ChunkerConfig(mode="sentencepiece")
+
+
+def test_ascii_word_chunks_equal_the_unicode_rule():
+    """word_spans takes a faster `re` pattern on ASCII text; it must cut exactly as the Unicode rule."""
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(string.printable) for _ in range(rng.randint(0, 40)))
+        assert word_spans(text) == [m.span() for m in _WORD_OR_SYMBOL.finditer(text)], repr(text)

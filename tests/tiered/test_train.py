@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 import invemb
+from invemb.encoder import bf16_is_fast
 from invemb.tiered import train as tiered_train
 from invemb.tiered.train import train_tiered
 from invemb.training.metrics_log import read_metrics
@@ -39,6 +40,17 @@ def test_tiny_run_losses_fall_and_the_run_loads(tmp_path, make_cfg, toy_corpus):
     # save/load round trip of the Encoder itself
     enc.save(tmp_path / "copy")
     torch.testing.assert_close(invemb.load(tmp_path / "copy").encode(toy_corpus["dev"][:4]), v)
+    # bfloat16 inference where the CPU has it (else a one-line refusal); onnx is for EM runs only
+    if bf16_is_fast(torch.device("cpu")):
+        low = invemb.load(tmp_path / "run", runtime="bf16")
+        assert next(low.model.parameters()).dtype == torch.bfloat16
+        v16 = low.encode(toy_corpus["dev"][:4])
+        assert v16.dtype == torch.float32 and (v16 * v).sum(-1).min() > 0.999
+    else:
+        with pytest.raises(ValueError, match="slower than 'torch'"):
+            invemb.load(tmp_path / "run", runtime="bf16")
+    with pytest.raises(ValueError, match="runtime 'onnx' is not one of torch, bf16 for a tiered run"):
+        invemb.load(tmp_path / "run", runtime="onnx")
 
 
 @pytest.mark.parametrize("kill_at, checkpoint_every", [(9, 4), (3, 100)], ids=["after-checkpoint", "before-first-checkpoint"])

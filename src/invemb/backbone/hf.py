@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from invemb.config import Config
-from invemb.encoder import check_batch_size, check_texts
+from invemb.encoder import bf16_is_fast, check_batch_size, check_texts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -259,15 +259,6 @@ class HFBackbone(torch.nn.Module):
 
 
 RUNTIMES = ("torch", "onnx", "bf16")
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether ``device`` does bfloat16 arithmetic natively (else autocast emulates it, slower than fp32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    return False
 
 
 class OnnxTransformer:

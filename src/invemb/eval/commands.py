@@ -30,7 +30,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         vocab: Optional[Path] = typer.Option(None, help="a Vocab JSON: units for purity, OOV and plots"),
         controller: Optional[Path] = typer.Option(None, help="a controller run for the inversion evaluator"),
         plain: bool = typer.Option(False, "--plain", help="print a table of primary metrics instead of JSON"),
-        runtime: str = typer.Option("torch", help="backbone runtime of EM runs and HF folders: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it)"),
+        runtime: str = typer.Option("torch", help="runtime: torch | onnx (onnxruntime, CPU; EM runs and HF folders) | bf16 (bfloat16 where the hardware has it: the backbone of EM runs and HF folders, the whole model of scratch and tiered runs)"),
     ):
         """Evaluate encoders side by side; prints the primary metrics. `invemb eval inversion` measures
         an inversion controller against its baselines.

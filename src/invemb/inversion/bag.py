@@ -156,7 +156,7 @@ def fit_bag(memory: SentenceMemory, unit_vectors: torch.Tensor, cfg: BagConfig |
     ``stats`` reports the held-out sentences' loss and recall of their units in the first 32: a random
     share of the memory, so they share documents with training sentences: an optimistic figure
     (``bench/inversion_bag_recall.py`` measures test sentences)."""
-    from invemb.backbone.hf import bf16_is_fast
+    from invemb.encoder import bf16_is_fast
 
     cfg = cfg or BagConfig()
     if len(memory) < 2:

@@ -43,4 +43,5 @@ class Pooling(nn.Module):
         else:
             scores = (hidden @ self.query).masked_fill(~mask, float("-inf"))  # (B, T)
             pooled = torch.einsum("bt,btd->bd", scores.softmax(-1), hidden)  # (B, D)
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+        # in float32 also in a bfloat16 model: vectors of unit norm to float precision
+        return F.normalize(pooled.float(), dim=-1) if self.normalize else pooled

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from invemb.config import Config
-from invemb.encoder import check_batch_size, check_texts, check_vectors
+from invemb.encoder import check_batch_size, check_texts, check_vectors, use_own_runtime
 from invemb.io import atomic_save_file, atomic_write_json, atomic_write_text, save_figure
 from invemb.scratch.data import DataConfig, Pair, PairDataset, TripletDataset, build_pairs, in_batch_negative_batches
 from invemb.scratch.losses import contrastive_loss, multiple_negatives_ranking_loss, triplet_loss
@@ -91,17 +91,19 @@ class ScratchEncoder:
         self.model.eval()
         device = next(self.model.parameters()).device
         before = self.tokenizer.take_stats()
-        out = []
-        for i in range(0, len(texts), batch_size):
-            ids, mask = self.tokenizer.encode(texts[i:i + batch_size])
-            out.append(self.model(ids.to(device), mask.to(device)).embedding.float().cpu())
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch: less padding
+        out = torch.empty(len(texts), self.dim)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = self.tokenizer.encode([texts[i] for i in idx])
+            out[idx] = self.model(ids.to(device), mask.to(device)).embedding.float().cpu()
         stats = self.tokenizer.take_stats()
         self.tokenizer.stats.update(before)
         if stats.get("truncated"):
             warnings.warn(f"{stats['truncated']} of {len(texts)} texts truncated to {self.tokenizer.max_length} tokens")
         if stats.get("unknown"):
             warnings.warn(f"{stats['unknown']} unknown token(s) mapped to [UNK] in {len(texts)} texts")
-        return check_vectors(torch.cat(out), len(texts), self.dim, who="scratch encoder", task="encode")
+        return check_vectors(out, len(texts), self.dim, who="scratch encoder", task="encode")
 
     def save(self, path: str | Path) -> None:
         save_model(Path(path), self.model, self.tokenizer, self.cfg)
@@ -129,8 +131,9 @@ def build_model(cfg: ScratchConfig, tokenizer: ScratchTokenizer) -> SentenceEnco
     return SentenceEncoderModel(cfg.model)
 
 
-def load_run(path: str | Path, **_: Any) -> ScratchEncoder:
-    """Load a scratch run folder; refuses a tokenizer.json that is not the one it was trained with."""
+def load_run(path: str | Path, runtime: str = "torch", **_: Any) -> ScratchEncoder:
+    """Load a scratch run folder; refuses a tokenizer.json that is not the one it was trained with.
+    ``runtime="bf16"``: inference in bfloat16 (:func:`invemb.encoder.use_own_runtime`)."""
     from safetensors.torch import load_file
 
     from invemb.training.checkpoint import latest_checkpoint
@@ -152,7 +155,7 @@ def load_run(path: str | Path, **_: Any) -> ScratchEncoder:
             raise FileNotFoundError(f"{path}: no model.safetensors and no checkpoint")
         weights = ckpt / "model.safetensors"
     model.load_state_dict(load_file(str(weights)))
-    model.eval()
+    use_own_runtime(model.eval(), runtime, f"a scratch run ({path})")
     return ScratchEncoder(model, tokenizer, cfg)
 
 

@@ -22,7 +22,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, help="model name reported in responses (default: the folder name)"),
         set_: List[str] = typer.Option([], "--set", help="ServeConfig override key=value, e.g. max_wait_ms=2 (repeat)"),
         log_level: str = typer.Option("info", help="uvicorn log level: critical | error | warning | info | debug"),
-        runtime: str = typer.Option("torch", help="backbone runtime of an EM run or HF folder: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it)"),
+        runtime: str = typer.Option("torch", help="runtime: torch | onnx (onnxruntime, CPU; EM runs and HF folders) | bf16 (bfloat16 where the hardware has it: the backbone of an EM run or HF folder, the whole model of a scratch or tiered run)"),
         decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE, e.g. bag_weight=0.5 (repeat; needs --controller)"),
     ):
         """Serve an encoder over HTTP: OpenAI-compatible POST /v1/embeddings, POST /v1/invert (with

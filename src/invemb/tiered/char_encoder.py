@@ -87,14 +87,14 @@ def _rotary_phases(length: int, hd: int, device: torch.device) -> torch.Tensor:
 
 
 def rotary(x: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding on (B, NH, L, HD); HD must be even.
+    """Rotary position embedding on (B, NH, L, HD), returned in float32; HD must be even.
 
     Each pair of channels (2j, 2j+1) is one complex number rotated by position * frequency_j, so
     the rotation is a single complex multiply: (x1 + i x2)(cos + i sin).
     """
     *lead, length, hd = x.shape
     pairs = torch.view_as_complex(x.float().reshape(*lead, length, hd // 2, 2))  # (B, NH, L, HD/2)
-    return torch.view_as_real(pairs * _rotary_phases(length, hd, x.device)).flatten(-2).to(x.dtype)  # (B, NH, L, HD)
+    return torch.view_as_real(pairs * _rotary_phases(length, hd, x.device)).flatten(-2)  # (B, NH, L, HD)
 
 
 class RotaryBlock(nn.Module):
@@ -112,8 +112,10 @@ class RotaryBlock(nn.Module):
         b, length, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, NH, L, HD)
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, L): padding is never attended to
-        y = F.scaled_dot_product_attention(rotary(q), rotary(k), v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        # Attention in float32 also in a bfloat16 model (runtime "bf16"): rotary works in float32, and
+        # on CPU the float32 attention kernel is the faster one at these lengths.
+        y = F.scaled_dot_product_attention(rotary(q), rotary(k), v.float(), attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0).to(x.dtype)
         x = x + F.dropout(self.out(y.transpose(1, 2).reshape(b, length, d)), self.dropout, self.training)  # (B, L, D)
         return x + self.ffn(self.norm2(x))
 

@@ -32,6 +32,9 @@ CHUNK_TYPES = ("word", "caps", "numeric", "punct", "emoji")
 # \w alone does not match; any other non-space grapheme (an emoji with its skin tone, a flag, a ZWJ
 # family) is one chunk. The `regex` module knows \p{M} and grapheme clusters (\X); `re` does not.
 _WORD_OR_SYMBOL = regex.compile(r"[\w\p{M}]+|(?!\s)\X")
+# The same chunks on ASCII text (no marks; the only multi-character grapheme, CR LF, is space), with
+# `re`, about twice as fast: word spans run on every encode.
+_ASCII_WORD_OR_SYMBOL = re.compile(r"\w+|\S")
 _NON_SPACE = re.compile(r"\S+")
 
 
@@ -51,6 +54,7 @@ class ChunkerConfig(Config):
             raise ValueError(f"chunker labels must be one of {', '.join(LABELS)}, got {self.labels!r}")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # called once per chunk on every encode; most chunks are frequent words
 def chunk_type(chunk: str) -> int:
     """Index into :data:`CHUNK_TYPES` for one chunk's text."""
     if chunk.isalpha():  # the common case, without a per-character category lookup
@@ -75,7 +79,8 @@ Span = tuple[int, int]
 def word_spans(text: str) -> list[Span]:
     """Mode "words": runs of word characters with their combining marks, and every other non-space
     grapheme on its own."""
-    return [m.span() for m in _WORD_OR_SYMBOL.finditer(text)]
+    pattern = _ASCII_WORD_OR_SYMBOL if text.isascii() else _WORD_OR_SYMBOL
+    return [m.span() for m in pattern.finditer(text)]
 
 
 def stride_spans(text: str, stride: int) -> list[Span]:

@@ -85,8 +85,11 @@ def windows(text: str, cfg: CharEncoderConfig) -> list[str]:
     return [w for w in out if w]
 
 
-def make_batch(texts: list[str], cfg: TieredModelConfig, starts: list[list[bool]] | None = None) -> CharBatch:
-    """Unit ids and chunk assignment for cleaned windows (``starts``: per-character flags; default the rule's)."""
+def make_batch(texts: list[str], cfg: TieredModelConfig, starts: list[list[bool]] | None = None,
+               labels: bool = True) -> CharBatch:
+    """Unit ids and chunk assignment for cleaned windows (``starts``: per-character flags; default the
+    rule's). ``labels=False`` (inference) leaves the boundary head's targets at zero: with BPE labels
+    they cost a tokenizer pass per text."""
     per_text = []
     for k, text in enumerate(texts):
         rule = rule_spans(text, cfg.chunker)
@@ -94,8 +97,12 @@ def make_batch(texts: list[str], cfg: TieredModelConfig, starts: list[list[bool]
         ids, unit_char = _units_of(text, cfg.char)
         first = np.ones(len(ids), dtype=bool)
         first[1:] = unit_char[1:] != unit_char[:-1]
-        labels = np.asarray(starts_of(text, rule if cfg.chunker.labels == "words" else label_spans(text, cfg.chunker)), dtype=bool)
-        per_text.append((ids, np.asarray(char_chunk, dtype=np.int64)[unit_char], chunk_types, labels[unit_char] & first, first, unit_char))
+        if labels:
+            flags = np.asarray(starts_of(text, rule if cfg.chunker.labels == "words" else label_spans(text, cfg.chunker)), dtype=bool)
+            unit_labels = flags[unit_char] & first
+        else:
+            unit_labels = np.zeros(len(ids), dtype=bool)
+        per_text.append((ids, np.asarray(char_chunk, dtype=np.int64)[unit_char], chunk_types, unit_labels, first, unit_char))
     b, length = len(texts), max(len(t[0]) for t in per_text)
     n_chunks = max(1, max(len(t[2]) for t in per_text))
     ids, unit_chunk = np.full((b, length), PAD_ID, dtype=np.int64), np.full((b, length), -1, dtype=np.int64)
@@ -148,7 +155,7 @@ class TieredModel(nn.Module):
             for j, c in enumerate(batch.unit_char[k]):
                 flags[c] = flags[c] or bool(flags_units[k, j])
             starts.append(flags)
-        pred = make_batch(batch.texts, self.cfg, starts)
+        pred = make_batch(batch.texts, self.cfg, starts, labels=False)
         unit_chunk, types = pred.unit_chunk.to(logits.device), pred.chunk_types.to(logits.device)
         # The gate of a chunk is its first unit's start probability, straight-through (value 1).
         opens = batch.first_unit & (unit_chunk >= 0) & torch.cat(
@@ -206,7 +213,7 @@ class TieredEncoder:
         device = next(self.model.parameters()).device
         todo = [w for w in dict.fromkeys(windows_) if w not in self.cache]
         if todo:
-            batch = batch_to(make_batch(todo, self.cfg), device)
+            batch = batch_to(make_batch(todo, self.cfg, labels=False), device)
             out = self.model(batch, predicted=self.cfg.chunker.mode == "learned", run_e2=False)
             for k, w in enumerate(todo):
                 self.cache[w] = out.chunks.vectors[k, out.chunks.mask[k]].cpu()  # (C_k, S)
@@ -242,7 +249,7 @@ class TieredEncoder:
                 mask = torch.arange(chunks.shape[1], device=chunks.device)[None] < lengths[:, None]  # (B, C)
                 semantic = self.model.e2(chunks, mask)
             else:  # one pass, E1 -> bridge -> E2 on the padded batch: no per-window unpad and re-pad
-                batch = batch_to(make_batch([rows[r] for r in idx], self.cfg), device)
+                batch = batch_to(make_batch([rows[r] for r in idx], self.cfg, labels=False), device)
                 out = self.model(batch, predicted=self.cfg.chunker.mode == "learned")
                 semantic, lengths = out.semantic, out.chunks.mask.sum(1)
             row_vec[idx] = semantic.embedding.float().cpu()

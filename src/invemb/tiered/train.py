@@ -20,6 +20,7 @@ import torch
 
 from invemb.config import Config
 from invemb.io import atomic_save_file, atomic_write_json, atomic_write_text
+from invemb.encoder import use_own_runtime
 from invemb.text.noise import TypoNoise, load_codespell_table
 from invemb.tiered.char_encoder import clean_text
 from invemb.tiered.model import TieredEncoder, TieredModel, TieredModelConfig, batch_to, make_batch
@@ -289,8 +290,9 @@ def with_boundary_tokenizer(cfg: TieredConfig, out: Path, texts: list[str], main
     return cfg.replace(**{"model.chunker.bpe_tokenizer": str(path.resolve())})
 
 
-def load_run(path: str | Path, cache_e1: bool = False, **_: Any) -> TieredEncoder:
-    """Load a tiered run folder (final weights, else its latest checkpoint) as an Encoder."""
+def load_run(path: str | Path, cache_e1: bool = False, runtime: str = "torch", **_: Any) -> TieredEncoder:
+    """Load a tiered run folder (final weights, else its latest checkpoint) as an Encoder;
+    ``runtime="bf16"``: inference in bfloat16 (:func:`invemb.encoder.use_own_runtime`)."""
     from safetensors.torch import load_file
 
     from invemb.training.checkpoint import latest_checkpoint, load_checkpoint
@@ -312,7 +314,7 @@ def load_run(path: str | Path, cache_e1: bool = False, **_: Any) -> TieredEncode
             raise FileNotFoundError(f"{path}: no model.safetensors and no checkpoint; train it first")
         state, _ = load_checkpoint(ckpt)
     model.load_state_dict(state)
-    model.eval()
+    use_own_runtime(model.eval(), runtime, f"a tiered run ({path})")
     return TieredEncoder(model, cache_e1=cache_e1, name=f"tiered({path.name})")
 
 
