@@ -156,7 +156,7 @@ class ScriptPolicy:
                 for h in hyps]
 
 
-def test_polishing_deletes_the_units_a_search_placed_around_the_text():
+def test_polishing_deletes_the_units_a_search_placed_around_the_text(monkeypatch):
     """Inserting only, a search that placed stray units first keeps them; polishing a view's inversion keeps the
     span the vector says is the text, names what it deleted and counts the encoder calls it spent. The EM's own
     vectors are not polished."""
@@ -184,12 +184,27 @@ def test_polishing_deletes_the_units_a_search_placed_around_the_text():
     # round 1: of 5 units, 14 spans deleted (all but the whole) + 6 inner spans kept; round 2, of 3: 5 + 1, no gain
     assert polished.encoder_calls == 5 + 20 + 6
     assert run(bound, view_polish=4).text == polished.text  # the bound part ranks the right cut among the first 4
+    # one text encoded a round: of the 20 cuts only the 4 whose bound part comes nearest are ranked, the right one too
+    from functools import partial
+
+    from invemb.inversion import decode as decode_module
+    from invemb.inversion.view import order_cosines
+
+    built = []
+    edited = decode_module._edited
+    monkeypatch.setattr(decode_module, "_edited", lambda *a, **k: (built.append(a[3]), edited(*a, **k))[1])
+    ranked = BoundTargets(parts, view.bound_texts, view.cfg.share, order_cosines=partial(order_cosines, view))
+    one = run(ranked, view_polish=1)
+    assert one.text == polished.text and one.encoder_calls == 5 + 1 + 1
+    assert len(built) <= 4 + 4  # rounds of 5 and 3 units: 4 of their 20 and 6 cuts rendered each
+    built.clear()
+    assert run(bound, view_polish=1).text == polished.text and len(built) == 20 + 6  # no cheap cosines: all ranked
     done = []  # a progress bar's updates: each search counts once, when its polished text is final
     many = beam_decode_many(main.repeat(2, 1), ScriptPolicy(script), CountingEncoder(em), units, DecodeConfig(**cfg),
                             on_done=done.append, bound=BoundTargets(parts.repeat(2, 1), view.bound_texts, view.cfg.share))
     assert [r.text for r in many] == [polished.text] * 2 and sum(done) == 2
-    with pytest.raises(ValueError, match=r"view_polish=-1 \(at least 0\)"):
-        DecodeConfig(view_polish=-1)
+    with pytest.raises(ValueError, match=r"view_polish=-1 \(at least 0\), view_whole_words=-1 \(at least 0\)"):
+        DecodeConfig(view_polish=-1, view_whole_words=-1)
 
 
 def test_a_views_known_words_are_looked_up_not_encoded():
@@ -292,6 +307,11 @@ def test_residual_polishing_reads_the_missing_pair_not_the_ones_in_place():
     assert {k: v for k, v in residual.steps[-1].items() if k != "cosine"} == {"inserted": "dog", "slot": 7}
     own = view.bound_texts(["the cat saw the cat and the"])[0]
     assert float(seen[0] @ own) == pytest.approx(0.0, abs=1e-5)  # nothing of the text's own pairs is left
+    seen.clear()  # view_whole_words: the words read off the whole target are tried beside the residual's
+    both = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units,
+                       cfg.replace(view_residual=1.0, view_whole_words=1), bound=bound)
+    assert both.text == residual.text and both.encoder_calls > residual.encoder_calls
+    assert float(seen[0] @ own) == pytest.approx(0.0, abs=1e-5) and torch.equal(seen[1], parts[0])
     with pytest.raises(ValueError, match=r"view_residual=1.5 \(at most 1\)"):
         DecodeConfig(view_residual=1.5)
 

@@ -130,6 +130,9 @@ class DecodeConfig(Config):
     # token F1 73.4 / 72.4 -> 83.0 / 82.3, BLEU 41.2 / 39.9 -> 54.4 / 53.3, the view's cosine 0.826 / 0.816 -> 0.874 /
     # 0.868; WordNet unchanged (91.9 / 92.9 -> 92.1 / 93.1)
     view_combine: bool = True
+    # With view_residual, also try the N words per place read off the whole target (its pairs in place included):
+    # the residual alone misses a word whose pair is half in place, e.g. "it is" + "is the most" -> "it" + ....
+    view_whole_words: int = 0
     seed: int = 0
 
     presets = {"tiny": {"beam": 2, "units_k": 4, "expand": 6, "max_steps": 12, "frequent_units": 0}, "default": {},
@@ -148,7 +151,7 @@ class DecodeConfig(Config):
                                 ("min_gain", 0), ("repeat_penalty", 0), ("length_weight", 0), ("model_weight", 0), ("lm_weight", 0),
                                 ("memory_weight", 0), ("memory_temperature", 1e-6), ("view_weight", 0),
                                 ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0), ("view_edits", 0), ("view_moves", 0),
-                                ("view_residual", 0))
+                                ("view_residual", 0), ("view_whole_words", 0))
                if not getattr(self, k) >= least]  # NaN fails this too
         bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
                 if not math.isfinite(getattr(self, k))]
@@ -508,14 +511,16 @@ def _cuts(n: int) -> list[tuple[list[int], list[int]]]:
 
 
 def _edits(units: list[int], bound_target: torch.Tensor, bound: BoundTargets, unit_texts: Sequence[str],
-           k: int, moves: int = 0, words_from: torch.Tensor | None = None) -> list[tuple[list[int], dict, list[int] | None, tuple | None]]:
+           k: int, moves: int = 0, words_from: Sequence[tuple[torch.Tensor, int]] = ()
+           ) -> list[tuple[list[int], dict, list[int] | None, tuple | None]]:
     """The edited unit lists polishing tries on ``units``, each with its step: every span deleted or kept alone
     (:func:`_cuts`) and, where the view reads words between neighbours (``bound.between``) and ``k``, each unit
     replaced by the ``k`` words likeliest between its neighbours and the ``k`` likeliest put in each slot; where it
     ranks moves (``bound.moves``), the best ``moves`` moves of one span. The third item: the edit as an order of
     the buffer's indices (cuts and moves), None for a new word; the fourth: the edit as a change another can join
     (:func:`_combined`: ("delete", start, end), ("replace", index, unit), ("insert", slot, unit)), None for a span
-    kept alone or moved. ``words_from`` (W,): the bound part the new words are read off (default ``bound_target``)."""
+    kept alone or moved. ``words_from``: the bound parts (W,) the new words are read off, each with its number of
+    words per place (default: ``k`` off ``bound_target``); a word read off two is tried once."""
     out = [([units[i] for i in kept], {"deleted": detokenize([unit_texts[units[i]] for i in deleted])}, kept,
             ("delete", deleted[0], deleted[-1] + 1) if deleted[-1] - deleted[0] == len(deleted) - 1 else None)
            for kept, deleted in _cuts(len(units))]
@@ -527,7 +532,10 @@ def _edits(units: list[int], bound_target: torch.Tensor, bound: BoundTargets, un
     n = len(units)
     sides = [(units[j - 1] if j else None, units[j + 1] if j + 1 < n else None) for j in range(n)]  # around unit j
     sides += [(units[j - 1] if j else None, units[j] if j < n else None) for j in range(n + 1)]  # around slot j
-    found = bound.between(bound_target if words_from is None else words_from, sides, k)
+    found: list[list[int]] = [[] for _ in sides]
+    for source, n_words in words_from or [(bound_target, k)]:
+        for place, words in zip(found, bound.between(source, sides, n_words)):
+            place += [u for u in words if u not in place]
     for j in range(n):
         out += [(units[:j] + [u] + units[j + 1:], {"replaced": unit_texts[units[j]], "by": unit_texts[u]}, None,
                  ("replace", j, u)) for u in found[j] if u != units[j]]
@@ -567,11 +575,16 @@ def _combined(units: list[int], changes: Sequence[tuple]) -> tuple[list[int], li
     return out, taken
 
 
+# Polishing ranks at most this many cuts and moves per text it encodes (view_polish), those whose bound part comes
+# nearest the target's; the rest are never rendered.
+CUTS_PER_POLISHED = 4
+
+
 def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Sequence[str], cfg: DecodeConfig,
             prior: Callable[[str], float] | None, bound: BoundTargets) -> None:
-    """Edit the best text of each search with a bound part by deletions (``DecodeConfig.view_polish``), in
-    lockstep: one encoder call a round for all searches. An edited text that scores higher joins ``finished``
-    with a step naming what it deleted."""
+    """Edit the best text of each search with a bound part (``DecodeConfig.view_polish``: cuts, moves, new words;
+    :func:`_edits`), in lockstep: one encoder call a round for all searches (two with ``view_combine``). An edited
+    text that scores higher joins ``finished`` with a step naming its edit."""
     w = cfg.model_weight
     current = {id(s): s.best(w) for s in searches}
     live = [s for s in searches if s.bound_target is not None and len(current[id(s)].units) >= 2]
@@ -580,30 +593,43 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
         bound_of: dict[str, torch.Tensor] = {}  # text -> (W,) its bound part
         for s in live:
             h = current[id(s)]
-            kids, orders, changes, seen = [], [], [], {h.text}
-            words_from = None
+            kids, changes, seen = [], [], {h.text}
+            words_from = [(s.bound_target, cfg.view_edits)]
             if cfg.view_residual and cfg.view_edits:  # what the text leaves unexplained: its missing pairs
                 own = bound.encode([h.text])[0]  # (W,) L2-normalised
-                words_from = s.bound_target - cfg.view_residual * (own @ s.bound_target) * own
-            for units, step, order, change in _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits,
-                                                     cfg.view_moves, words_from):
+                words_from = [(s.bound_target - cfg.view_residual * (own @ s.bound_target) * own, cfg.view_edits)]
+                if cfg.view_whole_words:  # and, beside them, words read off the whole target
+                    words_from.append((s.bound_target, cfg.view_whole_words))
+            edits = _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits, cfg.view_moves, words_from)
+            # the bound cosine of each cut and move from the buffer's pair terms (no text bound); a text of n units
+            # has ~n^2 cuts: only the CUTS_PER_POLISHED * view_polish nearest the target are rendered and ranked
+            order_cos: dict[int, float] = {}
+            if bound.order_cosines is not None:
+                ordered = [i for i, e in enumerate(edits) if e[2] is not None]
+                if ordered:
+                    cos = torch.as_tensor(bound.order_cosines(s.bound_target, [unit_texts[u] for u in h.units],
+                                                              [edits[i][2] for i in ordered]), dtype=torch.float32)
+                    near = cos.topk(min(CUTS_PER_POLISHED * cfg.view_polish, len(ordered))).indices.tolist()
+                    order_cos = {ordered[j]: float(cos[j]) for j in near}
+                    edits = [e if e[2] is None or i in order_cos else None for i, e in enumerate(edits)]
+            known_cos: list[float | None] = []
+            for i, edit in enumerate(edits):
+                if edit is None:
+                    continue
+                units, step, _, change = edit
                 text = render([unit_texts[u] for u in units])
                 words = fitting_words(text, cfg.max_words)
                 if words is None or text in seen:
                     continue
                 seen.add(text)
-                orders.append(order)
                 changes.append(change)
+                known_cos.append(order_cos.get(i))
                 kids.append(_edited(h, s, units, text, words, step, cfg, prior))
             if not kids:
                 continue
-            # the bound cosine of each: cuts and moves from the buffer's pair terms (no text bound), new words bound
-            cos = torch.zeros(len(kids))
-            fast = [i for i, o in enumerate(orders) if o is not None] if bound.order_cosines is not None else []
-            if fast:
-                cos[fast] = torch.as_tensor(bound.order_cosines(s.bound_target, [unit_texts[u] for u in h.units],
-                                                                [orders[i] for i in fast]), dtype=torch.float32)
-            slow = sorted(set(range(len(kids))) - set(fast))
+            # new words' texts are bound to get theirs
+            cos = torch.tensor([c if c is not None else 0.0 for c in known_cos])
+            slow = [i for i, c in enumerate(known_cos) if c is None]
             parts: dict[int, torch.Tensor] = {}  # kid -> (W,) its bound part, where bound
             if slow:
                 parts.update(zip(slow, bound.encode([kids[i].text for i in slow])))
