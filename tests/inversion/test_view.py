@@ -297,7 +297,7 @@ def test_residual_polishing_reads_the_missing_pair_not_the_ones_in_place():
                          between=lambda b, sides, k: (seen.append(b), neighbours.between(b, sides, k))[1])
     script = [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4), (4, 5), (0, 6)]  # the cat saw the cat and the
     cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0,
-                       view_residual=0.0)
+                       view_residual=0.0, view_whole_words=0)
     whole = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
     assert whole.text == "The cat saw the cat and the" and torch.equal(seen[0], parts[0])
     seen.clear()
