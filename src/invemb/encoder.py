@@ -79,7 +79,7 @@ def check_own_runtime(runtime: str, who: str) -> str:
 def use_own_runtime(model: torch.nn.Module, runtime: str, who: str) -> torch.nn.Module:
     """Set the runtime of a model that is all invemb's own (a scratch or tiered run): ``"torch"``
     keeps float32; ``"bf16"`` casts every weight, and so every activation, to bfloat16 for inference
-    where the hardware does bfloat16 natively (the tiered default: about 0.65x the time of float32 on
+    where the hardware does bfloat16 natively (the tiered default: about 0.70x the time of float32 on
     an AVX512-BF16 CPU, vectors within cosine 1e-4 of float32's; ``bench/tiered_speed.py``)."""
     if check_own_runtime(runtime, who) == "bf16":
         device = next(model.parameters()).device
