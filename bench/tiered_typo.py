@@ -19,7 +19,7 @@ from _common import write
 
 import invemb
 from invemb.eval.data import first_sentence_rest_task, title_summary_task, wiki_sentences
-from invemb.eval.retrieval import RetrievalEvaluator
+from invemb.eval.retrieval import RetrievalEvaluator, RetrievalTask
 from invemb.eval.typo import TypoEvaluator
 
 
@@ -39,7 +39,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     sentences = wiki_sentences(n=args.n, split="test")
-    evaluator = TypoEvaluator(sentences, rates=(0.0, 0.05, 0.1, 0.2), real_rate=0.5)
+    evaluator = TypoEvaluator(sentences, rates=(0.05, 0.1, 0.2), real_rate=0.5)
+    # the clean baseline: each clean sentence against the same corpus (the evaluator takes noise rates above 0)
+    clean = RetrievalEvaluator(RetrievalTask("clean", sentences, sentences, [{i} for i in range(len(sentences))]))
     semantic_tasks = {"title_summary": RetrievalEvaluator(title_summary_task(n=300)),
                       "first_sentence_rest": RetrievalEvaluator(first_sentence_rest_task(n=300))}
     encoders = {"tiered": invemb.load(args.tiered), "bpe": invemb.load(args.bpe)}
@@ -49,6 +51,7 @@ def main() -> None:
     for name, enc in encoders.items():
         t0 = time.perf_counter()
         metrics = evaluator(enc)
+        metrics["mrr_noise0"] = clean(enc)["mrr"]
         metrics["mrr_drop_noise10"] = metrics["mrr_noise0"] - metrics["mrr_noise10"]
         for task_name, semantic in semantic_tasks.items():
             metrics[f"semantic_{task_name}_mrr"] = semantic(enc)["mrr"]
