@@ -597,7 +597,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
         for s in live:
             h = current[id(s)]
             kids, changes, seen = [], [], {h.text}
-            words_from = [(s.bound_target, cfg.view_edits)]
+            words_from = []  # default: off the whole target
             if cfg.view_residual and cfg.view_edits:  # what the text leaves unexplained: its missing pairs
                 own = bound.encode([h.text])[0]  # (W,) L2-normalised
                 words_from = [(s.bound_target - cfg.view_residual * (own @ s.bound_target) * own, cfg.view_edits)]
@@ -606,27 +606,23 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
             edits = _edits(h.units, s.bound_target, bound, unit_texts, cfg.view_edits, cfg.view_moves, words_from)
             # the bound cosine of each cut and move from the buffer's pair terms (no text bound); a text of n units
             # has ~n^2 cuts: only the CUTS_PER_POLISHED * view_polish nearest the target are rendered and ranked
-            order_cos: dict[int, float] = {}
-            if bound.order_cosines is not None:
-                ordered = [i for i, e in enumerate(edits) if e[2] is not None]
-                if ordered:
-                    cos = torch.as_tensor(bound.order_cosines(s.bound_target, [unit_texts[u] for u in h.units],
-                                                              [edits[i][2] for i in ordered]), dtype=torch.float32)
-                    near = cos.topk(min(CUTS_PER_POLISHED * cfg.view_polish, len(ordered))).indices.tolist()
-                    order_cos = {ordered[j]: float(cos[j]) for j in near}
-                    edits = [e if e[2] is None or i in order_cos else None for i, e in enumerate(edits)]
+            ranked: list[tuple[tuple, float | None]] = [(e, None) for e in edits]  # (edit, its bound cosine if known)
+            ordered = [i for i, e in enumerate(edits) if e[2] is not None]
+            if bound.order_cosines is not None and ordered:
+                cos = torch.as_tensor(bound.order_cosines(s.bound_target, [unit_texts[u] for u in h.units],
+                                                          [edits[i][2] for i in ordered]), dtype=torch.float32)
+                near = {ordered[j]: float(cos[j])
+                        for j in cos.topk(min(CUTS_PER_POLISHED * cfg.view_polish, len(ordered))).indices.tolist()}
+                ranked = [(e, near.get(i)) for i, e in enumerate(edits) if e[2] is None or i in near]
             known_cos: list[float | None] = []
-            for i, edit in enumerate(edits):
-                if edit is None:
-                    continue
-                units, step, _, change = edit
+            for (units, step, _, change), order_cos in ranked:
                 text = render([unit_texts[u] for u in units])
                 words = fitting_words(text, cfg.max_words)
                 if words is None or text in seen:
                     continue
                 seen.add(text)
                 changes.append(change)
-                known_cos.append(order_cos.get(i))
+                known_cos.append(order_cos)
                 kids.append(_edited(h, s, units, text, words, step, cfg, prior))
             if not kids:
                 continue
