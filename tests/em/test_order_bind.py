@@ -100,3 +100,19 @@ def test_an_order_binding_run_loads_through_invemb_load_and_the_cli(tiny_em_run,
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["config"]["share"] == 0.4
     res = runner.invoke(app, ["order-bind", "--em", str(run), "--out", str(tmp_path / "bad"), "--set", "share=2"])
     assert res.exit_code == 2 and "share=2.0 (in (0, 1))" in res.output
+
+
+def test_the_word_table_grows_and_starts_over_past_its_bound_with_the_same_vectors():
+    em = WordSumEncoder()
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=16), unit_vectors=torch.randn(10, 24, generator=torch.Generator().manual_seed(1)))
+    want = {w: (em.encode([w])[0] - view.center) @ view.projection for w in ("red", "green", "blue", "apple", "pear")}
+    view.max_words_kept = 3
+    assert torch.allclose(view.word_vectors(["red", "green", "red"]), torch.stack([want["red"], want["green"], want["red"]]), atol=1e-5)
+    # two known and two new words pass the bound: the table starts over with the four of this call
+    got = view.word_vectors(["red", "blue", "apple", "green"])
+    assert torch.allclose(got, torch.stack([want[w] for w in ("red", "blue", "apple", "green")]), atol=1e-5)
+    assert len(view._word_row) == 4
+    # one word at a time grows the table and leaves earlier rows as they were
+    view.max_words_kept = 100
+    view.word_vectors(["pear"])
+    assert torch.allclose(view.word_vectors(["pear", "red"]), torch.stack([want["pear"], want["red"]]), atol=1e-5)

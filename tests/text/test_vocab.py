@@ -79,3 +79,10 @@ def test_min_count_and_max_size_per_category(tmp_path):
     v.save(tmp_path / "v.json")
     back = Vocab.load(tmp_path / "v.json")
     assert back.units == v.units and back.counts == v.counts and back.fingerprint() == v.fingerprint()
+
+
+def test_tokenize_is_cached_but_each_caller_gets_its_own_list():
+    first = tokenize("They can't stay.")
+    assert first == ["They", "ca", "n't", "stay", "."]
+    first.append("changed")
+    assert tokenize("They can't stay.") == ["They", "ca", "n't", "stay", "."]

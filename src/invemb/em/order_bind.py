@@ -73,6 +73,7 @@ class OrderBoundEncoder:
     """An EM (any :class:`invemb.encoder.Encoder`) with the position-bound part appended: (N, em.dim + width)."""
 
     kind = "order_bind"
+    max_words_kept = 500_000  # word vectors kept between calls; past it the table starts over
 
     def __init__(self, em, cfg: OrderBindConfig, tensors: dict[str, torch.Tensor], em_path: str = ""):
         """``tensors``: ``center`` (D,), ``projection`` (D, W), ``signs`` (P, W), ``perms`` (P, W) (see ``build``)."""
@@ -85,7 +86,8 @@ class OrderBoundEncoder:
         if got != want:
             raise ValueError(f"order-binding tensors of shapes {got} do not fit an EM of dimension {em.dim} and {cfg}")
         self.dim = em.dim + cfg.width
-        self._words: dict[str, torch.Tensor] = {}  # word -> its centred, projected EM vector (W,)
+        self._word_row: dict[str, int] = {}  # word -> its row of ``_word_table``
+        self._word_table = torch.zeros(0, cfg.width)  # (capacity, W) the centred, projected EM vectors of the words seen
         self._known: dict[str, int] = {}  # word -> its row of ``_known_vectors``: EM vectors given, never encoded
         self._known_vectors = torch.zeros(0, em.dim)
 
@@ -122,21 +124,34 @@ class OrderBoundEncoder:
 
         self._known = {t: i for i, t in enumerate(texts) if tokenize(t) == [t]}
         self._known_vectors = vectors
-        self._words.clear()
+        self._word_row.clear()
 
     def word_vectors(self, words: list[str]) -> torch.Tensor:
         """(n, W) the centred, projected EM vectors of ``words``: the ones not seen before looked up (``know``)
         or encoded in one call, every one kept."""
-        new = sorted(set(words) - self._words.keys())
+        rows = self._rows(words)  # first: it may grow the table
+        return self._word_table[rows]
+
+    def _rows(self, words: list[str]) -> torch.Tensor:
+        """(n,) the rows of ``words`` in the word table, the new ones added first."""
+        new = sorted(set(words) - self._word_row.keys())
         if new:
-            if len(self._words) + len(new) > 500_000:  # bounded: a long stream of new words never fills memory
-                self._words.clear()
+            if len(self._word_row) + len(new) > self.max_words_kept:  # bounded: a long stream of new words never fills memory
+                self._word_row.clear()
+                new = sorted(set(words))
             known = [w for w in new if w in self._known]
             unknown = [w for w in new if w not in self._known]
             vectors = torch.cat([self._known_vectors[[self._known[w] for w in known]].float(),
                                  self.em.encode(unknown, batch_size=256).float() if unknown else torch.zeros(0, self.em.dim)])
-            self._words.update(zip(known + unknown, (vectors - self.center) @ self.projection))  # (n, W)
-        return torch.stack([self._words[w] for w in words])
+            start = len(self._word_row)
+            end = start + len(new)
+            if end > len(self._word_table):  # grown by half at least: a word at a time stays cheap
+                table = torch.empty(max(end, len(self._word_table) * 3 // 2), self.cfg.width)
+                table[:start] = self._word_table[:start]
+                self._word_table = table
+            self._word_table[start:end] = (vectors - self.center) @ self.projection  # (n, W)
+            self._word_row.update(zip(known + unknown, range(start, end)))
+        return torch.tensor([self._word_row[w] for w in words], dtype=torch.long)
 
     def bound(self, tokens: list[list[str]]) -> torch.Tensor:
         """(N, W) each text's bound part, L2-normalised; zeros for a text of fewer than two words (no order
@@ -171,7 +186,7 @@ class OrderBoundEncoder:
 
     def _pairs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(n, W) the pair terms of the projected word vectors ``a`` (firsts) and ``b`` (seconds), (n, W) each."""
-        return a[:, self.perms[1]] * self.signs[1] * b
+        return torch.index_select(a, 1, self.perms[1]) * self.signs[1] * b  # index_select: 2x a[:, perm] here
 
     def words(self, text: str) -> list[str]:
         """The words of ``text`` that are bound, in order."""
@@ -193,7 +208,7 @@ class OrderBoundEncoder:
         v = self.word_vectors(words)  # (n, W)
         perm, signs = self.perms[1], self.signs[1]
         if after:
-            estimate = bound * v[:, perm] * signs  # (n, W): v_next, weighted
+            estimate = bound * torch.index_select(v, 1, perm) * signs  # (n, W): v_next, weighted
         else:
             estimate = torch.empty_like(v)
             estimate[:, perm] = bound * v * signs  # (n, W): v_prev, its coordinates put back

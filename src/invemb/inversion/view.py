@@ -82,12 +82,16 @@ class PairNeighbours:
         predecessor, summed (None: a text's end, that side left out)."""
         lefts = list(dict.fromkeys(self.ends[u][1] for u, _ in sides if u is not None and self.ends[u]))
         rights = list(dict.fromkeys(self.ends[u][0] for _, u in sides if u is not None and self.ends[u]))
-        after = dict(zip(lefts, self.view.unbind(bound, lefts, True) @ self.keys.T)) if lefts else {}  # word -> (V1,)
-        before = dict(zip(rights, self.view.unbind(bound, rights, False) @ self.keys.T)) if rights else {}
-        zero = torch.zeros(len(self.word_ids))
-        scores = torch.stack([(after[self.ends[a][1]] if a is not None and self.ends[a] else zero)
-                              + (before[self.ends[b][0]] if b is not None and self.ends[b] else zero)
-                              for a, b in sides])  # (S, V1)
+        dim = self.keys.shape[1]
+        estimates = torch.cat([self.view.unbind(bound, lefts, True) if lefts else torch.zeros(0, dim),
+                               self.view.unbind(bound, rights, False) if rights else torch.zeros(0, dim),
+                               torch.zeros(1, dim)])  # (L + R + 1, D): followers, predecessors, none
+        row = {(w, True): i for i, w in enumerate(lefts)} | {(w, False): len(lefts) + i for i, w in enumerate(rights)}
+        none = len(estimates) - 1
+        left = [row[self.ends[a][1], True] if a is not None and self.ends[a] else none for a, _ in sides]
+        right = [row[self.ends[b][0], False] if b is not None and self.ends[b] else none for _, b in sides]
+        # one product for all places: a sum of estimates scores as the sum of their scores
+        scores = (estimates[left] + estimates[right]) @ self.keys.T  # (S, V1)
         return self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices].tolist()
 
 

@@ -17,6 +17,7 @@ before tokenising.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections import Counter
@@ -30,6 +31,7 @@ CATEGORIES = ("word", "acronym", "entity", "ngram", "number", "numeric", "other"
 
 _WIKITEXT = re.compile(r" @([-,.])@ ")
 _CLITIC = re.compile(r"(?i)(?<=\w)(n't|'s|'ll|'re|'ve|'m|'d)\b")
+_NEGATION_HOST = re.compile(r"(?i)\b(ca|wo)(n't)\b")
 _SEPARATED_NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+"  # 1,234 / 1,234.5 / 3.14
 _TOKEN = re.compile(
     r"(?i:n't|'(?:s|ll|re|ve|m|d))\b"  # clitics, already split off their host (any case: "DO N'T")
@@ -52,12 +54,18 @@ def unwikitext(text: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Research-code tokenisation: clitics split ("do n't", "ca n't", "it 's"), punctuation split,
     numbers with separators and hyphenated words kept whole."""
+    return list(_tokens(text))
+
+
+# Inversion tokenises each candidate text three or four times (its length, its prior, its bound part): kept
+@functools.lru_cache(maxsize=1 << 14)
+def _tokens(text: str) -> tuple[str, ...]:
     text = unwikitext(text.replace("\u2019", "'").replace("\u2018", "'"))
     # "Can't" -> "Ca n't" (a capital that starts a sentence is resolved later, as for any word);
     # "CAN'T" -> "ca n't": "CA" and "WO" would be acronyms (California), not the verb's host.
-    text = re.sub(r"(?i)\b(ca|wo)(n't)\b", lambda m: f"{m[1].lower() if m[1].isupper() else m[1]} {m[2]}", text)
+    text = _NEGATION_HOST.sub(lambda m: f"{m[1].lower() if m[1].isupper() else m[1]} {m[2]}", text)
     text = _CLITIC.sub(r" \1", text)
-    return [t.lower() if t.lower() in _CLITICS else t for t in _TOKEN.findall(text)]
+    return tuple(t.lower() if t.lower() in _CLITICS else t for t in _TOKEN.findall(text))
 
 
 def detokenize(tokens: list[str]) -> str:
