@@ -116,3 +116,24 @@ def test_the_word_table_grows_and_starts_over_past_its_bound_with_the_same_vecto
     view.max_words_kept = 100
     view.word_vectors(["pear"])
     assert torch.allclose(view.word_vectors(["pear", "red"]), torch.stack([want["pear"], want["red"]]), atol=1e-5)
+
+
+@pytest.mark.parametrize("binding", ["pairs", "positions"])
+def test_bound_parts_of_edits_of_a_text_equal_binding_each_text(binding):
+    em = WordSumEncoder()
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=64, max_positions=6, binding=binding),
+                                   unit_vectors=torch.randn(10, 24, generator=torch.Generator().manual_seed(2)))
+    base = "the old dog chased a cat"
+    edits = [base, "the dog chased a cat", "the old brown dog chased a cat", "the old dog chased the cat",
+             "The old dog chased a cat", "old dog chased a cat", "the old dog chased a", "the old dog chased a cat today",
+             "a cat chased the old dog", "dog", "cat cat", "the old dog chased a cat and the cat ran",  # past max_positions
+             "the the old dog chased a cat", "the old dog dog chased a cat"]
+    assert torch.allclose(view.bound_edits(base, edits), view.bound_texts(edits), atol=1e-5)
+    assert torch.allclose(view.bound_edits("dog", edits), view.bound_texts(edits), atol=1e-5)  # a base with no pairs
+    # random edits of random texts over a small vocabulary (so words repeat at both ends)
+    g = torch.Generator().manual_seed(3)
+    words = ["a", "b", "c", "d"]
+    pick = lambda n: " ".join(words[int(i)] for i in torch.randint(0, 4, (n,), generator=g))  # noqa: E731
+    for _ in range(40):
+        base, texts = pick(int(torch.randint(0, 8, (1,), generator=g))), [pick(int(torch.randint(0, 8, (1,), generator=g))) for _ in range(5)]
+        assert torch.allclose(view.bound_edits(base, texts), view.bound_texts(texts), atol=1e-5), (base, texts)

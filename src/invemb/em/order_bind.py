@@ -134,23 +134,26 @@ class OrderBoundEncoder:
 
     def _rows(self, words: list[str]) -> torch.Tensor:
         """(n,) the rows of ``words`` in the word table, the new ones added first."""
+        try:  # nearly always: every word seen before
+            return torch.tensor([self._word_row[w] for w in words], dtype=torch.long)
+        except KeyError:
+            pass
         new = sorted(set(words) - self._word_row.keys())
-        if new:
-            if len(self._word_row) + len(new) > self.max_words_kept:  # bounded: a long stream of new words never fills memory
-                self._word_row.clear()
-                new = sorted(set(words))
-            known = [w for w in new if w in self._known]
-            unknown = [w for w in new if w not in self._known]
-            vectors = torch.cat([self._known_vectors[[self._known[w] for w in known]].float(),
-                                 self.em.encode(unknown, batch_size=256).float() if unknown else torch.zeros(0, self.em.dim)])
-            start = len(self._word_row)
-            end = start + len(new)
-            if end > len(self._word_table):  # grown by half at least: a word at a time stays cheap
-                table = torch.empty(max(end, len(self._word_table) * 3 // 2), self.cfg.width)
-                table[:start] = self._word_table[:start]
-                self._word_table = table
-            self._word_table[start:end] = (vectors - self.center) @ self.projection  # (n, W)
-            self._word_row.update(zip(known + unknown, range(start, end)))
+        if len(self._word_row) + len(new) > self.max_words_kept:  # bounded: a long stream of new words never fills memory
+            self._word_row.clear()
+            new = sorted(set(words))
+        known = [w for w in new if w in self._known]
+        unknown = [w for w in new if w not in self._known]
+        vectors = torch.cat([self._known_vectors[[self._known[w] for w in known]].float(),
+                             self.em.encode(unknown, batch_size=256).float() if unknown else torch.zeros(0, self.em.dim)])
+        start = len(self._word_row)
+        end = start + len(new)
+        if end > len(self._word_table):  # grown by half at least: a word at a time stays cheap
+            table = torch.empty(max(end, len(self._word_table) * 3 // 2), self.cfg.width)
+            table[:start] = self._word_table[:start]
+            self._word_table = table
+        self._word_table[start:end] = (vectors - self.center) @ self.projection  # (n, W)
+        self._word_row.update(zip(known + unknown, range(start, end)))
         return torch.tensor([self._word_row[w] for w in words], dtype=torch.long)
 
     def bound(self, tokens: list[list[str]]) -> torch.Tensor:
@@ -179,12 +182,14 @@ class OrderBoundEncoder:
         out.index_add_(0, text, bound)
         return F.normalize(out, dim=1)
 
-    def pair_terms(self, firsts: list[str], seconds: list[str]) -> torch.Tensor:
+    def pair_terms(self, firsts: list[str], seconds: list[str] | None) -> torch.Tensor:
         """(n, W) the unnormalised terms ``permuted(v_a) * v_b`` a pair-bound part sums, for the pairs (firsts[i],
-        seconds[i])."""
+        seconds[i]); ``seconds`` None: ``permuted(v_a)`` alone, to be multiplied by any second word's vector."""
+        if seconds is None:
+            return self._pairs(self.word_vectors(firsts), 1.0)
         return self._pairs(self.word_vectors(firsts), self.word_vectors(seconds))
 
-    def _pairs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _pairs(self, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
         """(n, W) the pair terms of the projected word vectors ``a`` (firsts) and ``b`` (seconds), (n, W) each."""
         return torch.index_select(a, 1, self.perms[1]) * self.signs[1] * b  # index_select: 2x a[:, perm] here
 
@@ -217,6 +222,35 @@ class OrderBoundEncoder:
     def bound_texts(self, texts: list[str]) -> torch.Tensor:
         """(N, W) the bound parts of ``texts`` (see ``bound``)."""
         return self.bound([self.words(t) for t in texts])
+
+    def bound_edits(self, base: str, texts: list[str]) -> torch.Tensor:
+        """(N, W) the bound parts of ``texts`` (as ``bound_texts``), each from ``base``'s by the pairs where they
+        differ: a text that is ``base`` with a word or two changed costs those pairs' terms, not all of its own
+        (polishing binds ~100 such edits of one text a round). Binding "pairs"; any other binds each text."""
+        if self.cfg.binding != "pairs":
+            return self.bound_texts(texts)
+        limit = self.cfg.max_positions
+        old = self.words(base)[:limit]
+        changed: list[tuple[int, float, str, str]] = []  # (text, sign, first, second): a pair taken out or put in
+        for i, text in enumerate(texts):
+            new = self.words(text)[:limit]
+            same = next((p for p, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+            rest_old, rest_new = old[same:][::-1], new[same:][::-1]  # the ends are compared past the common start only
+            tail = next((q for q, (a, b) in enumerate(zip(rest_old, rest_new)) if a != b), min(len(rest_old), len(rest_new)))
+            # pair k (words k, k + 1) differs unless both words are in the common start or both in the common end
+            changed += [(i, -1.0, old[k], old[k + 1]) for k in range(max(0, same - 1), min(len(old) - tail, len(old) - 1))]
+            changed += [(i, 1.0, new[k], new[k + 1]) for k in range(max(0, same - 1), min(len(new) - tail, len(new) - 1))]
+        out = torch.zeros(len(texts), self.cfg.width) if len(old) < 2 else self._pair_sum(old).repeat(len(texts), 1)  # (N, W)
+        if changed:
+            rows, signs, firsts, seconds = zip(*changed)
+            out.index_add_(0, torch.tensor(rows), self.pair_terms(list(firsts), list(seconds)) * torch.tensor(signs)[:, None])
+        short = torch.tensor([len(self.words(t)[:limit]) < 2 for t in texts])
+        out[short] = 0.0  # a text of fewer than two words has no bound part
+        return F.normalize(out, dim=1)
+
+    def _pair_sum(self, words: list[str]) -> torch.Tensor:
+        """(1, W) the unnormalised sum of the pair terms of ``words`` (at least two)."""
+        return self.pair_terms(words[:-1], words[1:]).sum(0, keepdim=True)
 
     def split(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A view's vectors (N, em.dim + width) -> their EM parts (N, em.dim) and bound parts (N, width), each

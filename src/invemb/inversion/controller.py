@@ -492,7 +492,8 @@ class Controller:
         from invemb.inversion.view import best_moves, order_cosines
 
         return main, BoundTargets(bound, self.view.bound_texts, self.view.cfg.share, between=pairs.between,
-                                  moves=partial(best_moves, self.view), order_cosines=partial(order_cosines, self.view))
+                                  moves=partial(best_moves, self.view), order_cosines=partial(order_cosines, self.view),
+                                  encode_edits=self.view.bound_edits)
 
     def invert_vectors(self, vectors, decode: DecodeConfig | None = None, progress: bool = False,
                        batch: int = 16, on_done=None) -> list[InversionResult]:

@@ -225,6 +225,13 @@ class BoundTargets:
     # (bound part (W,), the buffer's unit texts, orders of the buffer's indices) -> (M,) the bound cosine of each
     # reordered or cut buffer, without binding its text (invemb.inversion.view.order_cosines); None: bind each text
     order_cosines: Callable[[torch.Tensor, list, list], Any] | None = None
+    # (a text, texts that are edits of it) -> (n, W) their bound parts, from the text's by the pairs that differ
+    # (OrderBoundEncoder.bound_edits); None: ``encode`` binds each
+    encode_edits: Callable[[str, list[str]], torch.Tensor] | None = None
+
+    def encode_like(self, base: str, texts: list[str]) -> torch.Tensor:
+        """(n, W) the bound parts of ``texts``, edits of ``base``: the same as ``encode``, cheaper where it can be."""
+        return self.encode_edits(base, texts) if self.encode_edits is not None else self.encode(texts)
 
     def cosines(self, em: float, bound: float, weight: float) -> tuple[float, float]:
         """(the score's cosine, the view's cosine) of a child from its EM part's and bound part's cosines."""
@@ -631,13 +638,13 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
             slow = [i for i, c in enumerate(known_cos) if c is None]
             parts: dict[int, torch.Tensor] = {}  # kid -> (W,) its bound part, where bound
             if slow:
-                parts.update(zip(slow, bound.encode([kids[i].text for i in slow])))
+                parts.update(zip(slow, bound.encode_like(h.text, [kids[i].text for i in slow])))
                 cos[slow] = torch.stack([parts[i] for i in slow]) @ s.bound_target
             known = torch.tensor([k.fluency + k.length for k in kids]) + cfg.view_weight * cos
             top = known.topk(min(cfg.view_polish, len(kids))).indices.tolist()  # by the score's terms known before encoding
             unbound = [i for i in top if i not in parts]
             if unbound:
-                parts.update(zip(unbound, bound.encode([kids[i].text for i in unbound])))
+                parts.update(zip(unbound, bound.encode_like(h.text, [kids[i].text for i in unbound])))
             bound_of.update((kids[i].text, parts[i]) for i in top)
             picked.append((s, [kids[i] for i in top], [changes[i] for i in top]))
         texts = list(dict.fromkeys(k.text for _, kids, _ in picked for k in kids))
