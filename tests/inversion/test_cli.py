@@ -398,3 +398,20 @@ def test_demo_inversion_resumes_a_controller_killed_before_its_first_checkpoint(
     with pytest.raises(Called) as called:
         demo_inversion(EMConfig.preset("tiny"), tmp_path / "em", tmp_path / "fresh", "tiny", n=2)
     assert called.value.args == (False,)
+
+
+def test_a_run_keeping_an_older_default_is_told_on_stderr(cli_run, tmp_path):
+    from invemb.inversion.decode import DecodeConfig
+
+    root, em = cli_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    info = json.loads((run / "config.json").read_text())
+    info["config"]["decode"]["patience"] = DecodeConfig().patience + 2  # as if the default had changed since (tiny keeps it)
+    (run / "config.json").write_text(json.dumps(info))
+    res = runner.invoke(app, ["invert", "Big fox near.", "--em", em, "--controller", str(run)])
+    assert res.exit_code == 0, res.output
+    assert f"patience={DecodeConfig().patience + 2} (default {DecodeConfig().patience})" in res.stderr
+    assert json.loads(res.stdout)["reconstruction"]  # the result itself stays on stdout
+    told = runner.invoke(app, ["invert", "Big fox near.", "--em", em, "--controller", str(run), "--decode", "patience=1"])
+    assert told.exit_code == 0 and "note:" not in told.stderr  # overridden: nothing kept to tell of

@@ -457,3 +457,18 @@ def test_controller_outputs_are_keyed_by_its_weights_and_an_encoder_within_float
     assert Controller.load(run, em=Noisy(2e-3)).run == run  # bfloat16 arithmetic moves entries by up to 2e-3
     with pytest.raises(ValueError, match="trained on encoder"):
         Controller.load(run, em=Noisy(0.05))
+
+
+def test_pinned_settings_name_what_a_run_keeps_that_todays_defaults_changed():
+    from invemb.inversion.controller import pinned_note, pinned_settings
+
+    today = DecodeConfig()
+    stored = today.replace(beam=today.beam + 2, view_polish_rounds=today.view_polish_rounds - 6)
+    assert pinned_settings(stored, set()) == {"beam": (today.beam + 2, today.beam),
+                                              "view_polish_rounds": (today.view_polish_rounds - 6, today.view_polish_rounds)}
+    assert pinned_settings(stored, {"beam"}) == {"view_polish_rounds": (today.view_polish_rounds - 6, today.view_polish_rounds)}
+    # a preset's own values are not pinned defaults: a run is compared with the preset it matches best
+    assert pinned_settings(DecodeConfig.preset("tiny"), set()) == {} and pinned_settings(today, set()) == {}
+    line = pinned_note("runs/ctl", pinned_settings(stored, set()))
+    assert line.startswith("note: runs/ctl decodes with the settings it was trained with") and f"beam={today.beam + 2} (default {today.beam})" in line
+    assert pinned_note("runs/ctl", {}) == ""

@@ -93,6 +93,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if beam is not None:
             overrides["beam"] = beam
         ctrl = load_run(controller, em=em, runtime=runtime, **overrides)  # the run's decoding settings, overridden
+        _say_pinned(controller, ctrl)
         if text is not None:
             row = ctrl.invert_texts([text])[0]
             if plain:
@@ -256,9 +257,18 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             check_output_folder(out, "the results")
         corpus = resolve_corpus(corpus, em)
         ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
+        _say_pinned(controller, ctrl)
         sets = {s: eval_sentences(corpus, s, n, seed=seed) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime})
         if plain:
             emit([{"set": s, "method": m, **r["summary"]} for s, per in results.items() for m, r in per.items()], plain=True)
         else:
             emit(results)
+
+
+def _say_pinned(run, ctrl) -> None:
+    """Tell on stderr which of the run's stored decoding settings differ from today's defaults."""
+    from invemb.inversion.controller import pinned_note
+
+    if ctrl.pinned:
+        typer.echo(pinned_note(run, ctrl.pinned), err=True)

@@ -10,13 +10,14 @@ units, :mod:`invemb.inversion.memory`), ``length_prior.*`` (the words a target's
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -323,6 +324,27 @@ def load_model(run: Path) -> tuple[ControllerModel, dict]:
     return model.eval(), info
 
 
+def pinned_settings(stored: DecodeConfig, overridden: set[str]) -> dict[str, tuple[Any, Any]]:
+    """The decoding settings a run keeps (``stored``: those it was trained with) that differ from today's
+    defaults and were not overridden: {name: (the run's value, the default)}. A run decodes with its own
+    settings, so a default improved since it was trained does not reach it unless asked for. Today's defaults
+    are those of the preset the run's settings match best (a run does not record its preset)."""
+    def differences(default: DecodeConfig) -> dict[str, tuple[Any, Any]]:
+        return {f.name: (getattr(stored, f.name), getattr(default, f.name)) for f in dataclasses.fields(DecodeConfig)
+                if f.name not in overridden and getattr(stored, f.name) != getattr(default, f.name)}
+
+    return min((differences(DecodeConfig.preset(name)) for name in DecodeConfig.presets), key=len)
+
+
+def pinned_note(run, pinned: dict[str, tuple[Any, Any]]) -> str:
+    """One line naming the run's settings that differ from today's defaults (empty when none)."""
+    if not pinned:
+        return ""
+    listed = ", ".join(f"{k}={v!r} (default {d!r})" for k, (v, d) in pinned.items())
+    return (f"note: {run} decodes with the settings it was trained with, which differ from today's defaults in "
+            f"{listed}; --decode KEY=VALUE changes one")
+
+
 class Controller:
     """Inverts sentence vectors of one encoder with a trained controller run; or, given an order-bound view of
     that encoder (:mod:`invemb.em.order_bind`), the view's vectors: the policy reads their EM part and beam
@@ -348,6 +370,7 @@ class Controller:
         self.dim = self.target_encoder.dim
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.settings(decode)
+        self.pinned: dict[str, tuple[Any, Any]] = {}  # stored settings that differ from the defaults (``load``)
         self.info = info or {}
         self.run, self._language_prior, self._memory, self._length_prior = run, prior, memory, length_prior
         self._bag = bag
@@ -396,8 +419,10 @@ class Controller:
         if not trained_on(encoder, run, info, vocab.units, unit_vectors):
             raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
                              f"not on this one (fingerprint {encoder_fingerprint(encoder)})")
-        decode = DecodeConfig.from_dict(info["config"]["decode"]).replace(**decode_overrides)
-        return cls(encoder, vocab, unit_vectors, model, decode, info, run=run, view=view)
+        stored = DecodeConfig.from_dict(info["config"]["decode"])
+        ctrl = cls(encoder, vocab, unit_vectors, model, stored.replace(**decode_overrides), info, run=run, view=view)
+        ctrl.pinned = pinned_settings(stored, set(decode_overrides))
+        return ctrl
 
     @property
     def language_prior(self) -> BigramLM:
