@@ -30,7 +30,7 @@ def test_train_writes_a_controller_run(cli_run):
     root, _ = cli_run
     run = root / "run"
     info = json.loads((run / "config.json").read_text())
-    assert info["kind"] == "controller" and info["units"] == len(toy_vocab())
+    assert info["kind"] == "controller" and info["units"] == len(toy_vocab()) and info["preset"] == "tiny"
     for name in ("model.safetensors", "unit_vectors.safetensors", "vocab.json", "metrics.jsonl", "report.md"):
         assert (run / name).exists(), name
     assert list((run / "plots").glob("*.png"))

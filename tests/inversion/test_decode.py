@@ -469,6 +469,8 @@ def test_pinned_settings_name_what_a_run_keeps_that_todays_defaults_changed():
     assert pinned_settings(stored, {"beam"}) == {"view_polish_rounds": (today.view_polish_rounds - 6, today.view_polish_rounds)}
     # a preset's own values are not pinned defaults: a run is compared with the preset it matches best
     assert pinned_settings(DecodeConfig.preset("tiny"), set()) == {} and pinned_settings(today, set()) == {}
+    # a run that records its preset is compared with that preset alone
+    assert set(pinned_settings(DecodeConfig.preset("tiny"), set(), "default")) == set(DecodeConfig.presets["tiny"])
     line = pinned_note("runs/ctl", pinned_settings(stored, set()))
     assert line.startswith("note: runs/ctl decodes with the settings it was trained with") and f"beam={today.beam + 2} (default {today.beam})" in line
     assert pinned_note("runs/ctl", {}) == ""

@@ -69,7 +69,7 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
     if not (controller_out / "model.safetensors").exists():  # written last, once training has finished
         ccfg = ControllerTrainConfig.preset(preset).replace(corpus=str(corpus))
         resume = (controller_out / "config.json").exists()  # started: killed while building states or training
-        train_controller(str(em_run), ccfg, controller_out, resume=resume)
+        train_controller(str(em_run), ccfg, controller_out, resume=resume, preset=preset)
     ctrl = load_run(controller_out, em=str(em_run))
     sentences = eval_sentences(corpus, "wiki", n)
 

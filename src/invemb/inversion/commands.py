@@ -46,7 +46,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             cfg = cfg.replace(**{"train.progress": False})
         if vocab:
             cfg = cfg.replace(vocab=str(vocab))
-        emit(train_controller(em, cfg, out, resume=resume, unit_cache=unit_cache))
+        emit(train_controller(em, cfg, out, resume=resume, unit_cache=unit_cache, preset=preset))
 
     @app.command("invert")
     @user_errors

@@ -324,16 +324,18 @@ def load_model(run: Path) -> tuple[ControllerModel, dict]:
     return model.eval(), info
 
 
-def pinned_settings(stored: DecodeConfig, overridden: set[str]) -> dict[str, tuple[Any, Any]]:
+def pinned_settings(stored: DecodeConfig, overridden: set[str], preset: str | None = None) -> dict[str, tuple[Any, Any]]:
     """The decoding settings a run keeps (``stored``: those it was trained with) that differ from today's
     defaults and were not overridden: {name: (the run's value, the default)}. A run decodes with its own
     settings, so a default improved since it was trained does not reach it unless asked for. Today's defaults
-    are those of the preset the run's settings match best (a run does not record its preset)."""
+    are those of ``preset`` (the one the run records), else of the preset the run's settings match best (runs
+    trained before presets were recorded)."""
     def differences(default: DecodeConfig) -> dict[str, tuple[Any, Any]]:
         return {f.name: (getattr(stored, f.name), getattr(default, f.name)) for f in dataclasses.fields(DecodeConfig)
                 if f.name not in overridden and getattr(stored, f.name) != getattr(default, f.name)}
 
-    return min((differences(DecodeConfig.preset(name)) for name in DecodeConfig.presets), key=len)
+    names = [preset] if preset in DecodeConfig.presets else list(DecodeConfig.presets)
+    return min((differences(DecodeConfig.preset(name)) for name in names), key=len)
 
 
 def pinned_note(run, pinned: dict[str, tuple[Any, Any]]) -> str:
@@ -421,7 +423,7 @@ class Controller:
                              f"not on this one (fingerprint {encoder_fingerprint(encoder)})")
         stored = DecodeConfig.from_dict(info["config"]["decode"])
         ctrl = cls(encoder, vocab, unit_vectors, model, stored.replace(**decode_overrides), info, run=run, view=view)
-        ctrl.pinned = pinned_settings(stored, set(decode_overrides))
+        ctrl.pinned = pinned_settings(stored, set(decode_overrides), info.get("preset"))
         return ctrl
 
     @property

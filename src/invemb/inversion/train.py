@@ -682,11 +682,14 @@ def resolve_vocab(cfg: ControllerTrainConfig, em: str) -> Path:
 
 
 def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resume: bool = False,
-                     encoder: Encoder | None = None, unit_cache: str | Path | None = None) -> dict:
+                     encoder: Encoder | None = None, unit_cache: str | Path | None = None,
+                     preset: str | None = None) -> dict:
     """Train a controller for the encoder ``em`` (a run folder, HF folder or "backbone") into ``out``.
     Sentences come from ``cfg.train_file``, else ``cfg.corpus``, else the EM run's own corpus.
     ``resume`` continues the run in ``out`` with its own config (the run's, not ``cfg``: only the
-    device and the progress bars come from ``cfg``), as the EM, scratch and tiered trainers do."""
+    device and the progress bars come from ``cfg``), as the EM, scratch and tiered trainers do.
+    ``preset``: the preset ``cfg`` was made from, recorded in the run (its decoding settings are later
+    compared with that preset's defaults of the day: :func:`invemb.inversion.controller.pinned_settings`)."""
     import invemb
     from invemb.inversion.harness import resolve_corpus
     from invemb.index import IndexConfig, UnitIndex
@@ -717,6 +720,9 @@ def train_controller(em: str, cfg: ControllerTrainConfig, out: str | Path, resum
     vocab = Vocab.load(vocab_path)
     info = {"kind": "controller", "em": str(em), "encoder_fingerprint": fp, "vocab_fingerprint": vocab.fingerprint(),
             "dim": encoder.dim, "units": len(vocab), "vocab_source": str(vocab_path), "config": cfg.to_dict()}
+    preset = started.get("preset") if started is not None else preset
+    if preset is not None:
+        info["preset"] = preset
     if started is not None:
         if (started["encoder_fingerprint"], started["vocab_fingerprint"]) != (fp, vocab.fingerprint()):
             raise ValueError(f"{out} was started with another encoder or vocabulary; refusing to resume")
