@@ -190,7 +190,8 @@ class OrderBoundEncoder:
         return self._pairs(self.word_vectors(firsts), self.word_vectors(seconds))
 
     def _pairs(self, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
-        """(n, W) the pair terms of the projected word vectors ``a`` (firsts) and ``b`` (seconds), (n, W) each."""
+        """(n, W) the pair terms of the projected word vectors ``a`` (firsts, (n, W)) and ``b`` (seconds, (n, W); 1.0:
+        the firsts' permuted, signed vectors alone)."""
         return torch.index_select(a, 1, self.perms[1]) * self.signs[1] * b  # index_select: 2x a[:, perm] here
 
     def words(self, text: str) -> list[str]:
