@@ -182,17 +182,22 @@ class OrderBoundEncoder:
         out.index_add_(0, text, bound)
         return F.normalize(out, dim=1)
 
-    def pair_terms(self, firsts: list[str], seconds: list[str] | None) -> torch.Tensor:
+    def pair_terms(self, firsts: list[str], seconds: list[str]) -> torch.Tensor:
         """(n, W) the unnormalised terms ``permuted(v_a) * v_b`` a pair-bound part sums, for the pairs (firsts[i],
-        seconds[i]); ``seconds`` None: ``permuted(v_a)`` alone, to be multiplied by any second word's vector."""
-        if seconds is None:
-            return self._pairs(self.word_vectors(firsts), 1.0)
+        seconds[i])."""
         return self._pairs(self.word_vectors(firsts), self.word_vectors(seconds))
 
-    def _pairs(self, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
-        """(n, W) the pair terms of the projected word vectors ``a`` (firsts, (n, W)) and ``b`` (seconds, (n, W); 1.0:
-        the firsts' permuted, signed vectors alone)."""
-        return torch.index_select(a, 1, self.perms[1]) * self.signs[1] * b  # index_select: 2x a[:, perm] here
+    def permuted_words(self, words: list[str]) -> torch.Tensor:
+        """(n, W) ``permuted(v_a)`` of each word: its side of a pair term as the pair's first word."""
+        return self._permuted(self.word_vectors(words))
+
+    def _permuted(self, v: torch.Tensor) -> torch.Tensor:
+        """(n, W) projected word vectors ``v`` (n, W) under position 1's signed permutation."""
+        return torch.index_select(v, 1, self.perms[1]) * self.signs[1]  # index_select: 2x v[:, perm] here
+
+    def _pairs(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(n, W) the pair terms of the projected word vectors ``a`` (firsts) and ``b`` (seconds), (n, W) each."""
+        return self._permuted(a) * b
 
     def words(self, text: str) -> list[str]:
         """The words of ``text`` that are bound, in order."""
@@ -214,7 +219,7 @@ class OrderBoundEncoder:
         v = self.word_vectors(words)  # (n, W)
         perm, signs = self.perms[1], self.signs[1]
         if after:
-            estimate = bound * torch.index_select(v, 1, perm) * signs  # (n, W): v_next, weighted
+            estimate = bound * self._permuted(v)  # (n, W): v_next, weighted
         else:
             estimate = torch.empty_like(v)
             estimate[:, perm] = bound * v * signs  # (n, W): v_prev, its coordinates put back
@@ -233,8 +238,10 @@ class OrderBoundEncoder:
         limit = self.cfg.max_positions
         old = self.words(base)[:limit]
         changed: list[tuple[int, float, str, str]] = []  # (text, sign, first, second): a pair taken out or put in
+        short = torch.zeros(len(texts), dtype=torch.bool)  # a text of fewer than two words has no bound part
         for i, text in enumerate(texts):
             new = self.words(text)[:limit]
+            short[i] = len(new) < 2
             same = next((p for p, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
             rest_old, rest_new = old[same:][::-1], new[same:][::-1]  # the ends are compared past the common start only
             tail = next((q for q, (a, b) in enumerate(zip(rest_old, rest_new)) if a != b), min(len(rest_old), len(rest_new)))
@@ -245,8 +252,7 @@ class OrderBoundEncoder:
         if changed:
             rows, signs, firsts, seconds = zip(*changed)
             out.index_add_(0, torch.tensor(rows), self.pair_terms(list(firsts), list(seconds)) * torch.tensor(signs)[:, None])
-        short = torch.tensor([len(self.words(t)[:limit]) < 2 for t in texts])
-        out[short] = 0.0  # a text of fewer than two words has no bound part
+        out[short] = 0.0
         return F.normalize(out, dim=1)
 
     def _pair_sum(self, words: list[str]) -> torch.Tensor:

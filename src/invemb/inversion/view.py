@@ -110,7 +110,7 @@ def order_cosines(view, target: torch.Tensor, texts: Sequence[str], orders: Sequ
     if pairs:
         unit, firsts, seconds = zip(*pairs)
         inner.index_add_(0, torch.tensor(unit), view.pair_terms(list(firsts), list(seconds)))
-    lasts = view.pair_terms([t[-1] for t in tokens], None)  # (n, W) each unit's last word, as a pair's first
+    lasts = view.permuted_words([t[-1] for t in tokens])  # (n, W) each unit's last word, as a pair's first
     junction = (lasts[:, None, :] * view.word_vectors([t[0] for t in tokens])[None]).reshape(n * n, -1)  # unit i, then j
     rows = torch.cat([inner, junction, torch.zeros(1, view.cfg.width)])  # the last row: padding
     dots, gram = (rows @ target).double().numpy(), (rows @ rows.T).double().numpy()
