@@ -280,6 +280,32 @@ def test_the_best_span_moves_are_ranked_by_the_exact_bound_cosine():
     assert order_cosines(view, target, texts, orders).tolist() == pytest.approx(want, abs=1e-5)
 
 
+def test_order_cosines_of_any_orders_equal_binding_their_texts():
+    """Orders of many runs (random subsets in random order, repeats, one unit, the buffer itself), mixed in one
+    call with cuts and moves, each against binding the text it spells; and the runs an order is read as."""
+    import random
+
+    import numpy as np
+
+    from invemb.inversion.view import _runs, order_cosines
+
+    assert [a.tolist() for a in _runs([[0, 1, 2], [3, 0, 1], [2]], 4)] == [
+        [[0, 0], [3, 0], [2, 0]], [[3, 0], [4, 2], [3, 0]], [[-1], [12], [-1]]]
+    em = BagEncoder()
+    texts = ["big cat", "sat", "on the", "mat", "today", "in the park", "dog"]
+    words = [w for t in texts for w in t.split()]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=512, max_positions=32, binding="pairs"),
+                                   unit_vectors=em.encode(words))
+    target = view.bound([["the", "big", "dog", "sat", "on", "the", "mat", "in", "the", "park"]])[0]
+    rng = random.Random(0)
+    orders = [list(range(7)), [4], [1, 2], [0, 1, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0], [2, 2, 3, 2]]
+    orders += [rng.sample(range(7), rng.randrange(1, 8)) for _ in range(40)]
+    want = [float(view.bound([[w for i in o for w in texts[i].split()]])[0] @ target) for o in orders]
+    got = order_cosines(view, target, texts, orders)
+    assert isinstance(got, np.ndarray) and got.tolist() == pytest.approx(want, abs=1e-5)
+    assert order_cosines(view, target, texts, []).shape == (0,)
+
+
 def test_residual_polishing_reads_the_missing_pair_not_the_ones_in_place():
     """"the cat saw the cat and the": unbinding the last "the" off the whole target says "cat" (two of its three
     pairs with "the" are "the cat"), so with ``view_residual=0`` the only insertion tried at the end is a repeat and

@@ -95,15 +95,45 @@ class PairNeighbours:
         return self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices].tolist()
 
 
+def _runs(orders: Sequence[Sequence[int]], n: int):
+    """Each order as runs of consecutive buffer indices: (M, R) starts and ends (end exclusive; a = b past a
+    row's last run) and (M, R - 1) the junction row ``last * n + first`` between runs p and p + 1 (-1: none)."""
+    from itertools import chain
+
+    import numpy as np
+
+    lengths = np.fromiter(map(len, orders), dtype=np.int64, count=len(orders))
+    flat = np.fromiter(chain.from_iterable(orders), dtype=np.int64, count=int(lengths.sum()))
+    row = np.repeat(np.arange(len(orders)), lengths)  # (T,) the order of each position
+    first = np.ones(len(flat), dtype=bool)
+    first[1:] = (row[1:] != row[:-1]) | (flat[1:] != flat[:-1] + 1)  # a run opens here
+    run_row = row[first]  # (runs,) the order of each run
+    opened = np.concatenate([[0], np.cumsum(np.bincount(run_row, minlength=len(orders)))[:-1]])
+    slot = np.arange(len(run_row)) - opened[run_row]  # (runs,) the run's place in its order
+    width = int(slot.max()) + 1 if len(slot) else 1
+    starts, ends = np.zeros((len(orders), width), dtype=np.int64), np.zeros((len(orders), width), dtype=np.int64)
+    starts[run_row, slot] = flat[first]
+    last = np.ones(len(flat), dtype=bool)
+    last[:-1] = first[1:]
+    ends[run_row, slot] = flat[last] + 1
+    joins = np.full((len(orders), max(1, width - 1)), -1, dtype=np.int64)
+    inside = slot[1:] > 0  # consecutive runs of one order
+    joins[run_row[1:][inside], slot[1:][inside] - 1] = (ends[run_row[:-1], slot[:-1]] - 1)[inside] * n + starts[run_row[1:], slot[1:]][inside]
+    return starts, ends, joins
+
+
 def order_cosines(view, target: torch.Tensor, texts: Sequence[str], orders: Sequence[Sequence[int]]):
     """(M,) numpy: for each order (the indices of some of a buffer's unit ``texts``, in a new order: a span deleted,
     one kept, one moved), the cosine of that text's pair-bound part with ``target`` (W,). Exact without binding any
     text, up to the case of the first word: a text's bound part is its units' own (inner) pair terms plus one term
-    at each junction of two units, so its dot with the target and its norm follow from those terms' dots with the
-    target and their Gram matrix, computed once for the buffer."""
+    at each junction of two units. An order is a few runs of consecutive buffer units, and a run's terms are a
+    contiguous block of the buffer's own rows (inner 0, junction 0->1, inner 1, ...), so its dot with the target
+    and the Gram sums its norm needs are read off prefix sums; only the junctions between runs are new rows."""
     import numpy as np
 
     n = len(texts)
+    if not orders:
+        return np.zeros(0)
     tokens = [view.words(t) or [t] for t in texts]
     inner = torch.zeros(n, view.cfg.width)  # (n, W) each unit's own pair terms, summed
     pairs = [(u, a, b) for u, words in enumerate(tokens) for a, b in zip(words, words[1:])]
@@ -111,17 +141,33 @@ def order_cosines(view, target: torch.Tensor, texts: Sequence[str], orders: Sequ
         unit, firsts, seconds = zip(*pairs)
         inner.index_add_(0, torch.tensor(unit), view.pair_terms(list(firsts), list(seconds)))
     lasts = view.permuted_words([t[-1] for t in tokens])  # (n, W) each unit's last word, as a pair's first
-    junction = (lasts[:, None, :] * view.word_vectors([t[0] for t in tokens])[None]).reshape(n * n, -1)  # unit i, then j
-    rows = torch.cat([inner, junction, torch.zeros(1, view.cfg.width)])  # the last row: padding
-    dots, gram = (rows @ target).double().numpy(), (rows @ rows.T).double().numpy()
-    pad = len(rows) - 1
-    width = max(2 * len(o) - 1 for o in orders)
-    index = np.full((len(orders), width), pad)  # (M, 2 m - 1): each text's inner rows, then its junction rows
-    for r, o in enumerate(orders):
-        index[r, : len(o)] = o
-        index[r, len(o): 2 * len(o) - 1] = [n + a * n + b for a, b in zip(o, o[1:])]
-    dot = dots[index].sum(1)
-    norm2 = gram[index[:, :, None], index[:, None, :]].sum((1, 2))
+    heads = view.word_vectors([t[0] for t in tokens])  # (n, W) each unit's first word, as a pair's second
+    own = torch.zeros(2 * n - 1, view.cfg.width)  # (2n - 1, W) the buffer's rows: inner 0, junction 0->1, inner 1, ...
+    own[0::2], own[1::2] = inner, lasts[:-1] * heads[1:]
+    starts, ends, joins = _runs(orders, n)  # (M, R), (M, R), (M, R - 1)
+    used, local = np.unique(joins, return_inverse=True)  # -1 (none) sorts first when present
+    local = local.reshape(joins.shape)
+    new = lasts[torch.from_numpy(np.maximum(used, 0) // n)] * heads[torch.from_numpy(np.maximum(used, 0) % n)]  # (U, W)
+    new[torch.from_numpy(used < 0)] = 0.0
+    t = target.float()
+
+    def prefix(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:  # a leading zero and cumulative sums on axes
+        for a in axes:
+            x = np.concatenate([np.zeros_like(x.take([0], axis=a)), x.cumsum(a)], axis=a)
+        return x
+
+    own_dot = prefix((own @ t).double().numpy(), (0,))  # (2n,)
+    own_gram = prefix((own @ own.T).double().numpy(), (0, 1))  # (2n, 2n)
+    new_own = prefix((new @ own.T).double().numpy(), (1,))  # (U, 2n)
+    # rows of run p: [r0, r1) of the buffer's; runs past an order's last are empty (r0 = r1)
+    r0 = 2 * starts
+    r1 = np.where(ends > starts, 2 * ends - 1, r0)
+    dot = (own_dot[r1] - own_dot[r0]).sum(1) + (new @ t).double().numpy()[local].sum(1)
+    a0, a1, b0, b1 = r0[:, :, None], r1[:, :, None], r0[:, None, :], r1[:, None, :]
+    blocks = own_gram[a1, b1] - own_gram[a0, b1] - own_gram[a1, b0] + own_gram[a0, b0]  # (M, R, R)
+    cross = new_own[local[:, :, None], r1[:, None, :]] - new_own[local[:, :, None], r0[:, None, :]]  # (M, R - 1, R)
+    among = (new @ new.T).double().numpy()[local[:, :, None], local[:, None, :]].sum((1, 2))  # the new rows' Gram sums
+    norm2 = blocks.sum((1, 2)) + 2 * cross.sum((1, 2)) + among
     return dot / np.sqrt(np.maximum(norm2, 1e-12))
 
 
