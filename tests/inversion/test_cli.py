@@ -415,3 +415,39 @@ def test_a_run_keeping_an_older_default_is_told_on_stderr(cli_run, tmp_path):
     assert json.loads(res.stdout)["reconstruction"]  # the result itself stays on stdout
     told = runner.invoke(app, ["invert", "Big fox near.", "--em", em, "--controller", str(run), "--decode", "patience=1"])
     assert told.exit_code == 0 and "note:" not in told.stderr  # overridden: nothing kept to tell of
+
+
+def test_invert_to_jsonl_with_two_workers_writes_the_rows_one_process_writes(cli_run, tmp_path):
+    """Two spawned workers, each loading its own controller, invert the chunks of a file (texts and vectors)
+    to the rows one process writes, in input order; the CLI takes --workers; bad settings refused."""
+    import functools
+
+    import numpy as np
+
+    from invemb.inversion import load_run
+    from invemb.inversion.controller import invert_to_jsonl
+
+    root, em = cli_run
+    ctrl = load_run(root / "run", em=em)
+    texts = ["Big fox near.", "The cat sat on the mat.", "", "A dog ran.", "Old tree.", "The dog sat."]
+    loader = functools.partial(load_run, root / "run", em=em)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    one = invert_to_jsonl(ctrl, tmp_path / "one.jsonl", texts=texts, chunk=2)
+    two = invert_to_jsonl(ctrl, tmp_path / "two.jsonl", texts=texts, chunk=2, workers=2, loader=loader)
+    assert strip(two) == strip(one) and [r["text"] for r in two] == texts
+    assert strip([json.loads(x) for x in (tmp_path / "two.jsonl").read_text().splitlines()]) == strip(one)
+    assert not (tmp_path / "two.jsonl.partial").exists()
+    vectors = ctrl.target_encoder.encode(["A dog ran.", "Old tree.", "Big fox near."]).numpy()
+    by_vectors = invert_to_jsonl(ctrl, tmp_path / "v.jsonl", vectors=vectors, chunk=1, workers=2, loader=loader)
+    assert strip(by_vectors) == strip(invert_to_jsonl(ctrl, tmp_path / "v1.jsonl", vectors=vectors, chunk=1))
+    with pytest.raises(ValueError, match="needs a loader"):
+        invert_to_jsonl(ctrl, tmp_path / "x.jsonl", texts=texts, workers=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        invert_to_jsonl(ctrl, tmp_path / "x.jsonl", texts=texts, workers=0)
+    np.save(tmp_path / "v.npy", vectors)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    res = runner.invoke(app, ["invert", "--em", em, "--controller", str(root / "run"), "--input", str(tmp_path / "in.jsonl"),
+                              "--output", str(tmp_path / "cli.jsonl"), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["reconstruction"] for x in (tmp_path / "cli.jsonl").read_text().splitlines()] == \
+        [r["reconstruction"] for r in one]

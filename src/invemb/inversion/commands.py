@@ -66,10 +66,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                                               "`invemb index memory`), view_weight (an order-bound view's bound "
                                               "part in the beam's cosine), ...; repeat)"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
+        workers: int = typer.Option(1, "--workers", min=1, help="with --input / --vectors: processes inverting chunks of "
+                                    "64 side by side, each with its own controller and its share of the threads "
+                                    "(2 on 2 cores: ~1.5x the sentences/s, a controller in memory per worker)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Rebuild text from sentence vectors, printing each step (unit, slot, cosine) for one text.
         With --input / --vectors, killed part-way, the same command again continues where it stopped.
+        --workers 2 inverts a file with two processes.
 
         Example: invemb invert "The cat sat on the mat." --em backbone --controller runs/controller --decode expand=6
 
@@ -78,6 +82,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         invemb order-bind --em runs/em-default --out runs/em-pairs --set binding=pairs;
         invemb invert "The cat sat on the mat." --em runs/em-pairs --controller runs/ctl-default
         """
+        import functools
+
         import numpy as np
 
         from invemb.inversion import load_run
@@ -104,6 +110,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             return
         # A killed run leaves OUT.jsonl.partial/: the same command again continues after its rows.
         settings = {"em": em, "controller": str(controller.resolve()), "runtime": runtime}
+        loader = functools.partial(load_run, controller, em=em, runtime=runtime, **overrides)
         if vectors is not None:
             if not vectors.exists():
                 raise FileNotFoundError(f"{vectors}: no such file")
@@ -111,9 +118,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 matrix = np.load(vectors, allow_pickle=False)
             except (ValueError, OSError):
                 raise ValueError(f"{vectors}: not a .npy file of vectors (numpy.save writes one)") from None
-            rows = invert_to_jsonl(ctrl, output, vectors=matrix, settings=settings, progress=True)
+            rows = invert_to_jsonl(ctrl, output, vectors=matrix, settings=settings, progress=True, workers=workers,
+                                   loader=loader)
         else:
-            rows = invert_to_jsonl(ctrl, output, texts=read_jsonl_texts(input), settings=settings, progress=True)
+            rows = invert_to_jsonl(ctrl, output, texts=read_jsonl_texts(input), settings=settings, progress=True,
+                                   workers=workers, loader=loader)
         scored = [r["cosine"] for r in rows if r["cosine"] is not None]
         emit({"inverted": len(rows), "output": str(output), "mean_cosine": sum(scored) / len(scored) if scored else None,
               "encoder_calls": sum(r["encoder_calls"] for r in rows) / max(1, len(rows))}, plain)

@@ -579,18 +579,28 @@ class Controller:
 
 
 def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] | None = None, vectors=None,
-                    settings: dict | None = None, progress: bool = False, chunk: int = 64) -> list[dict]:
+                    settings: dict | None = None, progress: bool = False, chunk: int = 64, workers: int = 1,
+                    loader: Callable[[], Controller] | None = None) -> list[dict]:
     """Invert ``texts`` (rows as :meth:`Controller.invert_texts`) or ``vectors`` (rows as
     :meth:`InversionResult.to_dict`) into the JSONL file ``output``; returns the rows.
 
     Finished chunks of rows (a multiple of the lockstep batch, so the searches are the ones one call
     would run) wait in ``output.partial/``, a :class:`invemb.io.PartialFolder` keyed by the inputs, the
     controller, its decoding settings and ``settings`` (what else the caller chose: the EM, the runtime):
-    called again after a kill, it keeps them and inverts the rest."""
+    called again after a kill, it keeps them and inverts the rest.
+
+    ``workers`` > 1: chunks are inverted by that many processes, each with its own controller from
+    ``loader`` (a picklable callable, e.g. ``functools.partial(load_run, RUN, em=EM)``) and its share of
+    torch's threads. Decoding is mostly single-threaded Python beside the encoder, so on 2 cores two
+    one-thread workers invert more sentences a second than one two-thread process (README)."""
     from invemb.io import PartialFolder, check_output_file, content_key, read_jsonl, write_jsonl
 
     if (texts is None) == (vectors is None):
         raise ValueError("give exactly one of texts or vectors")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and loader is None:
+        raise ValueError("workers > 1 needs a loader that rebuilds the controller in each worker")
     output = check_output_file(output, ".jsonl file")
     items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
     inputs = items if texts is not None else hashlib.sha256(items.numpy().tobytes()).hexdigest()
@@ -608,15 +618,47 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
         bar = tqdm(total=len(items), initial=kept, desc="invert", unit="text" if texts is not None else "vec",
                    dynamic_ncols=True)
     on_done = bar.update if bar is not None else None
-    for start, name in zip(starts, names):
-        if partial.has(name):
-            continue
-        part = items[start: start + chunk]
-        write_jsonl(partial.slot(name), ctrl.invert_texts(part, on_done=on_done) if texts is not None
-                    else [r.to_dict() for r in ctrl.invert_vectors(part, on_done=on_done)])
+    todo = [(name, items[start: start + chunk]) for start, name in zip(starts, names) if not partial.has(name)]
+    if workers == 1 or len(todo) < 2:
+        for name, part in todo:
+            write_jsonl(partial.slot(name), _invert_part(ctrl, part, texts is not None, on_done))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_start_worker, initargs=(loader, threads)) as pool:
+            # the folder is claimed here, once, not by racing workers
+            jobs = [pool.submit(_worker_part, str(partial.slot(name)), part.numpy() if texts is None else part,
+                                texts is not None) for name, part in todo]
+            for job in as_completed(jobs):
+                done = job.result()  # a worker's error is raised here
+                if on_done is not None:
+                    on_done(done)
     if bar is not None:
         bar.close()
     rows = [row for name in names for row in read_jsonl(partial.path(name))]
     write_jsonl(output, rows)
     partial.discard()
     return rows
+
+
+def _invert_part(ctrl: Controller, part, is_texts: bool, on_done=None) -> list[dict]:
+    return ctrl.invert_texts(part, on_done=on_done) if is_texts else [r.to_dict() for r in ctrl.invert_vectors(part, on_done=on_done)]
+
+
+_WORKER: dict[str, Controller] = {}  # the controller of an invert_to_jsonl worker process
+
+
+def _start_worker(loader: Callable[[], Controller], threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["ctrl"] = loader()
+
+
+def _worker_part(path: str, part, is_texts: bool) -> int:
+    """Invert one chunk in a worker and write its rows (atomically) where the main process said."""
+    from invemb.io import write_jsonl
+
+    write_jsonl(Path(path), _invert_part(_WORKER["ctrl"], part if is_texts else torch.from_numpy(part), is_texts))
+    return len(part)
