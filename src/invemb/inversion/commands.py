@@ -68,7 +68,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
         workers: int = typer.Option(1, "--workers", min=1, help="with --input / --vectors: processes inverting chunks of "
                                     "64 side by side, each with its own controller and its share of the threads "
-                                    "(2 on 2 cores: ~1.5x the sentences/s, a controller in memory per worker)"),
+                                    "(2 on 2 cores: ~1.3x the sentences/s, a controller in memory per worker; a file needs 64 x N texts)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Rebuild text from sentence vectors, printing each step (unit, slot, cosine) for one text.
