@@ -117,8 +117,10 @@ def _runs(orders: Sequence[Sequence[int]], n: int):
     last[:-1] = first[1:]
     ends[run_row, slot] = flat[last] + 1
     joins = np.full((len(orders), max(1, width - 1)), -1, dtype=np.int64)
-    inside = slot[1:] > 0  # consecutive runs of one order
-    joins[run_row[1:][inside], slot[1:][inside] - 1] = (ends[run_row[:-1], slot[:-1]] - 1)[inside] * n + starts[run_row[1:], slot[1:]][inside]
+    inside = slot[1:] > 0  # run k + 1 follows run k in the same order
+    left_last = ends[run_row[:-1], slot[:-1]][inside] - 1  # the unit ending the earlier run
+    right_first = starts[run_row[1:], slot[1:]][inside]  # the unit opening the later one
+    joins[run_row[1:][inside], slot[1:][inside] - 1] = left_last * n + right_first
     return starts, ends, joins
 
 
