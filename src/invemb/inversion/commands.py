@@ -87,7 +87,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         import numpy as np
 
         from invemb.inversion import load_run
-        from invemb.inversion.controller import invert_to_jsonl
+        from invemb.inversion.controller import invert_to_jsonl, say_pinned
         from invemb.io import read_jsonl_texts
 
         given = [x for x in (text is not None, vectors is not None, input is not None) if x]
@@ -99,7 +99,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if beam is not None:
             overrides["beam"] = beam
         ctrl = load_run(controller, em=em, runtime=runtime, **overrides)  # the run's decoding settings, overridden
-        _say_pinned(controller, ctrl)
+        say_pinned(controller, ctrl)
         if text is not None:
             row = ctrl.invert_texts([text])[0]
             if plain:
@@ -255,6 +255,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         Example: invemb eval inversion --em backbone --controller runs/controller --n 50 --out reports/inversion
         """
         from invemb.inversion import load_run
+        from invemb.inversion.controller import say_pinned
         from invemb.inversion.harness import compare_methods, eval_sentences, resolve_corpus
         from invemb.inversion.baselines import BagConfig, BlackBoxConfig
         from invemb.io import check_output_folder
@@ -266,18 +267,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             check_output_folder(out, "the results")
         corpus = resolve_corpus(corpus, em)
         ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
-        _say_pinned(controller, ctrl)
+        say_pinned(controller, ctrl)
         sets = {s: eval_sentences(corpus, s, n, seed=seed) for s in set_}
         results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime})
         if plain:
             emit([{"set": s, "method": m, **r["summary"]} for s, per in results.items() for m, r in per.items()], plain=True)
         else:
             emit(results)
-
-
-def _say_pinned(run, ctrl) -> None:
-    """Tell on stderr which of the run's stored decoding settings differ from today's defaults."""
-    from invemb.inversion.controller import pinned_note
-
-    if ctrl.pinned:
-        typer.echo(pinned_note(run, ctrl.pinned), err=True)

@@ -347,6 +347,12 @@ def pinned_note(run, pinned: dict[str, tuple[Any, Any]]) -> str:
             f"{listed}; --decode KEY=VALUE changes one")
 
 
+def say_pinned(run, ctrl: "Controller") -> None:
+    """Write :func:`pinned_note` of a loaded controller to stderr, when it has one (invert, eval, serve)."""
+    if ctrl.pinned:
+        print(pinned_note(run, ctrl.pinned), file=sys.stderr)
+
+
 class Controller:
     """Inverts sentence vectors of one encoder with a trained controller run; or, given an order-bound view of
     that encoder (:mod:`invemb.em.order_bind`), the view's vectors: the policy reads their EM part and beam

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import hmac
 import ipaddress
-import sys
 import threading
 from typing import Any, Callable
 
@@ -509,10 +508,10 @@ def serve(model: str, controller: str | None = None, cfg: ServeConfig | None = N
 
     cfg = (cfg or ServeConfig()).check()
     service = load_service(model, controller, cfg, name, runtime, decode)
-    if service.controller is not None and service.controller.pinned:
-        from invemb.inversion.controller import pinned_note
+    if service.controller is not None:
+        from invemb.inversion.controller import say_pinned
 
-        print(pinned_note(controller, service.controller.pinned), file=sys.stderr)
+        say_pinned(controller, service.controller)
     app = create_app(service, api_key)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=cfg.access_log,
                 lifespan="on")
