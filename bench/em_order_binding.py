@@ -6,7 +6,10 @@ their positions by fixed random signed permutations; the parts are weighted ``sq
 ``sqrt(share)``.
 
     .venv/bin/python bench/em_order_binding.py [--run runs/em-default] [--shares 0.4,0.5,0.65] [--dim 2048]
-        [--center] [--content-only]
+        [--center] [--content-only] [--codes em|identity]
+
+``--codes identity`` binds a fixed random code per lower-cased word, weighted by its IDF, instead of the
+word's EM vector (the view's default with binding positions; ``--center`` does nothing then).
 
 ``--content-only`` binds only the words that are not stop words or punctuation (the shared "The ...
 of the ..." frame of two unrelated sentences then adds nothing to their similarity).
@@ -18,7 +21,8 @@ from pathlib import Path
 
 from _common import order_and_retrieval, write
 
-from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder
+from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder, word_counts
+from invemb.text.vocab import Vocab
 
 
 class ContentBoundEncoder(OrderBoundEncoder):
@@ -61,6 +65,8 @@ def main() -> None:
     ap.add_argument("--content-only", action="store_true")
     ap.add_argument("--pairs", action="store_true", help="bind each word to the next one, not to its position "
                                                         "(the view's binding=pairs)")
+    ap.add_argument("--codes", default="em", choices=["em", "identity"],
+                    help="what a word binds: its EM vector (the figures before identity codes) or an IDF-weighted random code")
     ap.add_argument("--no-retrieval", action="store_true", help="order discrimination only")
     ap.add_argument("--speed", action="store_true", help="only the view's encode time against the EM's, at the first share")
     args = ap.parse_args()
@@ -75,23 +81,26 @@ def main() -> None:
     order = OrderEvaluator(wiki_sentences(args.sentences, split="test"))  # as bench/em_order_share.py
     view = ContentBoundEncoder if args.content_only else OrderBoundEncoder
     binding = "pairs" if args.pairs else "positions"
+    counts = word_counts(Vocab.load(Path(args.run) / "vocab.json")) if args.codes == "identity" else None
     if args.speed:
         from _common import peak_rss_mb
 
         encoder = view.build(em, OrderBindConfig(width=args.dim, share=float(args.shares.split(",")[0]),
-                                                 center=args.center, binding=binding), units)
+                                                 center=args.center, binding=binding, codes=args.codes), units,
+                             word_counts=counts)
         row = {**speed(em, encoder, wiki_sentences(args.sentences, split="test")), "peak_rss_mb": peak_rss_mb()}
         print(row)
         write("em_order_binding_speed", row)
         return
     rows = []
     for share in [float(s) for s in args.shares.split(",")]:
-        encoder = view.build(em, OrderBindConfig(width=args.dim, share=share, center=args.center, binding=binding), units)
+        encoder = view.build(em, OrderBindConfig(width=args.dim, share=share, center=args.center, binding=binding,
+                                                 codes=args.codes), units, word_counts=counts)
         row = {"share": share, **order_and_retrieval(encoder, order, not args.no_retrieval)}
         rows.append(row)
         print(row, flush=True)
     write("em_order_binding", {"run": args.run, "dim": args.dim, "center": args.center, "content_only": args.content_only,
-                               "pairs": args.pairs, "rows": rows})
+                               "pairs": args.pairs, "codes": args.codes, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -42,11 +42,11 @@ def decode(view: OrderBoundEncoder, text: str, bound: bool) -> str:
     return beam_decode(main[0], AnyUnitAnywhere(), CountingEncoder(view.em), WORDS, cfg, bound=extra).text
 
 
-@pytest.mark.parametrize("binding", ["positions", "pairs"])
-def test_the_bound_part_decodes_the_order_an_order_blind_encoder_cannot_see(binding):
+@pytest.mark.parametrize("binding,codes", [("positions", "em"), ("positions", "identity"), ("pairs", "em")])
+def test_the_bound_part_decodes_the_order_an_order_blind_encoder_cannot_see(binding, codes):
     em = SumEncoder()
-    view = OrderBoundEncoder.build(em, OrderBindConfig(width=256, max_positions=8, binding=binding),
-                                   unit_vectors=em.encode(WORDS))
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=256, max_positions=8, binding=binding, codes=codes),
+                                   unit_vectors=em.encode(WORDS), word_counts={w.lower(): 5 + i for i, w in enumerate(WORDS)})
     texts = ["The dog chased the cat", "The cat chased the dog"]
     assert torch.allclose(*em.encode(texts), atol=1e-6)
     plain = [decode(view, t, bound=False) for t in texts]
@@ -122,9 +122,13 @@ def test_unbinding_a_pair_bound_target_proposes_each_placed_words_neighbours():
     between = pairs.between(bound, [(units.index("dog"), units.index("a")), (units.index("a"), units.index("cat")),
                                     (None, units.index("dog")), (units.index("red"), None)], k=1)
     assert [units[v[0]] for v in between] == ["chased", "red", "the", "cat"]
-    with pytest.raises(ValueError, match="binds positions"):
-        PairNeighbours(OrderBoundEncoder.build(em, OrderBindConfig(width=64), unit_vectors=em.encode(units)), units,
-                       em.encode(units))
+    with pytest.raises(ValueError, match="binds positions with em codes"):
+        PairNeighbours(OrderBoundEncoder.build(em, OrderBindConfig(width=64, codes="em"), unit_vectors=em.encode(units)),
+                       units, em.encode(units))
+    identity = OrderBoundEncoder.build(em, OrderBindConfig(width=64, binding="pairs", codes="identity"),
+                                       word_counts={u: 1 for u in units})
+    with pytest.raises(ValueError, match="binds pairs with identity codes"):
+        PairNeighbours(identity, units, em.encode(units))
 
 
 def test_the_harness_reports_every_method_in_the_views_space(toy_run):

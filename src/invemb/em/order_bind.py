@@ -1,38 +1,44 @@
-"""An order-bound view of an EM run: its vector, plus its words' own EM vectors bound to their positions.
+"""An order-bound view of an EM run: its vector, plus a part that binds each of its words to its place.
 
 A mean-pooled sentence vector hardly moves when two words trade places. The EM's trained order
 sub-space (``head.order_dims``) helps, but its 64 dimensions are a dial between order and
 retrieval, not a free gain (README, ``bench/em_order_share.py``). This view needs no training: each
-text's vector gets a second part, the sum over its words of the word's own EM vector (less the
-vocabulary's mean unit vector, which any two words share), projected to ``width`` dimensions by a
-fixed random matrix and bound to the word's position by a fixed random signed permutation, then
-L2-normalised. The two parts are weighted ``sqrt(1 - share)`` and ``sqrt(share)``.
+text's vector gets a second part, the sum over its words of a code of the word bound to the word's
+position by a fixed random signed permutation, L2-normalised. The two parts are weighted
+``sqrt(1 - share)`` and ``sqrt(share)``. A text of one word gets no bound part: words rank words as
+in the EM.
 
-Why it orders: a swap of two words moves two positions by the difference of two unrelated word
-vectors, a synonym moves one position by the difference of two close ones. Why it keeps most of
-retrieval: two different texts' bound parts are nearly orthogonal (random permutations decorrelate
-different positions, the centring removes what every word shares), so they add little noise to
-how texts rank by their EM part. A text of one word gets no bound part: words rank words as in the
-EM. Measured on the default EM (``bench/em_order_binding.py``, 500 test sentences' probes, share
-0.5, width 2048): order discrimination 0.950 against the EM's 0.874 (0.933 against 0.858 on the eval
-suite's 300 probe sentences); title->summary / gloss->lemma / first sentence->rest MRR 0.963 / 0.551
-/ 0.767 against 0.975 / 0.580 / 0.846.
+A word's code (``OrderBindConfig.codes``) is either
+
+- ``identity`` (the default with positions): a fixed random +-1 code of the lower-cased word, from a
+  hash, weighted by the word's IDF in the EM run's corpus counts. A swap moves two places by two
+  unrelated codes and a synonym one place by one, whatever the EM thinks of the words; two texts'
+  parts agree only where the same word sits at the same place, and the IDF keeps "the" at the start
+  from making unrelated sentences look alike, so ranking by the EM part is nearly untouched.
+  Measured on the default EM (``bench/em_order_binding.py --codes identity``, 500 test sentences'
+  probes, share 0.4): order discrimination 0.964 against the EM's 0.874; title->summary /
+  gloss->lemma / first sentence->rest MRR 0.977 / 0.561 / 0.839 against 0.975 / 0.580 / 0.846.
+- ``em``: the word's own EM vector, less the vocabulary's mean unit vector, projected to ``width``
+  dimensions by a fixed random matrix. Similar words bind alike, so it orders less (0.950 at share
+  0.5, retrieval 0.963 / 0.551 / 0.767), but a pair-bound view's words can be read back off it.
 
 With ``binding="pairs"`` each word is bound to the next word instead (the sum over adjacent words of
-the first's vector, permuted, times the second's): order 0.917, first sentence->rest 0.815. A
-hypothesis that misses a word keeps most of its pairs, where it shifts every later position, so
-this is the binding to invert: a controller trained on the EM, given the view
+the first's code, permuted, times the second's; EM codes by default): order 0.917, first
+sentence->rest 0.815. A hypothesis that misses a word keeps most of its pairs, where it shifts every
+later position, so this is the binding to invert: a controller trained on the EM, given the view
 (``Controller.load(run, em=view)``), reads each vector's EM part and scores its hypotheses with the
 bound part too (``DecodeConfig.view_weight``; README "Inverting an order-bound view").
 
-Saved as a run folder: ``config.json`` (kind ``order_bind``, the EM run's path, the config) and
-``order_bind.safetensors`` (the centre, the projection, the signs and permutations); no pickle.
-``invemb.load`` loads it as an encoder of width ``em.dim + width``.
+Saved as a run folder: ``config.json`` (kind ``order_bind``, the EM run's path, the config),
+``order_bind.safetensors`` (the centre, the projection, the signs and permutations) and, for identity
+codes, ``word_counts.json`` (the IDF's counts); no pickle. ``invemb.load`` loads it as an encoder of
+width ``em.dim + width``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -40,21 +46,34 @@ import torch.nn.functional as F
 
 from invemb.config import Config
 from invemb.io import atomic_save_file, atomic_write_json
+from invemb.text.vocab import Vocab
 
 TENSORS = "order_bind.safetensors"
+WORD_COUNTS = "word_counts.json"
 BINDINGS = ("positions", "pairs")
+CODES = ("auto", "identity", "em")
 
 
 @dataclasses.dataclass
 class OrderBindConfig(Config):
-    width: int = 2048  # the bound part's dimensions: 8192 gave the same figures as 2048, 448 (unprojected) less
-    share: float = 0.5  # of the squared norm; 0.4: order 0.936, first sentence->rest MRR 0.814 (width 8192)
-    center: bool = True  # uncentred, share 0.5: order 0.936, first sentence->rest MRR 0.654
+    width: int = 2048  # the bound part's dimensions: 8192 gave the same figures as 2048 (EM codes), 448 less
+    # the bound part's share of the squared norm. Identity codes, order on the bench's probes / the eval suite's (seeds
+    # 0 and 1): 0.5 order 0.964 / 0.953 /
+    # 0.970, first sentence->rest MRR 0.820; 0.4 0.964 / 0.953 / 0.962, 0.839 (the EM's: 0.846)
+    share: float = 0.5
+    center: bool = True  # EM codes less the vocabulary's mean; uncentred, share 0.5: order 0.936, first sentence->rest 0.654
     max_positions: int = 128  # words bound; later ones are left out of the bound part
-    # "positions": each word bound to its position (order 0.950 at share 0.5); "pairs": each word bound to the
-    # next word (0.917, retrieval kept better: first sentence->rest 0.815 against 0.767). A hypothesis that
-    # misses one word keeps most of its pairs but shifts every later position: inversion scores with "pairs".
+    # "positions": each word bound to its position; "pairs": each word bound to the next word (EM codes: 0.917 against
+    # 0.950, retrieval kept better). A hypothesis that misses one word keeps most of its pairs but shifts every later
+    # position: inversion scores with "pairs".
     binding: str = "positions"
+    # What a word puts in the bound part. "identity": a fixed random +-1 code of the lower-cased word (a hash),
+    # weighted by its IDF in the EM run's corpus counts: order 0.953-0.970 on three probe sets with retrieval nearly
+    # the EM's, because two texts' parts agree only where the same word sits at the same place. "em": the word's EM
+    # vector, less the vocabulary's mean, projected to ``width``: similar words bind alike, so it orders less (0.933 /
+    # 0.950) and costs more retrieval, but a pair-bound view's words can be read back off a vector (inversion).
+    # "auto": identity for positions, em for pairs. Views saved before this setting load as "em".
+    codes: str = "auto"
     seed: int = 0
 
     presets = {"tiny": {"width": 64, "max_positions": 32}, "default": {}, "full": {}}
@@ -65,8 +84,17 @@ class OrderBindConfig(Config):
             bad.append(f"share={self.share} (in (0, 1))")
         if self.binding not in BINDINGS:
             bad.append(f"binding={self.binding!r} ({' or '.join(BINDINGS)})")
+        if self.codes not in CODES:
+            bad.append(f"codes={self.codes!r} ({' or '.join(CODES)})")
         if bad:
             raise ValueError(f"bad order-binding settings: {', '.join(bad)}")
+
+    @property
+    def word_codes(self) -> str:
+        """``codes`` with "auto" resolved: "identity" or "em"."""
+        if self.codes != "auto":
+            return self.codes
+        return "identity" if self.binding == "positions" else "em"
 
 
 class OrderBoundEncoder:
@@ -75,9 +103,15 @@ class OrderBoundEncoder:
     kind = "order_bind"
     max_words_kept = 500_000  # word vectors kept between calls; past it the table starts over
 
-    def __init__(self, em, cfg: OrderBindConfig, tensors: dict[str, torch.Tensor], em_path: str = ""):
-        """``tensors``: ``center`` (D,), ``projection`` (D, W), ``signs`` (P, W), ``perms`` (P, W) (see ``build``)."""
+    def __init__(self, em, cfg: OrderBindConfig, tensors: dict[str, torch.Tensor], em_path: str = "",
+                 word_counts: dict[str, int] | None = None):
+        """``tensors``: ``center`` (D,), ``projection`` (D, W), ``signs`` (P, W), ``perms`` (P, W) (see ``build``);
+        ``word_counts``: lower-cased word -> its count in the EM's corpus, the IDF of identity codes."""
+        if cfg.word_codes == "identity" and not word_counts:
+            raise ValueError("identity codes need the EM run's word counts (the counts of its vocab.json)")
         self.em, self.cfg, self.em_path = em, cfg, em_path
+        self.word_counts = word_counts or {}
+        self._total = sum(self.word_counts.values())
         self.center, self.projection = tensors["center"].float(), tensors["projection"].float()
         self.signs, self.perms = tensors["signs"].float(), tensors["perms"].long()
         want = {"center": (em.dim,), "projection": (em.dim, cfg.width), "signs": (cfg.max_positions, cfg.width),
@@ -93,26 +127,27 @@ class OrderBoundEncoder:
 
     @classmethod
     def build(cls, em, cfg: OrderBindConfig | None = None, unit_vectors: torch.Tensor | None = None,
-              em_path: str = "") -> "OrderBoundEncoder":
+              em_path: str = "", word_counts: dict[str, int] | None = None) -> "OrderBoundEncoder":
         """A fresh view of ``em``: the random projection, signs and permutations drawn from ``cfg.seed``
         (position 0 keeps its coordinates), the centre the mean of ``unit_vectors`` (V, D) (the EM run's
-        vocabulary), zeros when ``cfg.center`` is off."""
+        vocabulary), zeros when ``cfg.center`` is off; ``word_counts`` (:func:`word_counts`) for identity codes."""
         cfg = cfg or OrderBindConfig()
-        if cfg.center and unit_vectors is None:
+        if cfg.word_codes == "em" and cfg.center and unit_vectors is None:
             raise ValueError("a centred order binding needs the EM's unit vectors (its run's unit_vectors.safetensors)")
         g = torch.Generator().manual_seed(cfg.seed)
         projection = torch.randn(em.dim, cfg.width, generator=g) / cfg.width ** 0.5  # (D, W): norms kept on average
         signs = torch.randint(0, 2, (cfg.max_positions, cfg.width), generator=g).float() * 2 - 1  # (P, W)
         perms = torch.stack([torch.randperm(cfg.width, generator=g) for _ in range(cfg.max_positions)])  # (P, W)
         signs[0], perms[0] = 1.0, torch.arange(cfg.width)
-        center = unit_vectors.float().mean(0) if cfg.center else torch.zeros(em.dim)
-        return cls(em, cfg, {"center": center, "projection": projection, "signs": signs, "perms": perms}, em_path)
+        center = unit_vectors.float().mean(0) if cfg.center and unit_vectors is not None else torch.zeros(em.dim)
+        return cls(em, cfg, {"center": center, "projection": projection, "signs": signs, "perms": perms}, em_path,
+                   word_counts)
 
     def over(self, em) -> "OrderBoundEncoder":
         """The same view over ``em``, the same EM behind a wrapper (a service's lock): the tensors are shared,
         the words looked up or encoded are not."""
         tensors = {"center": self.center, "projection": self.projection, "signs": self.signs, "perms": self.perms}
-        return OrderBoundEncoder(em, self.cfg, tensors, self.em_path)
+        return OrderBoundEncoder(em, self.cfg, tensors, self.em_path, self.word_counts)
 
     def know(self, texts: list[str], vectors: torch.Tensor) -> None:
         """Take the rows of ``vectors`` (n, em.dim) as the EM vectors of ``texts`` instead of encoding them (a
@@ -142,19 +177,31 @@ class OrderBoundEncoder:
         if len(self._word_row) + len(new) > self.max_words_kept:  # bounded: a long stream of new words never fills memory
             self._word_row.clear()
             new = sorted(set(words))
-        known = [w for w in new if w in self._known]
-        unknown = [w for w in new if w not in self._known]
-        vectors = torch.cat([self._known_vectors[[self._known[w] for w in known]].float(),
-                             self.em.encode(unknown, batch_size=256).float() if unknown else torch.zeros(0, self.em.dim)])
         start = len(self._word_row)
         end = start + len(new)
         if end > len(self._word_table):  # grown by half at least: a word at a time stays cheap
             table = torch.empty(max(end, len(self._word_table) * 3 // 2), self.cfg.width)
             table[:start] = self._word_table[:start]
             self._word_table = table
-        self._word_table[start:end] = (vectors - self.center) @ self.projection  # (n, W)
-        self._word_row.update(zip(known + unknown, range(start, end)))
+        self._word_table[start:end] = self._codes(new)
+        self._word_row.update(zip(new, range(start, end)))
         return torch.tensor([self._word_row[w] for w in words], dtype=torch.long)
+
+    def _codes(self, words: list[str]) -> torch.Tensor:
+        """(n, W) what each of ``words`` puts in the bound part (``OrderBindConfig.codes``)."""
+        if self.cfg.word_codes == "identity":
+            lower = [w.lower() for w in words]
+            # IDF: a word the corpus never counted weighs as one seen once
+            idf = torch.tensor([math.log(self._total / min(self.word_counts.get(w, 1), self._total)) for w in lower])
+            return identity_codes(lower, self.cfg.width, self.cfg.seed) * idf[:, None]
+        vectors = torch.empty(len(words), self.em.dim)  # (n, D) their EM vectors: looked up (``know``) or encoded
+        known = [i for i, w in enumerate(words) if w in self._known]
+        unknown = [i for i, w in enumerate(words) if w not in self._known]
+        if known:
+            vectors[known] = self._known_vectors[[self._known[words[i]] for i in known]].float()
+        if unknown:
+            vectors[unknown] = self.em.encode([words[i] for i in unknown], batch_size=256).float()
+        return (vectors - self.center) @ self.projection
 
     def bound(self, tokens: list[list[str]]) -> torch.Tensor:
         """(N, W) each text's bound part, L2-normalised; zeros for a text of fewer than two words (no order
@@ -214,8 +261,7 @@ class OrderBoundEncoder:
         positive weights, and by ``v_b`` it gives ``permuted(v_a)`` so; the other pairs' terms add noise that a
         2048-wide part keeps small (100 wiki test sentences: the true next word first among 50k words for 60% of
         pairs, in the first 10 for 80%)."""
-        if self.cfg.binding != "pairs":
-            raise ValueError(f"unbinding needs a view with binding 'pairs', this one binds {self.cfg.binding}")
+        self.check_readable()
         v = self.word_vectors(words)  # (n, W)
         perm, signs = self.perms[1], self.signs[1]
         if after:
@@ -224,6 +270,13 @@ class OrderBoundEncoder:
             estimate = torch.empty_like(v)
             estimate[:, perm] = bound * v * signs  # (n, W): v_prev, its coordinates put back
         return estimate @ self.projection.T  # (n, D)
+
+    def check_readable(self) -> None:
+        """Refuse, in one line, a view whose words cannot be read back off its vectors: that needs each word
+        bound to the next (binding "pairs") by its EM vector (codes "em")."""
+        if self.cfg.binding != "pairs" or self.cfg.word_codes != "em":
+            raise ValueError(f"words are read off a view with binding 'pairs' and codes 'em'; this one binds "
+                             f"{self.cfg.binding} with {self.cfg.word_codes} codes (invemb order-bind --set binding=pairs)")
 
     def bound_texts(self, texts: list[str]) -> torch.Tensor:
         """(N, W) the bound parts of ``texts`` (see ``bound``)."""
@@ -285,28 +338,58 @@ class OrderBoundEncoder:
         path.mkdir(parents=True, exist_ok=True)
         tensors = {"center": self.center, "projection": self.projection, "signs": self.signs, "perms": self.perms}
         atomic_save_file(path / TENSORS, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
+        if self.cfg.word_codes == "identity":
+            atomic_write_json(path / WORD_COUNTS, self.word_counts)
         atomic_write_json(path / "config.json", {"kind": self.kind, "em": self.em_path, "dim": self.dim,
-                                                 "config": self.cfg.to_dict()})
+                                                 "config": {**self.cfg.to_dict(), "codes": self.cfg.word_codes}})
+
+
+def identity_codes(words: list[str], width: int, seed: int = 0) -> torch.Tensor:
+    """(n, width) a fixed random code of +-1 / sqrt(width) per word: the bits of SHAKE-256 of (seed, word), so
+    any machine gives any word the same code without a table."""
+    import hashlib
+
+    import numpy as np
+
+    nbytes = (width + 7) // 8
+    raw = b"".join(hashlib.shake_256(f"{seed}\t{w}".encode()).digest(nbytes) for w in words)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8)).reshape(len(words), nbytes * 8)[:, :width]
+    return (torch.from_numpy(bits.astype(np.float32)) * 2 - 1) / width ** 0.5
+
+
+def word_counts(vocab) -> dict[str, int]:
+    """Lower-cased one-word unit -> its count in a :class:`invemb.text.vocab.Vocab` (case variants summed)."""
+    counts: dict[str, int] = {}
+    for unit, count in zip(vocab.units, vocab.counts):
+        if len(unit.split()) == 1:
+            counts[unit.lower()] = counts.get(unit.lower(), 0) + int(count)
+    return counts
+
+
+def build_view(em: str | Path, cfg: OrderBindConfig | None = None) -> OrderBoundEncoder:
+    """A fresh order-bound view of the EM run ``em``, with what its codes need from the run (unit vectors for the
+    centre of EM codes, the vocabulary's counts for identity codes)."""
+    import invemb
+    from safetensors.torch import load_file
+
+    em, cfg = Path(em), cfg or OrderBindConfig()
+    vectors = em / "unit_vectors.safetensors"
+    if cfg.word_codes == "em" and cfg.center and not vectors.exists():
+        raise FileNotFoundError(f"{vectors}: a centred order binding needs the EM run's unit vectors "
+                                "(an EM run writes them when it finishes; or --set center=false)")
+    unit_vectors = load_file(str(vectors))["units"] if cfg.word_codes == "em" and cfg.center else None
+    counts = word_counts(Vocab.load(em / "vocab.json")) if cfg.word_codes == "identity" else None
+    return OrderBoundEncoder.build(invemb.load(em), cfg, unit_vectors, em_path=str(em), word_counts=counts)
 
 
 def build_run(em: str | Path, out: str | Path, cfg: OrderBindConfig | None = None) -> dict:
     """Write the order-bound view of the EM run ``em`` into the run folder ``out``; returns its summary."""
-    import invemb
-    from safetensors.torch import load_file
-
-    em, out = Path(em), Path(out)
+    out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pick a new --out")
-    cfg = cfg or OrderBindConfig()
-    vectors = em / "unit_vectors.safetensors"
-    if cfg.center and not vectors.exists():
-        raise FileNotFoundError(f"{vectors}: a centred order binding needs the EM run's unit vectors "
-                                "(an EM run writes them when it finishes; or --set center=false)")
-    encoder = invemb.load(em)
-    unit_vectors = load_file(str(vectors))["units"] if cfg.center else None
-    view = OrderBoundEncoder.build(encoder, cfg, unit_vectors, em_path=str(em))
+    view = build_view(em, cfg)
     view.save(out)
-    return {"run": str(out), "em": str(em), "dim": view.dim, **cfg.to_dict()}
+    return {"run": str(out), "em": str(em), "dim": view.dim, **view.cfg.to_dict(), "codes": view.cfg.word_codes}
 
 
 def em_run(path: str | Path) -> Path:
@@ -329,6 +412,9 @@ def load_run(path: str | Path, runtime: str = "torch") -> OrderBoundEncoder:
 
     path = Path(path)
     info = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    info["config"].setdefault("codes", "em")  # views saved before identity codes bound EM vectors
+    cfg = OrderBindConfig.from_dict(info["config"])
+    counts = json.loads((path / WORD_COUNTS).read_text(encoding="utf-8")) if cfg.word_codes == "identity" else None
     em = em_run(path)
-    return OrderBoundEncoder(invemb.load(em, runtime=runtime), OrderBindConfig.from_dict(info["config"]),
-                             load_file(str(path / TENSORS)), em_path=str(em))
+    return OrderBoundEncoder(invemb.load(em, runtime=runtime), cfg, load_file(str(path / TENSORS)), em_path=str(em),
+                             word_counts=counts)

@@ -23,8 +23,7 @@ class PairNeighbours:
         """``view``: an :class:`invemb.em.order_bind.OrderBoundEncoder` with binding "pairs" over the EM that
         gave ``unit_vectors`` (V, D) for ``units``; ``stand_in``: the units offered in place of case twins
         (:func:`invemb.inversion.controller.stand_ins`), proposed once."""
-        if view.cfg.binding != "pairs":
-            raise ValueError(f"words are read off a pair-bound view; this one binds {view.cfg.binding}")
+        view.check_readable()
         self.view = view
         ids = [u for u, text in enumerate(units) if len(tokenize(text)) == 1
                and (stand_in is None or int(stand_in[u]) == u)]
