@@ -155,6 +155,9 @@ def test_an_order_binding_run_loads_through_invemb_load_and_the_cli(tiny_em_run,
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["config"]["share"] == 0.4
     res = runner.invoke(app, ["order-bind", "--em", str(run), "--out", str(tmp_path / "bad"), "--set", "share=2"])
     assert res.exit_code == 2 and "share=2.0 (in (0, 1))" in res.output
+    res = runner.invoke(app, ["neighbours", "bank", "--model", str(tmp_path / "cli")])
+    assert res.exit_code == 2 and f"is an order-bound view of the EM run {run}" in res.output
+    assert f"--model {run}" in " ".join(res.output.split())
 
 
 def test_the_word_table_grows_and_starts_over_past_its_bound_with_the_same_vectors():

@@ -15,6 +15,12 @@ def neighbours(run: str | Path, texts: list[str], k: int = 10) -> dict[str, list
     from invemb.index.faiss_index import UnitIndex
 
     run = Path(run)
+    config = run / "config.json"
+    if config.exists() and json.loads(config.read_text(encoding="utf-8")).get("kind") == "order_bind":
+        from invemb.em.order_bind import em_run
+
+        raise ValueError(f"{run} is an order-bound view of the EM run {em_run(run)}, which holds the unit index "
+                         f"(a word's neighbours are the same in both): --model {em_run(run)}")
     model = load_run(run)
     index = UnitIndex.load(run / "index")
     vecs = model.encode(texts)
