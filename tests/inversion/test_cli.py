@@ -1,5 +1,6 @@
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +313,47 @@ def test_invert_and_eval_an_order_bound_views_vectors(cli_run, tmp_path):
         assert r.status_code == 200, r.text
         want = float(loaded.encode([r.json()["reconstruction"]])[0] @ torch.tensor(got))
         assert r.json()["cosine"] == pytest.approx(want, abs=1e-4)
+
+
+def test_eval_inversion_with_workers_gives_the_rows_of_one_process(cli_run, tmp_path):
+    """The controller's decodings in spawned workers: the same reconstructions, steps and calls in input order,
+    seconds rescaled to sum to the wall time; the CLI takes --workers; bad settings refused."""
+    import functools
+
+    from invemb.inversion import load_run
+    from invemb.inversion.controller import invert_vectors_in_workers
+    from invemb.inversion.harness import controller_methods
+
+    root, em = cli_run
+    ctrl = load_run(root / "run", em=em)
+    loader = functools.partial(load_run, root / "run", em=em)
+    vectors = ctrl.target_encoder.encode(["A dog ran.", "Old tree.", "Big fox near.", "The cat sat on the mat.", "The dog sat."])
+    greedy = ctrl.decode_cfg.replace(beam=1)
+    one = ctrl.invert_vectors(vectors, greedy)
+    t0 = time.perf_counter()
+    two = invert_vectors_in_workers(vectors, loader, 2, greedy, chunk=2)
+    wall = time.perf_counter() - t0
+    same = lambda rs: [(r.text, r.steps, r.encoder_calls, r.cosine) for r in rs]  # noqa: E731
+    assert same(two) == same(one)
+    assert 0 < sum(r.seconds for r in two) <= wall
+    with pytest.raises(ValueError, match="needs a loader"):
+        controller_methods(ctrl, ["controller"], workers=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        controller_methods(ctrl, ["controller"], workers=0)
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rows = [{"text": s, "split": "test", "source": "wiki", "doc": f"d{i}"} for i, s in enumerate(toy_sentences(6, seed=5))]
+    (corpus / "sentences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (corpus / "manifest.json").write_text("{}")
+    base = ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus), "--n", "3",
+            "--method", "greedy", "--set", "wiki"]
+    for name, extra in (("one", []), ("two", ["--workers", "2"])):
+        res = runner.invoke(app, base + ["--out", str(tmp_path / name)] + extra)
+        assert res.exit_code == 0, res.output
+    read = lambda name: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                         for line in (tmp_path / name / "rows_wiki_greedy.jsonl").read_text().splitlines()]
+    assert read("two") == read("one") and len(read("one")) == 3
 
 
 def test_eval_inversion_continues_after_a_kill(cli_run, monkeypatch, tmp_path):

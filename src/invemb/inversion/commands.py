@@ -246,6 +246,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE (repeat)"),
         out: Optional[Path] = typer.Option(None, help="folder for results.json, rows_*.jsonl, f1_vs_length_*.png, precision_by_step_*.png"),
         runtime: str = typer.Option("torch", help="the EM backbone's runtime: torch | onnx (onnxruntime, CPU) | bf16 (bfloat16 where the hardware has it): faster decoding"),
+        workers: int = typer.Option(1, "--workers", min=1, help="processes for the controller's decodings, 16 sentences "
+                                    "at a time, each with its own controller and its share of the threads (2 on 2 cores: "
+                                    "less wall time, a controller in memory per worker; seconds per sentence are then "
+                                    "the wall time's share)"),
         plain: bool = typer.Option(False, "--plain", help="a table instead of JSON"),
     ):
         """Inversion metrics (BLEU, ROUGE-L, token F1, exact match, cosine, encoder calls, seconds)
@@ -253,7 +257,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         part-way, the same command again keeps the finished (set, method) rows and runs the rest.
 
         Example: invemb eval inversion --em backbone --controller runs/controller --n 50 --out reports/inversion
+
+        Example: invemb eval inversion --em runs/em-default --controller runs/controller-default --n 150 --method controller --workers 2
         """
+        import functools
+
         from invemb.inversion import load_run
         from invemb.inversion.controller import say_pinned
         from invemb.inversion.harness import compare_methods, eval_sentences, resolve_corpus
@@ -266,10 +274,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if out is not None:
             check_output_folder(out, "the results")
         corpus = resolve_corpus(corpus, em)
-        ctrl = load_run(controller, em=em, runtime=runtime, **parse_overrides(decode_sets))
+        overrides = parse_overrides(decode_sets)
+        ctrl = load_run(controller, em=em, runtime=runtime, **overrides)
         say_pinned(controller, ctrl)
         sets = {s: eval_sentences(corpus, s, n, seed=seed) for s in set_}
-        results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime})
+        loader = functools.partial(load_run, controller, em=em, runtime=runtime, **overrides)
+        results = compare_methods(ctrl, sets, method, out, preset, settings={"em": em, "runtime": runtime},
+                                  workers=workers, loader=loader)
         if plain:
             emit([{"set": s, "method": m, **r["summary"]} for s, per in results.items() for m, r in per.items()], plain=True)
         else:

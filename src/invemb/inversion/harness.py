@@ -131,9 +131,22 @@ def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], 
 
 
 def controller_methods(controller, which: Sequence[str] = ("controller", "greedy", "bag", "blackbox"),
-                       preset: str = "default") -> dict[str, Method | Batched]:
-    """The methods of the side-by-side comparison, sharing the controller's encoder and index."""
+                       preset: str = "default", workers: int = 1, loader: Callable | None = None) -> dict[str, Method | Batched]:
+    """The methods of the side-by-side comparison, sharing the controller's encoder and index. ``workers`` > 1: the
+    controller's decodings (controller, greedy) run in that many processes, each loading its controller with
+    ``loader`` (:func:`invemb.inversion.controller.invert_vectors_in_workers`); the baselines run here."""
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
+    from invemb.inversion.controller import invert_vectors_in_workers
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and loader is None:
+        raise ValueError("workers > 1 needs a loader that rebuilds the controller in each worker")
+
+    def decoded(decode) -> Batched:
+        if workers == 1:
+            return Batched(lambda t, progress: controller.invert_vectors(t, decode, progress))
+        return Batched(lambda t, progress: invert_vectors_in_workers(t, loader, workers, decode, progress))
 
     bag_cfg, blackbox_cfg = BagConfig.preset(preset), BlackBoxConfig.preset(preset)  # a bad preset: refused before any work
 
@@ -142,8 +155,8 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
         return controller.split(target[None])[0][0]
 
     table: dict[str, Method | Batched] = {
-        "controller": Batched(lambda t, progress: controller.invert_vectors(t, progress=progress)),
-        "greedy": Batched(lambda t, progress: controller.invert_vectors(t, controller.decode_cfg.replace(beam=1), progress)),
+        "controller": decoded(controller.decode_cfg),
+        "greedy": decoded(controller.decode_cfg.replace(beam=1)),
         "bag": lambda t: bag_of_units(em_part(t), controller.index, bag_cfg),
         "blackbox": lambda t: black_box_search(em_part(t), controller.encoder, controller.index, controller.unit_vectors,
                                                blackbox_cfg),
@@ -155,7 +168,8 @@ def controller_methods(controller, which: Sequence[str] = ("controller", "greedy
 
 
 def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequence[str], out: str | Path | None = None,
-                    preset: str = "default", progress: bool = True, settings: dict | None = None) -> dict:
+                    preset: str = "default", progress: bool = True, settings: dict | None = None, workers: int = 1,
+                    loader: Callable | None = None) -> dict:
     """Metrics per set and method; with ``out``, writes results.json, rows JSONL, F1-vs-length
     and precision-by-step plots. A controller given an order-bound view inverts the view's vectors, and every
     method's cosine is the view's (the baselines search with the vectors' EM part).
@@ -163,7 +177,8 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
     With ``out``, each finished (set, method) waits in ``out/partial/``, a :class:`invemb.io.PartialFolder`
     keyed by the sentences, the controller, its decoding settings, the baseline preset and ``settings``
     (what else the caller chose: the EM, the runtime): killed part-way, the same call again keeps those
-    rows and runs only the rest."""
+    rows and runs only the rest. ``workers``, ``loader``: the controller's decodings in that many processes
+    (:func:`controller_methods`); each row's seconds is then its share of the wall time."""
     from invemb.io import PartialFolder, atomic_write_json, content_key, read_jsonl, write_jsonl
 
     partial = None
@@ -184,7 +199,7 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
             if partial is not None:
                 write_jsonl(partial.slot(f"{set_name}_{method}.jsonl"), rows)
 
-        res = run_methods(controller_methods(controller, methods, preset), sentences, controller.target_encoder, progress,
+        res = run_methods(controller_methods(controller, methods, preset, workers, loader), sentences, controller.target_encoder, progress,
                           finished=finished, on_rows=record)
         results[set_name] = {m: {k: r[k] for k in ("summary", "by_length", "by_step")} for m, r in res.items()}
         if out is not None:
