@@ -16,8 +16,9 @@ A word's code (``OrderBindConfig.codes``) is either
   parts agree only where the same word sits at the same place, and the IDF keeps "the" at the start
   from making unrelated sentences look alike, so ranking by the EM part is nearly untouched.
   Measured on the default EM (``bench/em_order_binding.py --codes identity``, 500 test sentences'
-  probes, share 0.4): order discrimination 0.964 against the EM's 0.874; title->summary /
-  gloss->lemma / first sentence->rest MRR 0.977 / 0.561 / 0.839 against 0.975 / 0.580 / 0.846.
+  probes, share 0.5): order discrimination 0.964 against the EM's 0.874 (0.953 / 0.970 against
+  0.858 / 0.886 on the eval suite's probes, seeds 0 / 1); title->summary / gloss->lemma / first
+  sentence->rest MRR 0.977 / 0.557 / 0.820 against 0.975 / 0.580 / 0.846 (share 0.4: 0.561 / 0.839).
 - ``em``: the word's own EM vector, less the vocabulary's mean unit vector, projected to ``width``
   dimensions by a fixed random matrix. Similar words bind alike, so it orders less (0.950 at share
   0.5, retrieval 0.963 / 0.551 / 0.767), but a pair-bound view's words can be read back off it.
@@ -57,9 +58,9 @@ CODES = ("auto", "identity", "em")
 @dataclasses.dataclass
 class OrderBindConfig(Config):
     width: int = 2048  # the bound part's dimensions: 8192 gave the same figures as 2048 (EM codes), 448 less
-    # the bound part's share of the squared norm. Identity codes, order on the bench's probes / the eval suite's (seeds
-    # 0 and 1): 0.5 order 0.964 / 0.953 /
-    # 0.970, first sentence->rest MRR 0.820; 0.4 0.964 / 0.953 / 0.962, 0.839 (the EM's: 0.846)
+    # the bound part's share of the squared norm. Identity codes, order on the bench's probes / the eval suite's
+    # (seeds 0, 1) and first sentence->rest MRR: 0.5 0.964 / 0.953 / 0.970, 0.820; 0.4 0.964 / 0.953 / 0.962, 0.839
+    # (the EM's 0.846)
     share: float = 0.5
     center: bool = True  # EM codes less the vocabulary's mean; uncentred, share 0.5: order 0.936, first sentence->rest 0.654
     max_positions: int = 128  # words bound; later ones are left out of the bound part
