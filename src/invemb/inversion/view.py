@@ -25,12 +25,12 @@ class PairNeighbours:
         (:func:`invemb.inversion.controller.stand_ins`), proposed once."""
         view.check_readable()
         self.view = view
-        ids = [u for u, text in enumerate(units) if len(tokenize(text)) == 1
-               and (stand_in is None or int(stand_in[u]) == u)]
+        tokens = [tokenize(text) for text in units]  # once: 84k units are past tokenize's cache
+        ids = [u for u, words in enumerate(tokens) if len(words) == 1 and (stand_in is None or int(stand_in[u]) == u)]
         self.word_ids = torch.tensor(ids, dtype=torch.long)  # (V1,) one-word units, each vector once
         keys = unit_vectors[self.word_ids].float() - view.center  # (V1, D) centred, as the view binds them
         self.keys = keys / keys.norm(dim=1, keepdim=True).clamp_min(1e-6)  # a projection keeps norms, on average
-        self.ends = [(t[0].lower(), t[-1].lower()) if (t := tokenize(text)) else None for text in units]  # (first, last) word
+        self.ends = [(t[0].lower(), t[-1].lower()) if t else None for t in tokens]  # (first, last) word
         self._cache: dict[tuple[bytes, int], dict[tuple[str, bool], list[int]]] = {}  # (target, k) -> (word, after) -> units
 
     def __call__(self, bound: torch.Tensor, key: bytes, words: list[tuple[str, bool]], k: int) -> dict[tuple[str, bool], list[int]]:
