@@ -317,12 +317,13 @@ def test_invert_and_eval_an_order_bound_views_vectors(cli_run, tmp_path):
 
 def test_eval_inversion_with_workers_gives_the_rows_of_one_process(cli_run, tmp_path):
     """The controller's decodings in spawned workers: the same reconstructions, steps and calls in input order,
-    seconds rescaled to sum to the wall time; the CLI takes --workers; bad settings refused."""
+    seconds rescaled to sum to the wall time, one pool for several calls; the CLI takes --workers; bad settings
+    refused."""
     import functools
 
     from invemb.inversion import load_run
-    from invemb.inversion.controller import invert_vectors_in_workers
-    from invemb.inversion.harness import controller_methods
+    from invemb.inversion.controller import invert_vectors_in_workers, worker_pool
+    from invemb.inversion.harness import compare_methods
 
     root, em = cli_run
     ctrl = load_run(root / "run", em=em)
@@ -330,16 +331,18 @@ def test_eval_inversion_with_workers_gives_the_rows_of_one_process(cli_run, tmp_
     vectors = ctrl.target_encoder.encode(["A dog ran.", "Old tree.", "Big fox near.", "The cat sat on the mat.", "The dog sat."])
     greedy = ctrl.decode_cfg.replace(beam=1)
     one = ctrl.invert_vectors(vectors, greedy)
-    t0 = time.perf_counter()
-    two = invert_vectors_in_workers(vectors, loader, 2, greedy, chunk=2)
-    wall = time.perf_counter() - t0
     same = lambda rs: [(r.text, r.steps, r.encoder_calls, r.cosine) for r in rs]  # noqa: E731
-    assert same(two) == same(one)
-    assert 0 < sum(r.seconds for r in two) <= wall
+    with worker_pool(loader, 2) as pool:
+        for chunk in (2, 16):  # two workers, then the same pool again with one chunk
+            t0 = time.perf_counter()
+            two = invert_vectors_in_workers(vectors, pool, greedy, chunk=chunk)
+            wall = time.perf_counter() - t0
+            assert same(two) == same(one)
+            assert 0 < sum(r.seconds for r in two) <= wall
     with pytest.raises(ValueError, match="needs a loader"):
-        controller_methods(ctrl, ["controller"], workers=2)
+        compare_methods(ctrl, {"wiki": ["A dog ran."]}, ["controller"], workers=2)
     with pytest.raises(ValueError, match="at least 1"):
-        controller_methods(ctrl, ["controller"], workers=0)
+        compare_methods(ctrl, {"wiki": ["A dog ran."]}, ["controller"], workers=0)
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -347,7 +350,7 @@ def test_eval_inversion_with_workers_gives_the_rows_of_one_process(cli_run, tmp_
     (corpus / "sentences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (corpus / "manifest.json").write_text("{}")
     base = ["eval", "inversion", "--em", em, "--controller", str(root / "run"), "--corpus", str(corpus), "--n", "3",
-            "--method", "greedy", "--set", "wiki"]
+            "--method", "greedy", "--method", "bag", "--set", "wiki"]
     for name, extra in (("one", []), ("two", ["--workers", "2"])):
         res = runner.invoke(app, base + ["--out", str(tmp_path / name)] + extra)
         assert res.exit_code == 0, res.output

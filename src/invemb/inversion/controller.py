@@ -631,7 +631,7 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     else:
         from concurrent.futures import as_completed
 
-        with _worker_pool(loader, min(workers, len(todo))) as pool:
+        with worker_pool(loader, min(workers, len(todo))) as pool:
             # the folder is claimed here, once, not by racing workers
             jobs = [pool.submit(_worker_part, str(partial.slot(name)), part.numpy() if texts is None else part,
                                 texts is not None) for name, part in todo]
@@ -647,11 +647,11 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     return rows
 
 
-def invert_vectors_in_workers(vectors, loader: Callable[[], Controller], workers: int, decode: DecodeConfig | None = None,
-                              progress: bool = False, chunk: int = 16) -> list[InversionResult]:
-    """:meth:`Controller.invert_vectors` of ``vectors`` (N, D) by ``workers`` spawned processes, each with its own
-    controller from ``loader`` (as :func:`invert_to_jsonl`) and its share of torch's threads, ``chunk`` vectors (a
-    multiple of the lockstep batch: the searches one call would run) at a time; results in input order.
+def invert_vectors_in_workers(vectors, pool, decode: DecodeConfig | None = None, progress: bool = False,
+                              chunk: int = 16) -> list[InversionResult]:
+    """:meth:`Controller.invert_vectors` of ``vectors`` (N, D) by the processes of ``pool`` (:func:`worker_pool`:
+    each holds its own controller), ``chunk`` vectors (a multiple of the lockstep batch: the searches one call would
+    run) at a time; results in input order.
 
     Each result's ``seconds`` is rescaled so that they sum to the wall time of the whole call: per sentence they
     then read as the time the caller waited, as one process's do, not as the time each worker spent."""
@@ -659,8 +659,6 @@ def invert_vectors_in_workers(vectors, loader: Callable[[], Controller], workers
     from concurrent.futures import as_completed
 
     vectors = torch.as_tensor(vectors).float()
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
     starts = list(range(0, len(vectors), chunk))
     bar = None
     if progress:
@@ -669,13 +667,12 @@ def invert_vectors_in_workers(vectors, loader: Callable[[], Controller], workers
         bar = tqdm(total=len(vectors), desc="invert", unit="vec", dynamic_ncols=True)
     t0 = time.perf_counter()
     parts: dict[int, list[dict]] = {}
-    with _worker_pool(loader, max(1, min(workers, len(starts)))) as pool:
-        jobs = {pool.submit(_worker_vectors, vectors[a: a + chunk].numpy(), decode.to_dict() if decode else None): a
-                for a in starts}
-        for job in as_completed(jobs):
-            parts[jobs[job]] = job.result()  # a worker's error is raised here
-            if bar is not None:
-                bar.update(len(parts[jobs[job]]))
+    jobs = {pool.submit(_worker_vectors, vectors[a: a + chunk].numpy(), decode.to_dict() if decode else None): a
+            for a in starts}
+    for job in as_completed(jobs):
+        parts[jobs[job]] = job.result()  # a worker's error is raised here
+        if bar is not None:
+            bar.update(len(parts[jobs[job]]))
     if bar is not None:
         bar.close()
     rows = [row for a in starts for row in parts[a]]
@@ -684,12 +681,15 @@ def invert_vectors_in_workers(vectors, loader: Callable[[], Controller], workers
             for r in rows]
 
 
-def _worker_pool(loader: Callable[[], Controller], workers: int):
-    """A pool of ``workers`` spawned processes, each holding a controller from ``loader`` and 1/workers of torch's
-    threads (decoding is mostly single-threaded Python beside the encoder)."""
+def worker_pool(loader: Callable[[], Controller], workers: int):
+    """A pool of ``workers`` spawned processes (a context manager), each holding a controller from ``loader`` (a
+    picklable callable, e.g. ``functools.partial(load_run, RUN, em=EM)``) and 1/workers of torch's threads:
+    decoding is mostly single-threaded Python beside the encoder."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     threads = max(1, torch.get_num_threads() // workers)
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                initargs=(loader, threads))

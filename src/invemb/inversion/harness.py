@@ -5,6 +5,7 @@ then encoded once more to report cos(encode(reconstruction), target) the same wa
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -131,22 +132,17 @@ def run_methods(methods: dict[str, Method | Batched], sentences: Sequence[str], 
 
 
 def controller_methods(controller, which: Sequence[str] = ("controller", "greedy", "bag", "blackbox"),
-                       preset: str = "default", workers: int = 1, loader: Callable | None = None) -> dict[str, Method | Batched]:
-    """The methods of the side-by-side comparison, sharing the controller's encoder and index. ``workers`` > 1: the
-    controller's decodings (controller, greedy) run in that many processes, each loading its controller with
-    ``loader`` (:func:`invemb.inversion.controller.invert_vectors_in_workers`); the baselines run here."""
+                       preset: str = "default", pool=None) -> dict[str, Method | Batched]:
+    """The methods of the side-by-side comparison, sharing the controller's encoder and index. ``pool``
+    (:func:`invemb.inversion.controller.worker_pool`): the controller's decodings (controller, greedy) run in its
+    processes; the baselines run here."""
     from invemb.inversion.baselines import BagConfig, BlackBoxConfig, bag_of_units, black_box_search
     from invemb.inversion.controller import invert_vectors_in_workers
 
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and loader is None:
-        raise ValueError("workers > 1 needs a loader that rebuilds the controller in each worker")
-
     def decoded(decode) -> Batched:
-        if workers == 1:
+        if pool is None:
             return Batched(lambda t, progress: controller.invert_vectors(t, decode, progress))
-        return Batched(lambda t, progress: invert_vectors_in_workers(t, loader, workers, decode, progress))
+        return Batched(lambda t, progress: invert_vectors_in_workers(t, pool, decode, progress))
 
     bag_cfg, blackbox_cfg = BagConfig.preset(preset), BlackBoxConfig.preset(preset)  # a bad preset: refused before any work
 
@@ -177,8 +173,22 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
     With ``out``, each finished (set, method) waits in ``out/partial/``, a :class:`invemb.io.PartialFolder`
     keyed by the sentences, the controller, its decoding settings, the baseline preset and ``settings``
     (what else the caller chose: the EM, the runtime): killed part-way, the same call again keeps those
-    rows and runs only the rest. ``workers``, ``loader``: the controller's decodings in that many processes
-    (:func:`controller_methods`); each row's seconds is then its share of the wall time."""
+    rows and runs only the rest. ``workers`` > 1: the controller's decodings run in that many processes, started
+    once for every set and method, each loading its controller with ``loader``
+    (:func:`invemb.inversion.controller.worker_pool`); each row's seconds is then its share of the wall time."""
+    from invemb.inversion.controller import worker_pool
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and loader is None:
+        raise ValueError("workers > 1 needs a loader that rebuilds the controller in each worker")
+    decodes = {"controller", "greedy"} & set(methods)
+    with worker_pool(loader, workers) if workers > 1 and decodes else contextlib.nullcontext() as pool:  # started on first use
+        return _compare(controller, sets, methods, out, preset, progress, settings, pool)
+
+
+def _compare(controller, sets, methods, out, preset, progress, settings, pool) -> dict:
+    """:func:`compare_methods` with its worker pool (or None)."""
     from invemb.io import PartialFolder, atomic_write_json, content_key, read_jsonl, write_jsonl
 
     partial = None
@@ -199,7 +209,7 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
             if partial is not None:
                 write_jsonl(partial.slot(f"{set_name}_{method}.jsonl"), rows)
 
-        res = run_methods(controller_methods(controller, methods, preset, workers, loader), sentences, controller.target_encoder, progress,
+        res = run_methods(controller_methods(controller, methods, preset, pool), sentences, controller.target_encoder, progress,
                           finished=finished, on_rows=record)
         results[set_name] = {m: {k: r[k] for k in ("summary", "by_length", "by_step")} for m, r in res.items()}
         if out is not None:
