@@ -110,7 +110,7 @@ class OrderBoundEncoder:
         ``word_counts``: lower-cased word -> its count in the EM's corpus, the IDF of identity codes."""
         if cfg.word_codes == "identity" and not word_counts:
             raise ValueError("identity codes need the EM run's word counts (the counts of its vocab.json)")
-        self.em, self.cfg, self.em_path = em, cfg, em_path
+        self.em, self.cfg, self.em_path = em, cfg.replace(codes=cfg.word_codes), em_path  # "auto" resolved: saved as used
         self.word_counts = word_counts or {}
         self._total = sum(self.word_counts.values())
         self.center, self.projection = tensors["center"].float(), tensors["projection"].float()
@@ -342,7 +342,7 @@ class OrderBoundEncoder:
         if self.cfg.word_codes == "identity":
             atomic_write_json(path / WORD_COUNTS, self.word_counts)
         atomic_write_json(path / "config.json", {"kind": self.kind, "em": self.em_path, "dim": self.dim,
-                                                 "config": {**self.cfg.to_dict(), "codes": self.cfg.word_codes}})
+                                                 "config": self.cfg.to_dict()})
 
 
 def identity_codes(words: list[str], width: int, seed: int = 0) -> torch.Tensor:
@@ -390,7 +390,7 @@ def build_run(em: str | Path, out: str | Path, cfg: OrderBindConfig | None = Non
         raise FileExistsError(f"{out} is not empty; pick a new --out")
     view = build_view(em, cfg)
     view.save(out)
-    return {"run": str(out), "em": str(em), "dim": view.dim, **view.cfg.to_dict(), "codes": view.cfg.word_codes}
+    return {"run": str(out), "em": str(em), "dim": view.dim, **view.cfg.to_dict()}
 
 
 def em_run(path: str | Path) -> Path:

@@ -603,10 +603,7 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
 
     if (texts is None) == (vectors is None):
         raise ValueError("give exactly one of texts or vectors")
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and loader is None:
-        raise ValueError("workers > 1 needs a loader that rebuilds the controller in each worker")
+    check_workers(workers, loader)
     output = check_output_file(output, ".jsonl file")
     items = list(texts) if texts is not None else ctrl.check_vectors(vectors)
     inputs = items if texts is not None else hashlib.sha256(items.numpy().tobytes()).hexdigest()
@@ -688,11 +685,18 @@ def worker_pool(loader: Callable[[], Controller], workers: int):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    check_workers(workers, loader)
     threads = max(1, torch.get_num_threads() // workers)
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                initargs=(loader, threads))
+
+
+def check_workers(workers: int, loader: Callable[[], Controller] | None) -> None:
+    """Refuse, before any work, a worker count below 1, or workers with no loader to build their controllers."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and loader is None:
+        raise ValueError("workers > 1 needs a loader that rebuilds the controller in each worker")
 
 
 def _worker_vectors(part, decode: dict | None) -> list[dict]:
@@ -705,7 +709,7 @@ def _invert_part(ctrl: Controller, part, is_texts: bool, on_done=None) -> list[d
     return ctrl.invert_texts(part, on_done=on_done) if is_texts else [r.to_dict() for r in ctrl.invert_vectors(part, on_done=on_done)]
 
 
-_WORKER: dict[str, Controller] = {}  # the controller of an invert_to_jsonl worker process
+_WORKER: dict[str, Controller] = {}  # the controller of a worker_pool process
 
 
 def _start_worker(loader: Callable[[], Controller], threads: int) -> None:

@@ -176,12 +176,9 @@ def compare_methods(controller, sets: dict[str, Sequence[str]], methods: Sequenc
     rows and runs only the rest. ``workers`` > 1: the controller's decodings run in that many processes, started
     once for every set and method, each loading its controller with ``loader``
     (:func:`invemb.inversion.controller.worker_pool`); each row's seconds is then its share of the wall time."""
-    from invemb.inversion.controller import worker_pool
+    from invemb.inversion.controller import check_workers, worker_pool
 
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    if workers > 1 and loader is None:
-        raise ValueError("workers > 1 needs a loader that rebuilds the controller in each worker")
+    check_workers(workers, loader)
     decodes = {"controller", "greedy"} & set(methods)
     with worker_pool(loader, workers) if workers > 1 and decodes else contextlib.nullcontext() as pool:  # started on first use
         return _compare(controller, sets, methods, out, preset, progress, settings, pool)
