@@ -91,6 +91,16 @@ def test_duplicates_differing_in_case_or_outer_punctuation_are_one_sentence(tmp_
     assert m["sources"]["files"]["duplicates"] == 2
 
 
+def test_a_sentence_with_a_character_lost_in_decoding_is_dropped_and_counted(tmp_path):
+    rows = [{"text": "It cost me \ufffd5 to put air in my tyres."}, {"text": "Oh, just this woman I\ufffdve been seeing."},
+            {"text": "It cost me five pounds."}]
+    jl = tmp_path / "d.jsonl"
+    jl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = build_corpus(CorpusConfig(sources=[], files=[str(jl)], min_words=3), tmp_path / "c", progress=False)
+    assert Corpus(tmp_path / "c").sentences() == ["It cost me five pounds."]
+    assert m["sources"]["files"]["undecodable"] == 2 and m["sources"]["files"]["sentences"] == 1
+
+
 def test_empty_sources_and_a_broken_corpus_are_refused(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="no sentences of 3-64 words in the sources \\(files\\)"):

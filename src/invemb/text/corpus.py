@@ -190,11 +190,15 @@ def build_corpus(cfg: CorpusConfig, out_dir: str | Path, progress: bool = True) 
     splitter: SentenceSplitter | None = None
 
     def add(source: str, doc: str, sentences: Iterable[str]) -> None:
-        st = stats.setdefault(source, {"documents": 0, "sentences": 0, "duplicates": 0, "too_short_or_long": 0})
+        st = stats.setdefault(source, {"documents": 0, "sentences": 0, "duplicates": 0, "too_short_or_long": 0,
+                                       "undecodable": 0})
         st["documents"] += 1
         split = split_of(doc, cfg.dev_fraction, cfg.test_fraction)
         for part, s in enumerate(sentences):  # part: the text's place in its document (a WordNet gloss is 0)
             s = normalize(s)
+            if "\ufffd" in s:  # a character lost in decoding (U+FFFD): its word would enter the vocabulary as "\ufffd"
+                st["undecodable"] += 1
+                continue
             n = len(s.split())
             if n < cfg.min_words or n > cfg.max_words:
                 st["too_short_or_long"] += 1
