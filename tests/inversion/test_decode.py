@@ -26,6 +26,31 @@ def test_oracle_selector_and_placer_reproduce_the_sentence(fake_encoder, seed):
         assert len(res.steps) == len(gold) and res.encoder_calls == len(gold)
 
 
+def test_a_search_that_rebuilds_its_target_ends_there():
+    """Without the exact stop, a policy that goes on proposing after the sentence is whole spends its patience
+    steps on children that cannot score higher; with it, the search ends at the exact text."""
+    from invemb.inversion.decode import Action, Proposal
+
+    class Overeager(OraclePolicy):
+        def propose(self, targets, hyps, cfg):
+            out = super().propose(targets, hyps, cfg)
+            return [Proposal([Action(0, len(h.units), 0.0)]) if not p.actions else p for h, p in zip(hyps, out)]
+
+    vocab, encoder = toy_vocab(), BagEncoder()  # additive: each gold word placed raises the cosine
+    seg = Segmenter(vocab)
+    for sentence in toy_sentences(3, seed=20):
+        gold = seg.segment(sentence).unit_ids
+        target = encoder.encode([sentence])[0]
+        runs = {}
+        for exact in (0.9999, 2.0):
+            cfg = DecodeConfig(beam=1, patience=3, lm_weight=0, length_weight=0, exact_cosine=exact)
+            runs[exact] = beam_decode(target, Overeager(gold), CountingEncoder(encoder), vocab.units, cfg)
+        assert runs[0.9999].text == runs[2.0].text == sentence
+        assert runs[0.9999].encoder_calls == len(gold) and runs[2.0].encoder_calls == len(gold) + 3
+    with pytest.raises(ValueError, match=r"exact_cosine=-1 \(at least 0\)"):
+        DecodeConfig(exact_cosine=-1)
+
+
 def test_placer_learns_gold_positions_on_toy_vocabulary(toy_run):
     run, _, summary = toy_run
     first = read_metrics(run / "metrics.jsonl", "step")[:3]

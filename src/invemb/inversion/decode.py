@@ -95,6 +95,9 @@ class DecodeConfig(Config):
     # sentences (seed 0): wiki token F1 47.6 -> 45.9, 254 -> 198 encoder calls, WordNet 60.2 -> 60.5.
     patience: int = 3
     min_gain: float = 1e-4
+    # A search whose best text reaches this cosine with its target (the view's, inverting a view) has rebuilt it:
+    # it ends there, without its patience steps or polishing (above 1: off)
+    exact_cosine: float = 0.9999
     max_words: int = 40
     max_steps: int = 48
     # Inverting an order-bound view's vector: once the search ends, its best text is edited. Each round, the texts
@@ -154,7 +157,7 @@ class DecodeConfig(Config):
                                 ("min_gain", 0), ("repeat_penalty", 0), ("length_weight", 0), ("model_weight", 0), ("lm_weight", 0),
                                 ("memory_weight", 0), ("memory_temperature", 1e-6), ("view_weight", 0),
                                 ("view_neighbours", 0), ("view_polish", 0), ("view_polish_rounds", 0), ("view_edits", 0), ("view_moves", 0),
-                                ("view_residual", 0), ("view_whole_words", 0))
+                                ("view_residual", 0), ("view_whole_words", 0), ("exact_cosine", 0))
                if not getattr(self, k) >= least]  # NaN fails this too
         bad += [f"{k}={getattr(self, k)} (a number)" for k in ("stop_threshold", "move_threshold")
                 if not math.isfinite(getattr(self, k))]
@@ -330,7 +333,7 @@ class _Search:
 
     def result(self, w: float, seconds: float) -> InversionResult:
         best = self.best(w)
-        cosine = None if not best.units else best.cosine if best.view_cosine is None else best.view_cosine
+        cosine = None if not best.units else _fit(best)
         return InversionResult(best.text, cosine, best.steps, self.calls, seconds, best.score(w))
 
 
@@ -490,8 +493,17 @@ def _steps(searches: list[_Search], policy: Policy, encoder: CountingEncoder, un
                     seen.add(k.text)
                     new_beam.append(k)
             s.beam = new_beam
+            if _fit(s.best(w)) >= cfg.exact_cosine:  # the target rebuilt: nothing scores higher but by the priors
+                s.finished += [h.best for h in s.beam]
+                s.beam = []
+                end(s)
     if on_done is not None:
         on_done(sum(not s.done for s in searches))
+
+
+def _fit(h: Hypothesis) -> float:
+    """A hypothesis's cosine with its target: the view's, inverting a view."""
+    return h.cosine if h.view_cosine is None else h.view_cosine
 
 
 def _rescore(k: Hypothesis, s: _Search, by_text: dict, bound_of: dict, bound: BoundTargets | None,
@@ -597,7 +609,8 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
     text that scores higher joins ``finished`` with a step naming its edit."""
     w = cfg.model_weight
     current = {id(s): s.best(w) for s in searches}
-    live = [s for s in searches if s.bound_target is not None and len(current[id(s)].units) >= 2]
+    live = [s for s in searches if s.bound_target is not None and len(current[id(s)].units) >= 2
+            and _fit(current[id(s)]) < cfg.exact_cosine]
     for _ in range(cfg.view_polish_rounds):
         picked: list[tuple[_Search, list[Hypothesis], list[tuple | None]]] = []
         bound_of: dict[str, torch.Tensor] = {}  # text -> (W,) its bound part
@@ -664,7 +677,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
                 best.best = best
                 current[id(s)] = best
                 s.finished.append(best)
-                if len(best.units) >= 2:
+                if len(best.units) >= 2 and _fit(best) < cfg.exact_cosine:
                     live.append(s)
         if not live:
             break
