@@ -54,7 +54,8 @@ def test_the_length_bonus_lengthens_a_prefix_up_to_the_predicted_words_and_no_fu
     vocab, encoder = toy_vocab(), BagEncoder()
     sequence = Segmenter(vocab).segment("the cat sat on a mat today").unit_ids
     target = encoder.encode(["the cat"])[0]  # the cosine peaks at two words
-    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0)
+    # the exact stop off: it would end the search at "The cat", the target itself, whatever the bonus says (below)
+    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, exact_cosine=2.0)
     counting = CountingEncoder(encoder)
     assert beam_decode(target, AppendPolicy(sequence), counting, vocab.units, cfg).text == "The cat"
     with pytest.raises(ValueError, match="needs a length prior"):
@@ -63,6 +64,9 @@ def test_the_length_bonus_lengthens_a_prefix_up_to_the_predicted_words_and_no_fu
         res = beam_decode(target, AppendPolicy(sequence), counting, vocab.units, cfg.replace(length_weight=1.0),
                           length=lambda t, w=predicted: torch.full((t.shape[0],), w))
         assert res.text == expected
+    exact = beam_decode(target, AppendPolicy(sequence), counting, vocab.units, cfg.replace(length_weight=1.0, exact_cosine=0.9999),
+                        length=lambda t: torch.full((t.shape[0],), 4.0))
+    assert exact.text == "The cat"
 
 
 def test_a_trained_run_holds_its_length_prior_and_an_older_run_fits_it_on_first_use(toy_run, tmp_path):

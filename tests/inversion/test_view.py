@@ -173,7 +173,8 @@ def test_polishing_deletes_the_units_a_search_placed_around_the_text(monkeypatch
     main, parts = view.split(view.encode(["big cat sat on the mat"]))
     bound = BoundTargets(parts, view.bound_texts, view.cfg.share)
     script = [(0, 0), (4, 1), (1, 1), (2, 2), (3, 3)]  # dog, today, then big cat sat on the mat between them
-    cfg = dict(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64)
+    # the exact stop off: the rounds after the text is rebuilt are counted below
+    cfg = dict(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, exact_cosine=2.0)
 
     def run(bound, **overrides):
         encoder = CountingEncoder(em)
@@ -187,6 +188,8 @@ def test_polishing_deletes_the_units_a_search_placed_around_the_text(monkeypatch
     assert polished.steps[-1] == {"deleted": "dog today", "cosine": pytest.approx(1.0, abs=1e-4)}
     # round 1: of 5 units, 14 spans deleted (all but the whole) + 6 inner spans kept; round 2, of 3: 5 + 1, no gain
     assert polished.encoder_calls == 5 + 20 + 6
+    # with the exact stop, no round 2: round 1 left the target's own text
+    assert run(bound, exact_cosine=0.9999).encoder_calls == 5 + 20
     assert run(bound, view_polish=4).text == polished.text  # the bound part ranks the right cut among the first 4
     # one text encoded a round: of the 20 cuts only the 4 whose bound part comes nearest are ranked, the right one too
     from functools import partial

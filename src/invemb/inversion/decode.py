@@ -96,7 +96,9 @@ class DecodeConfig(Config):
     patience: int = 3
     min_gain: float = 1e-4
     # A search whose best text reaches this cosine with its target (the view's, inverting a view) has rebuilt it:
-    # it ends there, without its patience steps or polishing (above 1: off)
+    # it ends there, without its patience steps or polishing, even where the length bonus would pay for more words
+    # (above 1: off). 150 wiki test sentences on the view (seed 0): 149 texts the same, the other now exact; 461 ->
+    # 456 encoder calls
     exact_cosine: float = 0.9999
     max_words: int = 40
     max_steps: int = 48
@@ -493,7 +495,7 @@ def _steps(searches: list[_Search], policy: Policy, encoder: CountingEncoder, un
                     seen.add(k.text)
                     new_beam.append(k)
             s.beam = new_beam
-            if _fit(s.best(w)) >= cfg.exact_cosine:  # the target rebuilt: nothing scores higher but by the priors
+            if _fit(s.best(w)) >= cfg.exact_cosine:  # the target rebuilt: only the priors could still prefer another text
                 s.finished += [h.best for h in s.beam]
                 s.beam = []
                 end(s)
