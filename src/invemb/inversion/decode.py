@@ -495,7 +495,7 @@ def _steps(searches: list[_Search], policy: Policy, encoder: CountingEncoder, un
                     seen.add(k.text)
                     new_beam.append(k)
             s.beam = new_beam
-            if _fit(s.best(w)) >= cfg.exact_cosine:  # the target rebuilt: only the priors could still prefer another text
+            if _rebuilt(s.best(w), cfg):  # only the priors could still prefer another text
                 s.finished += [h.best for h in s.beam]
                 s.beam = []
                 end(s)
@@ -506,6 +506,16 @@ def _steps(searches: list[_Search], policy: Policy, encoder: CountingEncoder, un
 def _fit(h: Hypothesis) -> float:
     """A hypothesis's cosine with its target: the view's, inverting a view."""
     return h.cosine if h.view_cosine is None else h.view_cosine
+
+
+def _rebuilt(h: Hypothesis, cfg: DecodeConfig) -> bool:
+    """Whether ``h`` is its target's own text (``cfg.exact_cosine``): its search, polishing too, ends there."""
+    return _fit(h) >= cfg.exact_cosine
+
+
+def _polishable(h: Hypothesis, cfg: DecodeConfig) -> bool:
+    """Whether polishing edits ``h`` (another round): two units or more to cut or move, and not the target's own text."""
+    return len(h.units) >= 2 and not _rebuilt(h, cfg)
 
 
 def _rescore(k: Hypothesis, s: _Search, by_text: dict, bound_of: dict, bound: BoundTargets | None,
@@ -611,8 +621,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
     text that scores higher joins ``finished`` with a step naming its edit."""
     w = cfg.model_weight
     current = {id(s): s.best(w) for s in searches}
-    live = [s for s in searches if s.bound_target is not None and len(current[id(s)].units) >= 2
-            and _fit(current[id(s)]) < cfg.exact_cosine]
+    live = [s for s in searches if s.bound_target is not None and _polishable(current[id(s)], cfg)]
     for _ in range(cfg.view_polish_rounds):
         picked: list[tuple[_Search, list[Hypothesis], list[tuple | None]]] = []
         bound_of: dict[str, torch.Tensor] = {}  # text -> (W,) its bound part
@@ -679,7 +688,7 @@ def _polish(searches: list[_Search], encoder: CountingEncoder, unit_texts: Seque
                 best.best = best
                 current[id(s)] = best
                 s.finished.append(best)
-                if len(best.units) >= 2 and _fit(best) < cfg.exact_cosine:
+                if _polishable(best, cfg):
                     live.append(s)
         if not live:
             break
