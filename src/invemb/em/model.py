@@ -46,7 +46,7 @@ HEADS = ("mlp", "attention", "transformer", "bind")
 
 @dataclasses.dataclass
 class HeadConfig(Config):
-    head: str = "bind"  # mlp | attention | transformer | bind (bind: best order discrimination and fastest, see README)
+    head: str = "bind"  # mlp | attention | transformer | bind (bind: best order discrimination and fastest, docs/em.md)
     hidden: int = 384  # backbone hidden size H (set from the backbone)
     proj_hidden: int = 768
     embed_dim: int = 384  # the backbone's width: 256 capped dev reconstruction cosine near 0.87

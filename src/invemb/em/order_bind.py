@@ -2,7 +2,7 @@
 
 A mean-pooled sentence vector hardly moves when two words trade places. The EM's trained order
 sub-space (``head.order_dims``) helps, but its 64 dimensions are a dial between order and
-retrieval, not a free gain (README, ``bench/em_order_share.py``). This view needs no training: each
+retrieval, not a free gain (docs/em.md, ``bench/em_order_share.py``). This view needs no training: each
 text's vector gets a second part, the sum over its words of a code of the word bound to the word's
 position by a fixed random signed permutation, L2-normalised. The two parts are weighted
 ``sqrt(1 - share)`` and ``sqrt(share)``. A text of one word gets no bound part: words rank words as

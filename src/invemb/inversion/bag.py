@@ -10,7 +10,7 @@ content units (the 20 most frequent units left out: decoding offers those to eve
 the first 32 is, for the default EM: its vector's nearest units 26.9 (Wikipedia) / 49.9 (WordNet
 examples), the 245k-sentence memory's votes 34.8 / 48.2, this bag trained on that memory 46.0 /
 70.6 (``bench/inversion_bag_recall.py``). It needs that much text: bags of 30k-52k sentences
-decode worse on WordNet than none (README "Bag of units"), so decoding leaves it off by default.
+decode worse on WordNet than none (docs/inversion.md "Bag of units"), so decoding leaves it off by default.
 
 Decoding (``--decode bag_weight=W``) adds ``W * max(0, log p(u | target) + bag_floor)`` to the
 Selector's logit of every candidate unit the hypothesis does not hold yet (a unit placed gets no

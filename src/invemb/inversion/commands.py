@@ -31,11 +31,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         Example: invemb train controller --em backbone --preset default --out runs/controller
 
-        With the Selector's reranker (better units, slower training; README "Reranker"):
+        With the Selector's reranker (better units, slower training; docs/inversion.md "Reranker"):
         invemb train controller --em runs/em-default --out runs/controller-rerank --set selector.rerank=64
 
         Without the sentence memory the Selector reads by default (20% faster training, about 1-2 points
-        less wiki token F1; README "Sentence memory"):
+        less wiki token F1; docs/inversion.md "Sentence memory"):
         invemb train controller --em runs/em-default --out runs/controller-plain --set selector.memory=0
         """
         from invemb.config import parse_overrides
@@ -206,12 +206,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     ):
         """Add the controller's training text to its sentence memory: the units of the training sentences
         nearest to a target, which the Selector reads (trained with `selector.memory`, the default preset)
-        and `--decode memory_weight` offers it (README "Sentence memory"). A controller run starts with the
+        and `--decode memory_weight` offers it (docs/inversion.md "Sentence memory"). A controller run starts with the
         sentences of its own training states; this encodes more of its corpus's train split (default
         corpus, 2 cores: all of it, 194k more sentences, 11-13 minutes; `--source wiki`, 21k, 2 minutes).
         On two samples, all of it lifted wiki / WordNet token F1 from 44.5 / 60.8 and 42.9 / 60.2 to
         45.5 / 63.1 and 45.1 / 63.6; the wiki text alone gave wiki 46.1 / 48.6. Killed, the same command
-        again keeps what it had encoded. The decoder's bag of units (README "Bag of units") is trained on
+        again keeps what it had encoded. The decoder's bag of units (docs/inversion.md "Bag of units") is trained on
         this memory, so it is trained again on the grown one (`--no-bag`: keep the old).
 
         Examples:

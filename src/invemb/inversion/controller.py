@@ -598,7 +598,7 @@ def invert_to_jsonl(ctrl: Controller, output: str | Path, texts: Sequence[str] |
     ``workers`` > 1: chunks are inverted by that many processes, each with its own controller from
     ``loader`` (a picklable callable, e.g. ``functools.partial(load_run, RUN, em=EM)``) and its share of
     torch's threads. Decoding is mostly single-threaded Python beside the encoder, so on 2 cores two
-    one-thread workers invert more sentences a second than one two-thread process (README)."""
+    one-thread workers invert more sentences a second than one two-thread process (docs/inversion.md "Speed")."""
     from invemb.io import PartialFolder, check_output_file, content_key, read_jsonl, write_jsonl
 
     if (texts is None) == (vectors is None):

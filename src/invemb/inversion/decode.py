@@ -49,7 +49,7 @@ class DecodeConfig(Config):
     # Weight of the language prior (invemb.inversion.lm: a word-bigram model of the controller's training
     # text) in every score: lm_weight * the mean over the text's adjacent pairs of log P(w | v) / P(w), what
     # the order adds. 0: off. 150 + 150 test sentences, slots 3, wiki / WordNet token F1: off 39.6 / 56.5
-    # (slots 2), 0.03 41.6 / 58.9, 0.05 43.5 / 59.8, 0.08 42.5 / 57.9, 0.12 42.2 / 56.3 (README, "Language prior").
+    # (slots 2), 0.03 41.6 / 58.9, 0.05 43.5 / 59.8, 0.08 42.5 / 57.9, 0.12 42.2 / 56.3 (docs/inversion.md "Language prior").
     lm_weight: float = 0.05
     # With the prior on, the policy's best lm_pool * expand actions per hypothesis are re-ranked by
     # model_weight * log-prob + the child's weighted prior before the expand cut, so the prior also
@@ -67,7 +67,7 @@ class DecodeConfig(Config):
     # + bag_floor) for every candidate unit the hypothesis does not hold yet; its bag_units likeliest such units
     # join the candidates. 0: off. 0.5 with a bag of all the training text (245k sentences), paired against 0 on
     # 150 + 150 test sentences: wiki token F1 47.5 -> 49.6 (seed 0), WordNet 62.9 -> 63.7; bags of 30k-52k
-    # sentences lose WordNet F1 (-3.2 to -3.7), so it stays off unless the run's memory is large (README).
+    # sentences lose WordNet F1 (-3.2 to -3.7), so it stays off unless the run's memory is large (docs/inversion.md "Bag of units").
     bag_weight: float = 0.0
     bag_units: int = 16
     bag_floor: float = 15.0

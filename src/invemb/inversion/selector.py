@@ -54,7 +54,7 @@ class SelectorConfig(Config):
     temperature: float = 0.05  # InfoNCE temperature (cosine / temperature)
     # Units the intention retrieves for the reranker to re-score (0: no reranker). 64 on the default EM with
     # pooled positives: wiki / WordNet token F1 36.7 / 56.9 against 32.3 / 52.2, at a training loop 1.7x
-    # slower; with positives="each" it adds nothing (36.6 / 55.7 against 38.8 / 56.2, README).
+    # slower; with positives="each" it adds nothing (36.6 / 55.7 against 38.8 / 56.2, docs/inversion.md "Positives").
     rerank: int = 0
     rerank_width: int = 128
     # "each" | "pooled": see the module docstring. Default EM, same training states, two seeds each, 150 test
@@ -74,7 +74,7 @@ class SelectorConfig(Config):
     # votes) or "bag" (the bag of units' likeliest units, cross-fitted in training). "bag" was worth what the
     # neighbours are worth: wiki / WordNet token F1 at 52k 48.9 / 61.3 and 47.6 / 60.4 against 47.6 / 60.2 and
     # 49.2 / 60.2 (seeds 0 / 1), at 245k 47.6 / 63.0 and 46.2 / 64.1 against 47.5 / 62.9 and 46.4 / 64.0; less
-    # than the neighbours with decoding's hand-weighted bag (245k: 49.6 / 63.7; README "Bag of units").
+    # than the neighbours with decoding's hand-weighted bag (245k: 49.6 / 63.7; docs/inversion.md "Bag of units").
     memory_source: str = "neighbours"
 
     presets = {"tiny": {"hidden": 32, "layers": 1, "dropout": 0.0}, "default": {"memory": 32},
