@@ -3,7 +3,8 @@ onnxruntime and bfloat16 backbone runtimes, in one run on the same sentences; on
 without its pruning (the same searches, every candidate pair placed) and ``--gaps`` (fewer children
 encoded: ``DecodeConfig.expand_gap``); on the last runtime in lockstep, ``--expands`` (fewer children
 encoded per hypothesis: ``DecodeConfig.expand``) and ``--view RUN`` (the vectors of an ``invemb order-bind``
-view inverted instead of the EM's, its bound part in the beam's score).
+view inverted instead of the EM's, its bound part in the beam's score). When the controller run has extra units
+(``invemb index words``), the last runtime in lockstep and the view also decode without them.
 
 Every repeat decodes the sentences once with each setting in turn (drift in the shared machine hits
 all alike; each keeps its fastest repeat). Reports sentences/s, the ratio of each setting's time to
@@ -66,6 +67,10 @@ def main() -> None:
             settings[f"onnx_lockstep{args.batch}_gap{gap:g}"] = (onnx, args.batch, True, onnx.decode_cfg.replace(expand_gap=gap),
                                                                  targets)
     last = runtimes[-1]  # the fastest where the list runs torch, onnx, bf16
+    extra = len(ctrls[last].vocab) > ctrls[last].trained_units  # the run has extra units (`invemb index words`)
+    if extra:  # the same decoding without them
+        bare = load_run(args.controller, em=invemb.load(args.em, runtime=last), extra_units=False, **overrides)
+        settings[f"{last}_lockstep{args.batch}_no_extra_units"] = (bare, args.batch, True, bare.decode_cfg, targets)
     for expand in args.expands:
         ctrl = ctrls[last]
         settings[f"{last}_lockstep{args.batch}_expand{expand}"] = (ctrl, args.batch, True, ctrl.decode_cfg.replace(expand=expand),
@@ -73,8 +78,12 @@ def main() -> None:
     if args.view:
         view = load_run(args.controller, em=invemb.load(args.view, runtime=last), **overrides)
         # its first repeat also encodes each word of the hypotheses once (kept): the fastest repeat is reported
-        settings[f"{last}_lockstep{args.batch}_view"] = (view, args.batch, True, view.decode_cfg,
-                                                        view.target_encoder.encode(sentences))
+        view_targets = view.target_encoder.encode(sentences)
+        settings[f"{last}_lockstep{args.batch}_view"] = (view, args.batch, True, view.decode_cfg, view_targets)
+        if extra:
+            bare = load_run(args.controller, em=invemb.load(args.view, runtime=last), extra_units=False, **overrides)
+            settings[f"{last}_lockstep{args.batch}_view_no_extra_units"] = (bare, args.batch, True, bare.decode_cfg,
+                                                                           view_targets)
     best = dict.fromkeys(settings, float("inf"))
     results = {}
     for _ in range(args.repeat):

@@ -1,6 +1,7 @@
 """How close any inversion can get on a vocabulary: the EM cosine and token F1 of each held-out
 sentence rebuilt from its own gold units (segmentation -> units -> text), for vocabularies built
-from the training split with several size settings. No controller is involved: a unit the
+from the training split with several size settings, and the default one with the words
+`invemb index words` adds to a controller run (wordfreq's English list). No controller is involved: a unit the
 vocabulary lacks cannot be placed by any decoder, so this bounds them all.
 
     .venv/bin/python bench/inversion_vocab_ceiling.py [--em runs/em-default] [--n 300]
@@ -25,6 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     import invemb
     from invemb.inversion.decode import render
+    from invemb.inversion.extra import ExtraUnitsConfig, extended_vocab, new_words, source_words
     from invemb.inversion.harness import eval_sentences, resolve_corpus
     from invemb.inversion.metrics import token_f1
     from invemb.inversion.segment import Segmenter
@@ -42,9 +44,12 @@ def main() -> None:
         "full sizes": full,
         "full sizes, min count 2": full.replace(min_count={**full.min_count, "entity": 2, "acronym": 2, "number": 2, "numeric": 2}),
     }
+    vocabs = {name: build_vocab(train, cfg) for name, cfg in variants.items()}
+    # the default vocabulary with the words `invemb index words` adds to a controller run after training
+    words = new_words(vocabs["default"], source_words(ExtraUnitsConfig()))
+    vocabs["default + extra units (wordfreq)"] = extended_vocab(vocabs["default"], words)
     rows = []
-    for name, cfg in variants.items():
-        vocab = build_vocab(train, cfg)
+    for name, vocab in vocabs.items():
         segmenter = Segmenter(vocab)
         for which, sentences in sets.items():
             segs = [segmenter.segment(s) for s in sentences]

@@ -496,3 +496,26 @@ def test_invert_to_jsonl_with_two_workers_writes_the_rows_one_process_writes(cli
     assert res.exit_code == 0, res.output
     assert [json.loads(x)["reconstruction"] for x in (tmp_path / "cli.jsonl").read_text().splitlines()] == \
         [r["reconstruction"] for r in one]
+
+
+def test_index_words_cli_adds_words_that_invert_uses_unless_told_not_to(cli_run, tmp_path):
+    root, em = cli_run
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    (tmp_path / "words.txt").write_text("zebra\nwalrus\ncat\n")
+    res = runner.invoke(app, ["index", "words", "--controller", str(run), "--source", str(tmp_path / "words.txt"),
+                              "--numbers", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["extra_units"] == 6 and out["kind"] == "hnsw"  # zebra, walrus, 0..3 ("cat" is a unit)
+    assert json.loads((run / "extra_units" / "units.json").read_text()) == ["zebra", "walrus", "0", "1", "2", "3"]
+    for flag in ([], ["--no-extra-units"]):
+        res = runner.invoke(app, ["invert", "Big zebra near.", "--em", em, "--controller", str(run), *flag])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["reconstruction"]
+    from invemb.inversion import load_run
+
+    assert len(load_run(run, em=em).vocab) == len(toy_vocab()) + 6
+    assert len(load_run(run, em=em, extra_units=False).vocab) == len(toy_vocab())
+    res = runner.invoke(app, ["index", "words", "--controller", str(run), "--top", "0"])
+    assert res.exit_code == 2 and "top must be at least 1 word" in res.output

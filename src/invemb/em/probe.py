@@ -106,6 +106,12 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
         ccfg = ControllerTrainConfig.preset(preset).replace(corpus=str(corpus))
         resume = (controller_out / "config.json").exists()  # started: killed while building states or training
         train_controller(str(em_run), ccfg, controller_out, resume=resume, preset=preset)
+    if not (controller_out / "extra_units" / "index.json").exists():  # written last
+        from invemb.inversion.extra import ExtraUnitsConfig, add_extra_units
+
+        typer.echo("\n== adding the words the vocabulary lacks (invemb index words; about 4 minutes) ==")
+        added = add_extra_units(controller_out, ExtraUnitsConfig.preset(preset))
+        typer.echo(f"{added['extra_units']} words beside the {added['vocabulary']} units the controller was trained on")
     ctrl = load_run(controller_out, em=str(em_run))
     sentences = eval_sentences(corpus, "wiki", n)
 
@@ -123,8 +129,8 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
     # the same controller, the order read off the vector's word pairs.
     from invemb.em.order_bind import OrderBindConfig, OrderBoundEncoder
 
-    view = OrderBoundEncoder.build(ctrl.encoder.encoder, OrderBindConfig(binding="pairs"), ctrl.unit_vectors,
-                                   em_path=str(em_run))
+    view = OrderBoundEncoder.build(ctrl.encoder.encoder, OrderBindConfig(binding="pairs"),
+                                   ctrl.unit_vectors[:ctrl.trained_units], em_path=str(em_run))  # the EM run's own units
     view_run = Path(f"{em_run}-pairs")
     view.save(view_run)  # seconds; written each time, so it is the view of this EM run
     typer.echo(f"\n== the same sentences from the vectors of the pair-bound view {view_run} (invemb order-bind "

@@ -1,4 +1,4 @@
 """FAISS indexes over unit vectors."""
-from invemb.index.faiss_index import IndexConfig, UnitIndex
+from invemb.index.faiss_index import IndexConfig, JoinedIndex, UnitIndex
 
-__all__ = ["IndexConfig", "UnitIndex"]
+__all__ = ["IndexConfig", "JoinedIndex", "UnitIndex"]

@@ -96,6 +96,11 @@ def set_nprobe(index, nprobe: int) -> None:
     base.nprobe = nprobe
 
 
+def _named(units: list[str], scores: np.ndarray, ids: np.ndarray) -> list[list[tuple[str, float]]]:
+    """Search results as (unit, score) lists per query, the empty places (-1) left out."""
+    return [[(units[i], float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+
+
 class UnitIndex:
     """Nearest units of query vectors."""
 
@@ -173,8 +178,7 @@ class UnitIndex:
         return scores, ids
 
     def neighbours(self, queries, k: int = 10) -> list[list[tuple[str, float]]]:
-        scores, ids = self.search(queries, k)
-        return [[(self.units[i], float(s)) for s, i in zip(srow, irow) if i >= 0] for srow, irow in zip(scores, ids)]
+        return _named(self.units, *self.search(queries, k))
 
     def save(self, path: str | Path) -> None:
         faiss = _faiss()
@@ -203,3 +207,29 @@ class UnitIndex:
         info.pop("dim", None)
         info.pop("size", None)
         return cls(index, units, cfg, info)
+
+
+class JoinedIndex:
+    """Two unit indexes searched as one, the second's ids after the first's: a controller's trained units,
+    searched exactly, and the extra units added after training (:mod:`invemb.inversion.extra`), searched by
+    their own (HNSW) index. A query's k best are the best k of both lists by score."""
+
+    def __init__(self, first: UnitIndex, second: UnitIndex):
+        if first.dim != second.dim:
+            raise ValueError(f"cannot join indexes of dimension {first.dim} and {second.dim}")
+        self.first, self.second, self.dim = first, second, first.dim
+        self.units = first.units + second.units
+
+    def search(self, queries: torch.Tensor | np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k), ids (Q, k)); ids are positions in ``units`` (-1 and -inf where fewer were found)."""
+        k = min(k, len(self.units))
+        s1, i1 = self.first.search(queries, k)
+        s2, i2 = self.second.search(queries, k)
+        i2 = np.where(i2 >= 0, i2 + len(self.first.units), -1)
+        scores = np.concatenate([np.where(i1 >= 0, s1, -np.inf), np.where(i2 >= 0, s2, -np.inf)], axis=1)
+        ids = np.concatenate([i1, i2], axis=1)  # (Q, k1 + k2)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # ties: the trained unit first
+        return np.take_along_axis(scores, best, 1), np.take_along_axis(ids, best, 1)
+
+    def neighbours(self, queries, k: int = 10) -> list[list[tuple[str, float]]]:
+        return _named(self.units, *self.search(queries, k))

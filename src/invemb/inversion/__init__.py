@@ -7,12 +7,13 @@ from typing import Any
 _CONTROLLERS: dict[tuple[str, str], Any] = {}
 
 
-def load_run(path, em=None, runtime: str = "torch", **decode_overrides):
+def load_run(path, em=None, runtime: str = "torch", extra_units: bool = True, **decode_overrides):
     """A controller run folder -> :class:`~invemb.inversion.controller.Controller` (kind "controller");
-    ``runtime`` is the EM's backbone runtime ("torch" or "onnx")."""
+    ``runtime`` is the EM's backbone runtime ("torch", "onnx" or "bf16"); ``extra_units``: take the words
+    ``invemb index words`` added to the run (:mod:`invemb.inversion.extra`), when it has them."""
     from invemb.inversion.controller import Controller
 
-    return Controller.load(path, em=em, runtime=runtime, **decode_overrides)
+    return Controller.load(path, em=em, runtime=runtime, extra_units=extra_units, **decode_overrides)
 
 
 def invert(vector_or_text, em, controller, **decode_overrides) -> dict:

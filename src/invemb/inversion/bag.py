@@ -23,6 +23,7 @@ as ``unit_bag.json`` (settings, training statistics) and ``unit_bag.safetensors`
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -83,6 +84,15 @@ class UnitBag(nn.Module):
         self.outputs = nn.Parameter(F.normalize(start.float(), dim=1).clone())  # (V, D)
         self.bias = nn.Parameter(torch.zeros(len(unit_ids)))  # (V,)
         self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def widened(self, n_units: int) -> "UnitBag":
+        """This bag over a vocabulary grown to ``n_units`` (units added past the old ones have no output: their
+        votes are 0); the weights are shared, not copied."""
+        if n_units < self.n_units:
+            raise ValueError(f"a bag of {self.n_units} units cannot narrow to {n_units}")
+        wide = copy.copy(self)  # a shallow copy: the same parameters and buffers
+        wide.n_units = int(n_units)
+        return wide
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         """(Q, D) sentence vectors -> (Q, V) logits."""

@@ -361,14 +361,15 @@ class Controller:
     def __init__(self, encoder: Encoder, vocab: Vocab, unit_vectors: torch.Tensor, model: ControllerModel,
                  decode: DecodeConfig, info: dict | None = None, prior: BigramLM | None = None,
                  run: Path | None = None, memory: SentenceMemory | None = None, length_prior: LengthPrior | None = None,
-                 bag: UnitBag | None = None, view=None):
+                 bag: UnitBag | None = None, view=None, extra: tuple[list[str], torch.Tensor, Any] | None = None):
         """``prior``: the language prior of ``decode.lm_weight`` (default: the run's own, loaded or built
         when a decode first needs it); ``memory``: the sentence memory of ``decode.memory_weight`` (default:
         the run's own, loaded when a decode first needs it); ``length_prior``: that of ``decode.length_weight``
         (default: the run's own, loaded or fitted when a decode first needs it); ``bag``: the bag of units of
         ``decode.bag_weight`` (default: the run's own, loaded or trained when a decode first needs it);
         ``run``: the run folder it was loaded from; ``view``: an order-bound view of ``encoder`` whose vectors
-        are inverted instead of the encoder's."""
+        are inverted instead of the encoder's; ``extra``: units added after training (units, their vectors (E, D),
+        their :class:`invemb.index.UnitIndex`; :mod:`invemb.inversion.extra`), appended to ``vocab``."""
         from invemb.index import IndexConfig, UnitIndex
 
         if view is not None and view.em is not encoder:
@@ -376,13 +377,22 @@ class Controller:
         self.encoder, self.view = CountingEncoder(encoder), view
         self.target_encoder = view if view is not None else encoder  # what the vectors inverted come from
         self.dim = self.target_encoder.dim
+        self.trained_vocab, self.trained_units = vocab, len(vocab)  # ids past it are extra units (:mod:`invemb.inversion.extra`)
+        self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
+        if extra is not None:
+            from invemb.index import JoinedIndex
+            from invemb.inversion.extra import extended_vocab
+
+            extra_units, extra_vectors, extra_index = extra
+            vocab = extended_vocab(vocab, extra_units)
+            unit_vectors = torch.cat([unit_vectors, extra_vectors.to(unit_vectors.dtype)])
+            self.index = JoinedIndex(self.index, extra_index)  # the trained units searched exactly, the extra ones by theirs
         self.vocab, self.unit_vectors, self.model, self.decode_cfg = vocab, unit_vectors, model, decode
         self.settings(decode)
         self.pinned: dict[str, tuple[Any, Any]] = {}  # stored settings that differ from the defaults (``load``)
         self.info = info or {}
         self.run, self._language_prior, self._memory, self._length_prior = run, prior, memory, length_prior
         self._bag = bag
-        self.index = UnitIndex.build(unit_vectors, vocab.units, IndexConfig(kind="flat"))
         by_count = sorted(range(len(vocab)), key=lambda u: -vocab.counts[u])
         self.policy = ModelPolicy(model, unit_vectors, self.index, by_count[:256],
                                   stand_in=stand_ins(unit_vectors, vocab.units, vocab.counts),
@@ -392,14 +402,16 @@ class Controller:
         if view is not None and view.cfg.binding == "pairs":
             from invemb.inversion.view import PairNeighbours
 
-            self.policy.pairs = PairNeighbours(view, vocab.units, unit_vectors, self.policy.stand_in)
+            extra_words = (self.trained_units, self.index.second) if extra is not None else None
+            self.policy.pairs = PairNeighbours(view, vocab.units, unit_vectors, self.policy.stand_in, extra=extra_words)
 
     @classmethod
     def load(cls, run: str | Path, em: str | Path | Encoder | None = None, runtime: str = "torch",
-             **decode_overrides) -> "Controller":
+             extra_units: bool = True, **decode_overrides) -> "Controller":
         """``em``: the EM run (default: the one it was trained on), or a loaded encoder; either may be an
         order-bound view of the EM (an ``invemb order-bind`` run), whose vectors are then inverted; ``runtime``:
-        the backbone runtime of an EM loaded here ("torch", "onnx": onnxruntime on CPU, or "bf16")."""
+        the backbone runtime of an EM loaded here ("torch", "onnx": onnxruntime on CPU, or "bf16");
+        ``extra_units``: take the units ``invemb index words`` added to the run, when it has them."""
         from safetensors.torch import load_file
 
         import invemb
@@ -427,8 +439,14 @@ class Controller:
         if not trained_on(encoder, run, info, vocab.units, unit_vectors):
             raise ValueError(f"controller {run} was trained on encoder {info['em']} (fingerprint {info['encoder_fingerprint']}), "
                              f"not on this one (fingerprint {encoder_fingerprint(encoder)})")
+        extra = None
+        if extra_units:
+            from invemb.inversion.extra import load_extra_units
+
+            extra = load_extra_units(run, vocab, info["encoder_fingerprint"])
         stored = DecodeConfig.from_dict(info["config"]["decode"])
-        ctrl = cls(encoder, vocab, unit_vectors, model, stored.replace(**decode_overrides), info, run=run, view=view)
+        ctrl = cls(encoder, vocab, unit_vectors, model, stored.replace(**decode_overrides), info, run=run, view=view,
+                   extra=extra)
         ctrl.pinned = pinned_settings(stored, set(decode_overrides), info.get("preset"))
         return ctrl
 
@@ -453,7 +471,9 @@ class Controller:
 
             trained = self.info.get("config")
             self._memory = sentence_memory(self.run, ControllerTrainConfig.from_dict(trained) if trained else None,
-                                           self.vocab)
+                                           self.trained_vocab)
+        if self._memory.n_units < len(self.vocab):  # extra units: in no memory sentence, so no votes
+            self._memory = self._memory.widened(len(self.vocab))
         return self._memory
 
     @property
@@ -463,7 +483,7 @@ class Controller:
         if self._length_prior is None:
             from invemb.inversion.train import length_prior
 
-            self._length_prior = length_prior(self.run, self.vocab)
+            self._length_prior = length_prior(self.run, self.trained_vocab)
         return self._length_prior
 
     @property
@@ -474,8 +494,11 @@ class Controller:
             from invemb.inversion.train import ControllerTrainConfig, unit_bag
 
             trained = self.info.get("config")
-            self._bag = unit_bag(self.run, ControllerTrainConfig.from_dict(trained) if trained else None, self.vocab,
-                                 self.unit_vectors, stand_in=self.policy.stand_in)
+            n = self.trained_units
+            self._bag = unit_bag(self.run, ControllerTrainConfig.from_dict(trained) if trained else None, self.trained_vocab,
+                                 self.unit_vectors[:n], stand_in=self.policy.stand_in[:n])
+        if self._bag.n_units < len(self.vocab):  # extra units: no output, so no votes
+            self._bag = self._bag.widened(len(self.vocab))
         return self._bag
 
     def lengths(self, decode: DecodeConfig):
@@ -495,7 +518,8 @@ class Controller:
         digest = hashlib.sha256()
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-        return {"info": self.info, "weights": digest.hexdigest()[:16]}
+        extra = {"extra_units": self.vocab.fingerprint()} if len(self.vocab) > self.trained_units else {}
+        return {"info": self.info, "weights": digest.hexdigest()[:16], **extra}
 
     def settings(self, decode: DecodeConfig | None = None) -> DecodeConfig:
         """``decode`` (default: the run's), refused before any decoding when it lets a buffer grow past

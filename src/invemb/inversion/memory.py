@@ -53,6 +53,13 @@ class SentenceMemory:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
+    def widened(self, n_units: int) -> "SentenceMemory":
+        """The same memory over a vocabulary grown to ``n_units`` (units added past the old ones, in no sentence:
+        their votes are 0)."""
+        if n_units < self.n_units:
+            raise ValueError(f"a memory of {self.n_units} units cannot narrow to {n_units}")
+        return SentenceMemory(self.vectors, self.offsets, self.units, n_units, self.texts_hash)
+
     def extend(self, other: "SentenceMemory") -> "SentenceMemory":
         """This memory with ``other``'s sentences after its own (sentences whose text hash it holds skipped)."""
         if other.n_units != self.n_units or other.vectors.shape[1] != self.vectors.shape[1]:

@@ -19,19 +19,45 @@ from invemb.text.vocab import tokenize
 class PairNeighbours:
     """The best ``k`` vocabulary words to follow or precede a word in the text behind a pair-bound target."""
 
-    def __init__(self, view, units: Sequence[str], unit_vectors: torch.Tensor, stand_in: torch.Tensor | None = None):
+    def __init__(self, view, units: Sequence[str], unit_vectors: torch.Tensor, stand_in: torch.Tensor | None = None,
+                 extra: tuple[int, object] | None = None, extra_pool: int = 32):
         """``view``: an :class:`invemb.em.order_bind.OrderBoundEncoder` with binding "pairs" over the EM that
         gave ``unit_vectors`` (V, D) for ``units``; ``stand_in``: the units offered in place of case twins
-        (:func:`invemb.inversion.controller.stand_ins`), proposed once."""
+        (:func:`invemb.inversion.controller.stand_ins`), proposed once. ``extra``: (the first extra unit's id,
+        the :class:`invemb.index.UnitIndex` of the extra units, one word each, no twins) when units were added
+        after training (:mod:`invemb.inversion.extra`): the trained words are scored exhaustively, the extra
+        ones are the ``extra_pool`` (at least; 4 per word asked) their index finds, scored the same way."""
         view.check_readable()
-        self.view = view
+        self.view, self.unit_vectors, self.extra, self.extra_pool = view, unit_vectors, extra, extra_pool
         tokens = [tokenize(text) for text in units]  # once: 84k units are past tokenize's cache
-        ids = [u for u, words in enumerate(tokens) if len(words) == 1 and (stand_in is None or int(stand_in[u]) == u)]
+        trained = extra[0] if extra is not None else len(units)
+        ids = [u for u, words in enumerate(tokens[:trained]) if len(words) == 1 and (stand_in is None or int(stand_in[u]) == u)]
         self.word_ids = torch.tensor(ids, dtype=torch.long)  # (V1,) one-word units, each vector once
-        keys = unit_vectors[self.word_ids].float() - view.center  # (V1, D) centred, as the view binds them
-        self.keys = keys / keys.norm(dim=1, keepdim=True).clamp_min(1e-6)  # a projection keeps norms, on average
+        self.keys = self._keys(self.word_ids)  # (V1, D)
         self.ends = [(t[0].lower(), t[-1].lower()) if t else None for t in tokens]  # (first, last) word
         self._cache: dict[tuple[bytes, int], dict[tuple[str, bool], list[int]]] = {}  # (target, k) -> (word, after) -> units
+
+    def _keys(self, ids: torch.Tensor) -> torch.Tensor:
+        """(..., D) the units' vectors centred as the view binds them, unit length (a projection keeps norms, on
+        average)."""
+        keys = self.unit_vectors[ids].float() - self.view.center
+        return keys / keys.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+    def _best(self, estimates: torch.Tensor, k: int) -> torch.Tensor:
+        """(n, k) the one-word units whose keys score highest against ``estimates`` (n, D). The extra units'
+        index ranks by the raw vectors (the centring and the norm aside), so a wider pool of it is rescored."""
+        scores = estimates @ self.keys.T  # (n, V1)
+        top = scores.topk(min(k, len(self.word_ids)), dim=1)
+        if self.extra is None:
+            return self.word_ids[top.indices]
+        first, index = self.extra
+        _, found = index.search(estimates, max(self.extra_pool, 4 * k))
+        found = torch.as_tensor(found, dtype=torch.long)  # (n, P), -1 where the index found fewer
+        ids = found.clamp_min(0) + first
+        extra_scores = (self._keys(ids) @ estimates[:, :, None]).squeeze(-1).masked_fill(found < 0, float("-inf"))
+        values = torch.cat([top.values, extra_scores], dim=1)  # (n, k + P)
+        best = values.topk(min(k, values.shape[1]), dim=1).indices  # trained units first on ties
+        return torch.cat([self.word_ids[top.indices], ids], dim=1).gather(1, best)
 
     def __call__(self, bound: torch.Tensor, key: bytes, words: list[tuple[str, bool]], k: int) -> dict[tuple[str, bool], list[int]]:
         """For each (word, after) the ``k`` likeliest units to follow (after) or precede it in the text whose
@@ -42,8 +68,7 @@ class PairNeighbours:
         for after in (True, False):
             todo = list(dict.fromkeys(w for w, a in words if a == after and (w, a) not in known))
             if todo:
-                scores = self.view.unbind(bound, todo, after) @ self.keys.T  # (n, V1)
-                top = self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices]  # (n, k)
+                top = self._best(self.view.unbind(bound, todo, after), k)  # (n, k)
                 known.update(((w, after), row) for w, row in zip(todo, top.tolist()))
         return {q: known[q][:k] for q in words}
 
@@ -90,8 +115,7 @@ class PairNeighbours:
         left = [row[self.ends[a][1], True] if a is not None and self.ends[a] else none for a, _ in sides]
         right = [row[self.ends[b][0], False] if b is not None and self.ends[b] else none for _, b in sides]
         # one product for all places: a sum of estimates scores as the sum of their scores
-        scores = (estimates[left] + estimates[right]) @ self.keys.T  # (S, V1)
-        return self.word_ids[scores.topk(min(k, len(self.word_ids)), dim=1).indices].tolist()
+        return self._best(estimates[left] + estimates[right], k).tolist()
 
 
 def _runs(orders: Sequence[Sequence[int]], n: int):
