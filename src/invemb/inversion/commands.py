@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS indexes over unit vectors, and a controller's sentence memory.\n\nExamples: invemb index build --model runs/em-default --out runs/em-default/index; invemb index memory --controller runs/ctl-default --source wiki")
+index_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAISS indexes over unit vectors, a controller's sentence memory and the words its vocabulary lacks.\n\nExamples: invemb index build --model runs/em-default --out runs/em-default/index; invemb index memory --controller runs/ctl-default --source wiki; invemb index words --controller runs/ctl-default")
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
