@@ -11,7 +11,7 @@ RUN ?= runs/em-$(PRESET)
 .PHONY: demo test data venv bench clean help
 
 help:
-	@echo "make demo   # corpus -> vocab -> lexicon -> features -> train EM ($(PRESET)) -> report -> order view -> inversion"
+	@echo "make demo   # corpus -> vocab -> lexicon -> features -> train EM ($(PRESET)) -> report -> order view -> controller -> extra words -> inversion"
 	@echo "make test   # the test suite (about 10 minutes on 2 cores)"
 	@echo "make bench  # benchmarks in bench/ (ratios against peers measured in the same run)"
 

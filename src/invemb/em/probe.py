@@ -109,7 +109,7 @@ def demo_inversion(cfg, em_run: Path, controller_out: Path, preset: str, n: int 
     if not (controller_out / "extra_units" / "index.json").exists():  # written last
         from invemb.inversion.extra import ExtraUnitsConfig, add_extra_units
 
-        typer.echo("\n== adding the words the vocabulary lacks (invemb index words; about 4 minutes) ==")
+        typer.echo("\n== adding the words the vocabulary lacks (invemb index words; about 6 minutes) ==")
         added = add_extra_units(controller_out, ExtraUnitsConfig.preset(preset))
         typer.echo(f"{added['extra_units']} words beside the {added['vocabulary']} units the controller was trained on")
     ctrl = load_run(controller_out, em=str(em_run))

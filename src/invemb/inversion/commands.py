@@ -243,7 +243,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from the training corpus misses most rare names of new text (the default one covers 65% of held-out
         Wikipedia sentences whole); the Selector and the pair reader search the EM's space, so a word they
         never saw in training is found once its EM vector is in the index. The default list (wordfreq's
-        English words and the integers to 2100) adds 247k words to the default vocabulary's 84k: about 3
+        English words and the integers to 2100) adds 247k words to the default vocabulary's 84k: about 5
         minutes to encode and 1 to index on 2 cores. `invemb invert` and `invemb eval inversion` then use them
         (`--no-extra-units`: not). Killed, the same command again keeps what it had encoded.
 
@@ -253,11 +253,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
           invemb index words --controller runs/controller-default
           invemb index words --controller runs/controller-default --source my_words.txt --numbers -1
         """
-        from invemb.index import IndexConfig
         from invemb.inversion.extra import ExtraUnitsConfig, add_extra_units
 
-        cfg = ExtraUnitsConfig(source=source, top=top, numbers=numbers,
-                               index=IndexConfig(kind="hnsw", hnsw_ef_construction=ef_construction, hnsw_ef_search=ef_search))
+        cfg = ExtraUnitsConfig().replace(**{"source": source, "top": top, "numbers": numbers,
+                                            "index.hnsw_ef_construction": ef_construction, "index.hnsw_ef_search": ef_search})
         emit(add_extra_units(controller, cfg, progress=not quiet))
 
     from invemb.eval.commands import eval_app

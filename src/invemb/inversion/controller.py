@@ -402,7 +402,7 @@ class Controller:
         if view is not None and view.cfg.binding == "pairs":
             from invemb.inversion.view import PairNeighbours
 
-            extra_words = (self.trained_units, self.index.second) if extra is not None else None
+            extra_words = (self.trained_units, extra[2]) if extra is not None else None  # (first extra id, their index)
             self.policy.pairs = PairNeighbours(view, vocab.units, unit_vectors, self.policy.stand_in, extra=extra_words)
 
     @classmethod

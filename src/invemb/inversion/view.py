@@ -56,7 +56,7 @@ class PairNeighbours:
         ids = found.clamp_min(0) + first
         extra_scores = (self._keys(ids) @ estimates[:, :, None]).squeeze(-1).masked_fill(found < 0, float("-inf"))
         values = torch.cat([top.values, extra_scores], dim=1)  # (n, k + P)
-        best = values.topk(min(k, values.shape[1]), dim=1).indices  # trained units first on ties
+        best = values.topk(min(k, values.shape[1]), dim=1).indices
         return torch.cat([self.word_ids[top.indices], ids], dim=1).gather(1, best)
 
     def __call__(self, bound: torch.Tensor, key: bytes, words: list[tuple[str, bool]], k: int) -> dict[tuple[str, bool], list[int]]:
