@@ -517,5 +517,9 @@ def test_index_words_cli_adds_words_that_invert_uses_unless_told_not_to(cli_run,
 
     assert len(load_run(run, em=em).vocab) == len(toy_vocab()) + 6
     assert len(load_run(run, em=em, extra_units=False).vocab) == len(toy_vocab())
+    from invemb.serve.app import load_service
+
+    for extra, size in ((True, len(toy_vocab()) + 6), (False, len(toy_vocab()))):  # `invemb serve [--no-extra-units]`
+        assert len(load_service(em, str(run), extra_units=extra).controller.vocab) == size
     res = runner.invoke(app, ["index", "words", "--controller", str(run), "--top", "0"])
     assert res.exit_code == 2 and "top must be at least 1 word" in res.output

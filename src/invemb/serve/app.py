@@ -298,10 +298,12 @@ def malloc_trim() -> Callable[[int], int] | None:
 
 
 def load_service(model: str, controller: str | None = None, cfg: ServeConfig | None = None,
-                 name: str | None = None, runtime: str = "torch", decode: dict | None = None) -> Service:
+                 name: str | None = None, runtime: str = "torch", decode: dict | None = None,
+                 extra_units: bool = True) -> Service:
     """Load the encoder (a run folder, an HF folder or ``backbone``, its backbone on ``runtime``:
     "torch", "onnx" or "bf16") and optionally a controller run, decoding with the run's settings and
-    ``decode``'s overrides (``DecodeConfig`` keys, e.g. ``{"bag_weight": 0.5}``)."""
+    ``decode``'s overrides (``DecodeConfig`` keys, e.g. ``{"bag_weight": 0.5}``); ``extra_units``: the
+    controller takes the words ``invemb index words`` added to its run, when it has them."""
     from pathlib import Path
 
     import invemb
@@ -323,7 +325,7 @@ def load_service(model: str, controller: str | None = None, cfg: ServeConfig | N
 
         em = encoder.over(SerialEncoder(encoder.em, service.lock)) if isinstance(encoder, OrderBoundEncoder) \
             else SerialEncoder(encoder, service.lock)
-        service.controller = load_run(Path(controller), em=em, **(decode or {}))
+        service.controller = load_run(Path(controller), em=em, extra_units=extra_units, **(decode or {}))
     return service
 
 
@@ -502,12 +504,13 @@ def _version() -> str:
 
 
 def serve(model: str, controller: str | None = None, cfg: ServeConfig | None = None, api_key: str | None = None,
-          name: str | None = None, log_level: str = "info", runtime: str = "torch", decode: dict | None = None) -> None:
+          name: str | None = None, log_level: str = "info", runtime: str = "torch", decode: dict | None = None,
+          extra_units: bool = True) -> None:
     """Load the models and run uvicorn until interrupted (the ``invemb serve`` command)."""
     import uvicorn
 
     cfg = (cfg or ServeConfig()).check()
-    service = load_service(model, controller, cfg, name, runtime, decode)
+    service = load_service(model, controller, cfg, name, runtime, decode, extra_units)
     if service.controller is not None:
         from invemb.inversion.controller import say_pinned
 

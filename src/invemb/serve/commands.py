@@ -24,6 +24,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         log_level: str = typer.Option("info", help="uvicorn log level: critical | error | warning | info | debug"),
         runtime: str = typer.Option("torch", help="runtime: torch | onnx (onnxruntime, CPU; EM runs and HF folders) | bf16 (bfloat16 where the hardware has it: the backbone of an EM run or HF folder, the whole model of a scratch or tiered run)"),
         decode_sets: List[str] = typer.Option([], "--decode", help="the controller's decoding override KEY=VALUE, e.g. bag_weight=0.5 (repeat; needs --controller)"),
+        extra_units: bool = typer.Option(True, help="the controller uses the words `invemb index words` added to its run, when it has them (about 1.2 GB more)"),
     ):
         """Serve an encoder over HTTP: OpenAI-compatible POST /v1/embeddings, POST /v1/invert (with
         --controller), GET /healthz, OpenAPI schema at /openapi.json and /docs. Concurrent requests
@@ -59,4 +60,4 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if not is_loopback(host) and not api_key:
             typer.echo(f"warning: serving on {host} without an API key (set --api-key or INVEMB_API_KEY)", err=True)
         serve(model, str(controller) if controller else None, cfg, api_key=api_key, name=name, log_level=log_level,
-              runtime=runtime, decode=decode)
+              runtime=runtime, decode=decode, extra_units=extra_units)
