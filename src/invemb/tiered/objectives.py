@@ -44,6 +44,10 @@ class ObjectiveConfig(Config):
     w_teacher: float = 0.0
     teacher: str = "default"
     teacher_words_per_batch: int = 512  # pool words per micro-batch the term is computed on
+    # "bare": E2 reads a pool word's chunk vector alone; "context": E2's state of each pool word inside
+    # the batch's sentences (the MLM view's chunks, without gradient to E1 and the bridge), at most
+    # teacher_words_per_batch of them.
+    teacher_mode: str = "bare"
     mlm_rate: float = 0.15  # share of units masked in the MLM view
     masked_chunk_rate: float = 0.15
     sentence_noise: float = 0.1  # character typo rate of the second SimCSE view (0: plain dropout views)
@@ -54,6 +58,8 @@ class ObjectiveConfig(Config):
     def __post_init__(self) -> None:
         if not 0.0 <= self.e1_warmup <= self.freeze_e1_at <= 1.0:
             raise ValueError(f"need 0 <= e1_warmup ({self.e1_warmup}) <= freeze_e1_at ({self.freeze_e1_at}) <= 1")
+        if self.teacher_mode not in ("bare", "context"):
+            raise ValueError(f"objectives.teacher_mode must be bare or context, not {self.teacher_mode!r}")
 
 
 def phase_at(step: int, total_steps: int, cfg: ObjectiveConfig) -> str:

@@ -23,7 +23,8 @@ from invemb.io import atomic_save_file, atomic_write_json, atomic_write_text
 from invemb.encoder import use_own_runtime
 from invemb.text.noise import TypoNoise, load_codespell_table
 from invemb.tiered.char_encoder import clean_text
-from invemb.tiered.model import TieredEncoder, TieredModel, TieredModelConfig, batch_to, make_batch
+from invemb.tiered.model import (CharBatch, TieredEncoder, TieredModel, TieredModelConfig, TieredOutput, batch_to,
+                                 make_batch)
 from invemb.tiered.objectives import (ObjectiveConfig, anneal_share, boundary_loss, char_mlm_loss, info_nce,
                                       mask_units, masked_chunk_loss, order_loss, phase_at, shuffle_chunks,
                                       spelling_variant, PHASES)
@@ -32,6 +33,7 @@ from invemb.training.loop import StepContext, TrainConfig, Trainer, TrainTask, i
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 PAIR_SOURCES = ("simcse", "title", "adjacent")
+MORE_CORPORA = ("brown", "nlp-corpus")
 _PLAIN_WORD = re.compile(r"[A-Za-z]{4,}")
 
 
@@ -44,6 +46,9 @@ class TieredDataConfig(Config):
     pair_sources: list[str] = dataclasses.field(default_factory=lambda: ["simcse", "title", "adjacent"])
     max_pairs: int = 13000  # pairs per epoch, a seeded sample (0 = all)
     wordnet_examples: int = 2000  # WordNet example sentences added (0 = none, and WordNet is not loaded)
+    # Further corpora read whole after Wikipedia and WordNet: "brown" (500 files, 57k sentences; adjacent
+    # pairs within a file) and "nlp-corpus" (100k mixed sentences, no adjacency).
+    more_corpora: list[str] = dataclasses.field(default_factory=list)
     min_words: int = 4
     dev_sentences: int = 300
     words_per_batch: int = 48  # chunk-identity pairs per micro-batch
@@ -53,6 +58,9 @@ class TieredDataConfig(Config):
         unknown = sorted(set(self.pair_sources) - set(PAIR_SOURCES))
         if unknown:
             raise ValueError(f"unknown pair source(s) {unknown}; choose from {', '.join(PAIR_SOURCES)}")
+        unknown = sorted(set(self.more_corpora) - set(MORE_CORPORA))
+        if unknown:
+            raise ValueError(f"unknown corpus {unknown} in data.more_corpora; choose from {', '.join(MORE_CORPORA)}")
 
 
 @dataclasses.dataclass
@@ -99,7 +107,7 @@ def split_sentences(text: str) -> list[str]:
 def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list]:
     """Train and dev sentences (cleaned, at most ``max_chars`` characters, deduplicated) and train pairs."""
     from invemb.text.corpus import split_of
-    from invemb.text.sources import ensure_wordnet, wiki_summaries
+    from invemb.text.sources import brown_documents, ensure_wordnet, nlp_corpus_documents, wiki_summaries
 
     split: dict[str, dict[str, None]] = {"train": {}, "dev": {}}
 
@@ -129,6 +137,15 @@ def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list]:
                 taken += 1
             if taken >= cfg.wordnet_examples:
                 break
+    if "brown" in cfg.more_corpora:
+        for file_id, sentences in brown_documents():
+            kept = [add(f"brown:{file_id}", s) for s in sentences]
+            if "adjacent" in cfg.pair_sources:
+                pairs += [(a, b) for a, b in zip(kept, kept[1:]) if a and b]
+    if "nlp-corpus" in cfg.more_corpora:
+        for doc_id, sentences in nlp_corpus_documents():
+            for i, s in enumerate(sentences):
+                add(f"nlp:{doc_id}:{i}", s)  # mixed sentences: no adjacent pairs
     train = list(split["train"])
     if "simcse" in cfg.pair_sources:
         pairs += [(s, s) for s in train]
@@ -153,6 +170,20 @@ def teacher_word_vectors(words: list[str], teacher: str, batch_size: int = 256) 
     return HFBackbone(BackboneConfig(path=teacher)).encode(words, batch_size=batch_size)
 
 
+def pool_word_chunks(batch: CharBatch, unit_chunk: torch.Tensor, word_row: dict[str, int]) -> list[tuple[int, int, int]]:
+    """(text, chunk, pool row) of every plain word of the batch's texts that is in the pool (``word_row``:
+    lower-cased word -> row), its chunk the one its first character's unit is in."""
+    found = []
+    for k, text in enumerate(batch.texts):
+        first_unit = {c: j for j, c in reversed(list(enumerate(batch.unit_char[k])))}  # character -> its first unit
+        for m in _PLAIN_WORD.finditer(text):
+            row = word_row.get(m.group(0).lower())
+            chunk = int(unit_chunk[k, first_unit[m.start()]]) if row is not None and m.start() in first_unit else -1
+            if chunk >= 0:
+                found.append((k, chunk, row))
+    return found
+
+
 # -- evaluation ----------------------------------------------------------------------------
 def typo_retrieval(encoder, sentences: list[str], rate: float = 0.1, seed: int = 0) -> dict[str, float]:
     """MRR of typo-noised sentences retrieving their clean selves among all clean ones, and mean cos."""
@@ -174,6 +205,7 @@ class TieredTask(TrainTask):
         # Without explicit pairs every training sentence is paired with itself (SimCSE).
         self.pairs = sentences.get("pairs") or [(s, s) for s in sentences["train"]]
         self.words = word_pool(sentences["train"], cfg.data.word_pool)
+        self.word_row = {w: i for i, w in enumerate(self.words)}
         self.teacher_vectors: torch.Tensor | None = None  # (W, H), row i: self.words[i]
         if cfg.objectives.w_teacher:
             self.teacher_vectors = teacher_word_vectors(self.words, cfg.objectives.teacher)
@@ -217,7 +249,8 @@ class TieredTask(TrainTask):
                                                                   obj.temperature, keys=words)
 
         if obj.w_teacher and phase != "e1":
-            terms["teacher"] = obj.w_teacher * self.teacher_term(core, rng, ctx.device)
+            terms["teacher"] = obj.w_teacher * (self.context_teacher_term(core, batch_a, out_a, rng)
+                                                if obj.teacher_mode == "context" else self.teacher_term(core, rng, ctx.device))
 
         if phase != "e1":
             # View B: the pair's second text (the sentence itself for SimCSE pairs), typo-noised.
@@ -248,6 +281,19 @@ class TieredTask(TrainTask):
             chunks = core(batch_to(make_batch([self.words[i] for i in picked], self.cfg.model), device), run_e2=False).chunks
         states = core.e2(chunks.vectors[:, :1], chunks.mask[:, :1]).states[:, 0]  # (K, S): a pool word is one chunk
         return info_nce(core.teacher_head(states), self.teacher_vectors[picked].to(device), self.cfg.objectives.temperature)
+
+    def context_teacher_term(self, core: TieredModel, batch: CharBatch, out: TieredOutput, rng: random.Random) -> torch.Tensor:
+        """InfoNCE of E2's contextual state of each pool word in the batch's sentences (through the teacher
+        head) against the teacher's vector of the bare word; E2 reruns on the chunk vectors without their
+        gradient, so E1 and the bridge learn nothing from it. Found as the lexname probe finds its words."""
+        found = pool_word_chunks(batch, out.unit_chunk, self.word_row)
+        if not found:
+            return out.chunks.vectors.sum() * 0.0
+        found = rng.sample(found, min(len(found), self.cfg.objectives.teacher_words_per_batch))
+        rows, chunks, words = (torch.tensor(x, device=out.chunks.vectors.device) for x in zip(*found))
+        states = core.e2(out.chunks.vectors.detach(), out.chunks.mask).states[rows, chunks]  # (K, S)
+        return info_nce(core.teacher_head(states), self.teacher_vectors.to(states.device)[words],
+                        self.cfg.objectives.temperature, keys=words.tolist())
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         t0 = time.perf_counter()
