@@ -43,6 +43,14 @@ def test_segmenter_lowercases_as_the_vocabulary_counts():
         assert unit in " ".join(x.text for x in s.segments).split() and not set(s.oov_tokens) & {"The", "I", "CA"}, s.segments
 
 
+def test_fold_case_matches_capitalised_words_mid_sentence_only_when_asked():
+    text = "Paris visited the City of New York."
+    assert Segmenter(_vocab()).segment(text).oov_tokens == ["Paris", "City"]  # "City" is not sentence-initial
+    folded = Segmenter(_vocab(), fold_case=True).segment(text)
+    assert [s.text for s in folded.segments] == ["Paris", "visited", "the", "city", "of", "New York", "."]
+    assert folded.segments[3].source_text == "City" and folded.oov_tokens == ["Paris"]
+
+
 def test_hyphen_fallback_keeps_sub_units():
     seg = Segmenter(_vocab()).segment("ultra-modern")
     assert [s.text for s in seg.segments] == ["ultra", "-", "modern"] and seg.coverage == 1.0

@@ -3,7 +3,8 @@
 Greedy longest match over the research-code tokens: at each position the longest span (up to
 ``max_span`` tokens) that is a unit wins, so phrases, multi-word entities and numbers come out
 whole, then single words. A token that is no unit is first tried lowercased (sentence-initial
-capitals), then split into sub-units at hyphens; what is still left is kept as an ``oov`` segment,
+capitals; with ``fold_case``, any capital: for an uncased EM "Neckar" and the unit "neckar" have one
+vector), then split into sub-units at hyphens; what is still left is kept as an ``oov`` segment,
 counted in the coverage, never silently dropped.
 """
 from __future__ import annotations
@@ -57,10 +58,10 @@ class Segmentation:
 
 
 class Segmenter:
-    def __init__(self, vocab: Vocab, max_span: int = 7):
+    def __init__(self, vocab: Vocab, max_span: int = 7, fold_case: bool = False):
         from spacy.lang.en.stop_words import STOP_WORDS
 
-        self.vocab, self.max_span = vocab, max_span
+        self.vocab, self.max_span, self.fold_case = vocab, max_span, fold_case
         self.stop = set(STOP_WORDS)  # the vocabulary's list (invemb.text.vocab.build_vocab)
 
     def _lookup(self, tokens: list[str], i: int, j: int, initial: bool) -> tuple[str, int] | None:
@@ -76,6 +77,10 @@ class Segmenter:
             uid = self.vocab.ids.get(lowered)
             if uid is not None:
                 return lowered, uid
+        if self.fold_case and span != span.lower():
+            uid = self.vocab.ids.get(span.lower())
+            if uid is not None:
+                return span.lower(), uid
         return None
 
     def segment(self, sentence: str) -> Segmentation:
