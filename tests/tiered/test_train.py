@@ -247,3 +247,19 @@ def test_more_corpora_add_brown_with_adjacent_pairs_and_nlp_corpus_without(tmp_p
     assert got["pairs"] == [p for p in want if p[0] in got["train"] and p[1] in got["train"]]
     with pytest.raises(ValueError, match="choose from brown, nlp-corpus"):
         TieredDataConfig(more_corpora=["gutenberg"])
+
+
+def test_even_pair_sampling_gives_each_source_an_equal_share_and_small_sources_all_they_have():
+    from invemb.tiered.train import TieredDataConfig, sample_pairs
+
+    pairs = [("title", f"t{i}", "x") for i in range(5)] + [("adjacent", f"a{i}", "x") for i in range(40)] + \
+        [("simcse", f"s{i}", "x") for i in range(100)]
+    count = lambda got: {src: sum(p[0] == src for p in got) for src in ("title", "adjacent", "simcse")}  # noqa: E731
+    got = sample_pairs(pairs, 35, "even")
+    assert count(got) == {"title": 5, "adjacent": 15, "simcse": 15} and len(set(got)) == 35
+    assert count(sample_pairs(pairs, 100, "even")) == {"title": 5, "adjacent": 40, "simcse": 55}
+    assert sample_pairs(pairs, 35, "even") == got  # seeded
+    uniform = sample_pairs(pairs, 35, "uniform")
+    assert len(uniform) == 35 and count(uniform)["simcse"] > 15  # drawn in proportion: mostly SimCSE
+    with pytest.raises(ValueError, match="uniform or even"):
+        TieredDataConfig(pair_sampling="stratified")

@@ -22,7 +22,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         plain: bool = typer.Option(False, "--plain", help="table instead of JSON"),
         quiet: bool = typer.Option(False, help="no progress bars"),
     ) -> None:
-        """Train the two-tier encoder (E1 characters -> chunk bridge -> E2 meaning) on Wikipedia + WordNet sentences.
+        """Train the two-tier encoder (E1 characters -> chunk bridge -> E2 meaning) on the bundled corpora
+        (default preset: Wikipedia, WordNet examples, Brown, nlp-corpus; MiniLM distilled into E2; about 21 min here).
 
         Example: invemb train tiered --preset default --out runs/tiered --set model.chunker.mode=learned
         """

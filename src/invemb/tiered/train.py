@@ -3,7 +3,8 @@
 A run folder holds ``config.json`` (``"kind": "tiered"``, the model config and the full
 :class:`TieredConfig`), ``model.safetensors``, ``metrics.jsonl``, ``checkpoints/``, ``plots/``
 and ``report.md``. Training text: sentences of the Wikipedia summaries and WordNet example
-sentences; held-out sentences come from documents that ``invemb.text.corpus.split_of`` puts in dev.
+sentences, and optionally the Brown corpus and nlp-corpus (``data.more_corpora``); held-out
+sentences come from documents that ``invemb.text.corpus.split_of`` puts in dev.
 """
 from __future__ import annotations
 
@@ -45,6 +46,10 @@ class TieredDataConfig(Config):
     # its first sentence), "adjacent" (neighbouring sentences of one article). The last two teach meaning.
     pair_sources: list[str] = dataclasses.field(default_factory=lambda: ["simcse", "title", "adjacent"])
     max_pairs: int = 13000  # pairs per epoch, a seeded sample (0 = all)
+    # How that sample is drawn: "uniform" over all pairs, or "even": an equal share per pair source (one
+    # with fewer pairs gives all it has, the others share the rest), so that the titles, a few thousand,
+    # are not drowned by a large corpus's SimCSE and adjacent pairs.
+    pair_sampling: str = "uniform"
     wordnet_examples: int = 2000  # WordNet example sentences added (0 = none, and WordNet is not loaded)
     # Further corpora read whole after Wikipedia and WordNet: "brown" (500 files, 57k sentences; adjacent
     # pairs within a file) and "nlp-corpus" (100k mixed sentences, no adjacency).
@@ -61,6 +66,8 @@ class TieredDataConfig(Config):
         unknown = sorted(set(self.more_corpora) - set(MORE_CORPORA))
         if unknown:
             raise ValueError(f"unknown corpus {unknown} in data.more_corpora; choose from {', '.join(MORE_CORPORA)}")
+        if self.pair_sampling not in ("uniform", "even"):
+            raise ValueError(f"data.pair_sampling must be uniform or even, not {self.pair_sampling!r}")
 
 
 @dataclasses.dataclass
@@ -87,12 +94,20 @@ class TieredConfig(Config):
             "model": {"char": {"vocab_size": 4096, "max_chars": 256, "kind": "conv", "dim": 64, "depth": 3,
                                "conv_kernel": 7, "heads": 4},
                       "semantic": {"dim": 128, "depth": 2, "heads": 4}},
+            # Every bundled corpus (194k training sentences), 85k pairs drawn evenly from titles, adjacent
+            # sentences and SimCSE copies, and word meaning distilled into E2 in context: from 13k sentences
+            # without the teacher E2's lexname probe sat at the majority baseline (docs/tiered.md). ~25 min.
+            "data": {"max_sentences": 0, "wordnet_examples": 48000, "more_corpora": ["brown", "nlp-corpus"],
+                     "max_pairs": 85000, "pair_sampling": "even"},
+            "objectives": {"w_teacher": 1.0, "teacher_mode": "context"},
             "train": {"epochs": 1, "lr": 2e-3, "warmup_steps": 30, "checkpoint_every": 100},
         },
         "full": {
             "model": {"char": {"vocab_size": 16384, "max_chars": 512, "dim": 256, "depth": 4, "heads": 8},
                       "semantic": {"dim": 512, "depth": 6, "heads": 8}},
-            "data": {"max_sentences": 0, "wordnet_examples": 48000, "dev_sentences": 1000, "words_per_batch": 256},
+            "data": {"max_sentences": 0, "wordnet_examples": 48000, "more_corpora": ["brown", "nlp-corpus"],
+                     "max_pairs": 0, "dev_sentences": 1000, "words_per_batch": 256},
+            "objectives": {"w_teacher": 1.0, "teacher_mode": "context"},
             "train": {"epochs": 5, "lr": 5e-4, "warmup_steps": 500, "checkpoint_every": 500},
             "batch_size": 128, "probe_examples": 5000,
         },
@@ -111,7 +126,7 @@ def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list]:
 
     split: dict[str, dict[str, None]] = {"train": {}, "dev": {}}
 
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str]] = []  # (source, text, partner)
 
     def add(doc_id: str, sentence: str) -> str | None:
         s = clean_text(sentence)
@@ -124,9 +139,9 @@ def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list]:
     for article in sorted(wiki_summaries(cfg.wiki_path or None), key=lambda a: a["title"]):
         kept = [add(article["title"], s) for s in split_sentences(article["extract"])]
         if kept and kept[0] and "title" in cfg.pair_sources:
-            pairs.append((clean_text(article["title"]), kept[0]))
+            pairs.append(("title", clean_text(article["title"]), kept[0]))
         if "adjacent" in cfg.pair_sources:
-            pairs += [(a, b) for a, b in zip(kept, kept[1:]) if a and b]
+            pairs += [("adjacent", a, b) for a, b in zip(kept, kept[1:]) if a and b]
         if cfg.max_sentences and len(split["train"]) >= cfg.max_sentences:
             break
     if cfg.wordnet_examples:
@@ -141,17 +156,34 @@ def load_sentences(cfg: TieredDataConfig, max_chars: int) -> dict[str, list]:
         for file_id, sentences in brown_documents():
             kept = [add(f"brown:{file_id}", s) for s in sentences]
             if "adjacent" in cfg.pair_sources:
-                pairs += [(a, b) for a, b in zip(kept, kept[1:]) if a and b]
+                pairs += [("adjacent", a, b) for a, b in zip(kept, kept[1:]) if a and b]
     if "nlp-corpus" in cfg.more_corpora:
         for doc_id, sentences in nlp_corpus_documents():
             for i, s in enumerate(sentences):
                 add(f"nlp:{doc_id}:{i}", s)  # mixed sentences: no adjacent pairs
     train = list(split["train"])
     if "simcse" in cfg.pair_sources:
-        pairs += [(s, s) for s in train]
+        pairs += [("simcse", s, s) for s in train]
     if cfg.max_pairs and len(pairs) > cfg.max_pairs:
-        pairs = random.Random(0).sample(pairs, cfg.max_pairs)
-    return {"train": train, "dev": list(split["dev"])[: cfg.dev_sentences], "pairs": pairs}
+        pairs = sample_pairs(pairs, cfg.max_pairs, cfg.pair_sampling)
+    return {"train": train, "dev": list(split["dev"])[: cfg.dev_sentences], "pairs": [p[1:] for p in pairs]}
+
+
+def sample_pairs(pairs: list[tuple[str, str, str]], limit: int, mode: str) -> list[tuple[str, str, str]]:
+    """A seeded sample of ``limit`` (source, text, partner) pairs: "uniform", or "even" across the sources."""
+    rng = random.Random(0)
+    if mode == "uniform":
+        return rng.sample(pairs, limit)
+    by_source: dict[str, list] = {}
+    for p in pairs:
+        by_source.setdefault(p[0], []).append(p)
+    out, left = [], limit
+    smallest_first = sorted(by_source, key=lambda src: len(by_source[src]))
+    for i, src in enumerate(smallest_first):
+        take = min(len(by_source[src]), left // (len(smallest_first) - i))
+        out += rng.sample(by_source[src], take)
+        left -= take
+    return out
 
 
 def word_pool(sentences: list[str], size: int) -> list[str]:
