@@ -78,7 +78,7 @@ STEPS: list[tuple[str, list[str], tuple[str, str] | None]] = [
     ("moe_layer_full", bench("moe_layer", "--preset", "full", "--repeats", "30", "--out", "bench/out/moe_layer_full.json"), None),
     ("moe_train", bench("moe_train", "--preset", "default", "--out", RUNS["compare"]), None),
     ("train_tiered", invemb("train", "tiered", "--preset", "default", "--out", RUNS["tiered"]), None),
-    # 644k parameters (BPE vocabulary 8000 x 64 + 4 blocks) against the tiered default's 605k
+    # 644k parameters (BPE vocabulary 8000 x 64 + 4 blocks) against the tiered default's 655k (with its teacher head)
     ("train_bpe_small", invemb("train", "scratch", "--preset", "default", "--tokenizer", "bpe", "--set", "model.dim=64",
                                "--set", "model.ffn_hidden=128", "--set", "model.moe.expert_hidden=128",
                                "--out", RUNS["bpe_small"]), None),
