@@ -96,7 +96,7 @@ class TieredConfig(Config):
                       "semantic": {"dim": 128, "depth": 2, "heads": 4}},
             # Every bundled corpus (194k training sentences), 85k pairs drawn evenly from titles, adjacent
             # sentences and SimCSE copies, and word meaning distilled into E2 in context: from 13k sentences
-            # without the teacher E2's lexname probe sat at the majority baseline (docs/tiered.md). ~25 min.
+            # without the teacher E2's lexname probe sat at the majority baseline (docs/tiered.md). ~21 min here.
             "data": {"max_sentences": 0, "wordnet_examples": 48000, "more_corpora": ["brown", "nlp-corpus"],
                      "max_pairs": 85000, "pair_sampling": "even"},
             "objectives": {"w_teacher": 1.0, "teacher_mode": "context"},
