@@ -322,10 +322,11 @@ class TieredTask(TrainTask):
         if not found:
             return out.chunks.vectors.sum() * 0.0
         found = rng.sample(found, min(len(found), self.cfg.objectives.teacher_words_per_batch))
-        rows, chunks, words = (torch.tensor(x, device=out.chunks.vectors.device) for x in zip(*found))
+        rows, chunks, words = (list(x) for x in zip(*found))
         states = core.e2(out.chunks.vectors.detach(), out.chunks.mask).states[rows, chunks]  # (K, S)
-        return info_nce(core.teacher_head(states), self.teacher_vectors.to(states.device)[words],
-                        self.cfg.objectives.temperature, keys=words.tolist())
+        # the K targets moved to the device, not the whole (W, H) table
+        return info_nce(core.teacher_head(states), self.teacher_vectors[words].to(states.device),
+                        self.cfg.objectives.temperature, keys=words)
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         t0 = time.perf_counter()
