@@ -46,7 +46,7 @@ class ControllerModel(nn.Module):
         self.placer = Placer(dim, placer)
 
 
-def _fold(text: str) -> str:
+def fold_case(text: str) -> str:
     """Case and accents aside ("Café" -> "cafe"): the forms an uncased, accent-stripping backbone
     (MiniLM's) cannot tell apart. Only units whose vectors are equal are merged."""
     folded = text.casefold()
@@ -63,7 +63,7 @@ def stand_ins(unit_vectors: torch.Tensor, units: Sequence[str], counts: Sequence
     sentence alone or in a lockstep batch)."""
     groups: dict[str, list[int]] = {}
     for u, text in enumerate(units):
-        groups.setdefault(_fold(text), []).append(u)
+        groups.setdefault(fold_case(text), []).append(u)
     vectors = unit_vectors.float().numpy()
     stand_in = np.arange(len(units))
     for members in groups.values():

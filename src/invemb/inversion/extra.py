@@ -64,12 +64,12 @@ def new_words(vocab: Vocab, words: list[str]) -> list[str]:
     """The ``words`` the vocabulary lacks, in order: one token each (as the segmenter splits text), with a
     letter or digit, and not equal to a unit or an earlier word up to case and accents (an uncased backbone
     gives those one vector, :func:`invemb.inversion.controller.stand_ins`)."""
-    from invemb.inversion.controller import _fold
+    from invemb.inversion.controller import fold_case
 
-    have = {_fold(u) for u in vocab.units}
+    have = {fold_case(u) for u in vocab.units}
     out = []
     for w in words:
-        folded = _fold(w)
+        folded = fold_case(w)
         if folded in have or tokenize(w) != [w] or not any(c.isalnum() for c in w):
             continue
         have.add(folded)
@@ -84,7 +84,7 @@ def add_extra_units(run: str | Path, cfg: ExtraUnitsConfig | None = None, encode
     import invemb
     from invemb.io import PartialFolder, content_key
     from invemb.inversion.controller import controller_info
-    from invemb.inversion.train import _encode
+    from invemb.inversion.train import encode_chunked
     from invemb.inversion.units import encoder_fingerprint
 
     cfg = cfg or ExtraUnitsConfig()
@@ -100,7 +100,7 @@ def add_extra_units(run: str | Path, cfg: ExtraUnitsConfig | None = None, encode
     if fp != info["encoder_fingerprint"]:
         raise ValueError(f"encoder {info['em']} is not the one controller {run} was trained on")
     spill = PartialFolder(run / "extra_units_encoded", content_key("extra units", fp))
-    vectors = _encode(encoder, words, "extra units", progress, spill=spill)  # (E, D)
+    vectors = encode_chunked(encoder, words, "extra units", progress, spill=spill)  # (E, D)
     meta = {"source": cfg.source, "words": cfg.to_dict(), "encoder_fingerprint": fp,
             "vocab_fingerprint": vocab.fingerprint()}
     folder = run / FOLDER

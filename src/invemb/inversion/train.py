@@ -165,7 +165,7 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
     kept, units = covered(sentences, segmenter, cfg)
     if not kept:
         raise ValueError("no training sentence is covered by the vocabulary (check --vocab and the sentences)")
-    targets = _encode(encoder, kept, "targets", progress, spill=spill)
+    targets = encode_chunked(encoder, kept, "targets", progress, spill=spill)
     _, found = index.search(targets, cfg.hard_negatives + max(len(u) for u in units))
     hard = torch.zeros(len(kept), cfg.hard_negatives, dtype=torch.long)
     n_hard = []
@@ -191,11 +191,11 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
     data = StateSet(units, targets, states, torch.zeros(len(states), encoder.dim), hard, noise)
     texts = [render([vocab.units[u] for u in data.buffer(j)]) for j in range(len(states))]
     todo = [j for j, t in enumerate(texts) if t]
-    data.buffer_vecs[todo] = _encode(encoder, [texts[j] for j in todo], "buffer texts", progress, spill=spill)
+    data.buffer_vecs[todo] = encode_chunked(encoder, [texts[j] for j in todo], "buffer texts", progress, spill=spill)
     return data
 
 
-def _encode(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512,
+def encode_chunked(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512,
             spill: PartialFolder | None = None) -> torch.Tensor:
     """Vectors (N, D) of ``texts``, ``chunk`` at a time; with ``spill``, each chunk is a piece there
     named by a hash of its texts (its key names the encoder)."""
@@ -647,7 +647,7 @@ def extend_memory(run: str | Path, sources: list[str] | None = None, max_sentenc
         spill = PartialFolder(run / "memory_encoded", content_key("sentence memory", fp))
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
         vectors = torch.empty(len(texts), encoder.dim)
-        vectors[order] = _encode(encoder, [texts[i] for i in order], "memory sentences", progress, spill=spill)
+        vectors[order] = encode_chunked(encoder, [texts[i] for i in order], "memory sentences", progress, spill=spill)
         memory = memory.extend(SentenceMemory.from_lists(vectors, units, len(vocab), [text_hash(t) for t in texts]))
         memory.save(run)
         spill.discard()
