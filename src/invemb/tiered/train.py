@@ -101,6 +101,9 @@ class TieredConfig(Config):
                      "max_pairs": 85000, "pair_sampling": "even"},
             "objectives": {"w_teacher": 1.0, "teacher_mode": "context"},
             "train": {"epochs": 1, "lr": 2e-3, "warmup_steps": 30, "checkpoint_every": 100},
+            # 5,000 asked (4,025 found, ~1,000 held out): on 1,500 (~375 held out) the probe cannot rank runs
+            # within 0.03 (docs/tiered.md); about 30 s more than 1,500
+            "probe_examples": 5000,
         },
         "full": {
             "model": {"char": {"vocab_size": 16384, "max_chars": 512, "dim": 256, "depth": 4, "heads": 8},
