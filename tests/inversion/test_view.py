@@ -330,7 +330,7 @@ def test_residual_polishing_reads_the_missing_pair_not_the_ones_in_place():
                          between=lambda b, sides, k: (seen.append(b), neighbours.between(b, sides, k))[1])
     script = [(0, 0), (1, 1), (2, 2), (0, 3), (1, 4), (4, 5), (0, 6)]  # the cat saw the cat and the
     cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0,
-                       view_residual=0.0, view_whole_words=0)
+                       view_residual=0.0, view_whole_words=0, view_chain=0)  # runs of words: their own test
     whole = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
     assert whole.text == "The cat saw the cat and the" and torch.equal(seen[0], parts[0])
     seen.clear()
@@ -375,3 +375,34 @@ def test_edits_that_each_gain_are_combined_in_one_round():
         ([10, 7, 11], [("insert", 1, 7), ("delete", 2, 3)])
     assert _combined([10, 11, 12], [("replace", 0, 7), ("insert", 3, 9)]) == ([7, 11, 12, 9], [("replace", 0, 7), ("insert", 3, 9)])
     assert _combined([10, 11], [("insert", 0, 7), ("insert", 2, 7)]) == ([7, 10, 11], [("insert", 0, 7)])  # a unit once
+
+
+def test_chains_put_a_missing_run_of_words_in_one_round():
+    """"big cat sat" short of "on the mat": a run of three words read off what the text leaves unexplained, forwards
+    from "sat", goes in in one polishing round, where single words go in one a round."""
+    from invemb.inversion.decode import _chains
+    from invemb.inversion.view import PairNeighbours
+
+    em = BagEncoder()
+    units = ["dog", "big", "cat", "sat", "on", "the", "mat", "today", "in"]
+    view = OrderBoundEncoder.build(em, OrderBindConfig(width=1024, max_positions=16, binding="pairs"),
+                                   unit_vectors=em.encode(units))
+    main, parts = view.split(view.encode(["big cat sat on the mat"]))
+    bound = BoundTargets(parts, view.bound_texts, view.cfg.share, between=PairNeighbours(view, units, em.encode(units)).between)
+    buffer = [1, 2, 3]  # big cat sat
+    own = view.bound_texts(["big cat sat"])[0]
+    residual = parts[0] - (own @ parts[0]) * own
+    runs = {(step["inserted"], step["slot"]): kept for kept, step, order, change in _chains(buffer, residual, bound, units, 3)}
+    assert runs[("on the", 3)] == [1, 2, 3, 4, 5] and runs[("on the mat", 3)] == [1, 2, 3, 4, 5, 6]
+    assert all(len(kept) - len(buffer) in (2, 3) for kept in runs.values())  # one word alone is the between edits'
+    assert len(runs) == 2 * 3 + 2 * 3  # forwards into slots 1-3, backwards into slots 0-2; runs of 2 and 3
+    script = [(1, 0), (2, 1), (3, 2)]
+    cfg = DecodeConfig(beam=1, patience=0, lm_weight=0, length_weight=0, view_polish=64, view_edits=1, view_moves=0,
+                       view_polish_rounds=1, view_combine=False, view_whole_words=0, view_chain=0)
+    single = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg, bound=bound)
+    assert single.text == "Big cat sat on"  # one word a round
+    chained = beam_decode(main[0], ScriptPolicy(script), CountingEncoder(em), units, cfg.replace(view_chain=3), bound=bound)
+    assert chained.text == "Big cat sat on the mat" and chained.cosine == pytest.approx(1.0, abs=1e-5)
+    assert {k: v for k, v in chained.steps[-1].items() if k != "cosine"} == {"inserted": "on the mat", "slot": 3}
+    with pytest.raises(ValueError, match=r"view_chain=-1 \(at least 0\)"):
+        DecodeConfig(view_chain=-1)
