@@ -196,7 +196,7 @@ def build_states(sentences: list[str], segmenter: Segmenter, encoder: Encoder, i
 
 
 def encode_chunked(encoder: Encoder, texts: list[str], what: str, progress: bool, chunk: int = 512,
-            spill: PartialFolder | None = None) -> torch.Tensor:
+                   spill: PartialFolder | None = None) -> torch.Tensor:
     """Vectors (N, D) of ``texts``, ``chunk`` at a time; with ``spill``, each chunk is a piece there
     named by a hash of its texts (its key names the encoder)."""
     from safetensors.torch import load_file, save_file
